@@ -1,0 +1,191 @@
+"""``bastion up``: prepare the state directory, train the starter model if the registry is
+empty, start local Ray and the Serve application, and hot-reload the policy file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from core.decision import ResolvedTenant, resolve_policy
+from core.errors import ConfigError, PolicyError
+from core.keys import ensure_keys, key_hashes
+from core.policy import PolicySet, load_policy
+from core.settings import Settings
+
+__all__ = [
+    "ensure_policy_file",
+    "champion_metadata",
+    "check_policy",
+    "deploy",
+    "run_platform",
+]
+
+Say = Callable[[str], None]
+
+
+def ensure_policy_file(settings: Settings) -> Path:
+    """The policy file in use; a fresh state directory gets the packaged default."""
+    path = settings.resolved_policy_file
+    if not path.exists():
+        if settings.policy_file is not None:
+            raise PolicyError(f"{path}: no such policy file; check --policy")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        default = resources.files("core").joinpath("default_policy.yaml").read_text()
+        path.write_text(default)
+    return path
+
+
+def champion_metadata(settings: Settings) -> dict[str, Any]:
+    """Metadata of the @champion version (heads, held-out curves), from the local cache."""
+    from registry.store import CHAMPION, ModelRegistry
+
+    registry = ModelRegistry(settings)
+    info = registry.by_alias(CHAMPION)
+    meta = json.loads((registry.download(info.version) / "metadata.json").read_text())
+    meta["version"] = info.version
+    return meta
+
+
+def check_policy(policy: PolicySet, meta: dict[str, Any]) -> dict[str, ResolvedTenant]:
+    """Resolve the policy against a model; raises PolicyError naming what does not fit."""
+    return resolve_policy(policy, meta["heads"]["keys"], meta)
+
+
+def deploy(settings: Settings, policy: PolicySet, keys: dict[str, str],
+           dashboard_url: str) -> None:
+    """Deploy, or update in place, the Serve application from its config and wait for it."""
+    from serving.config import deploy_config, serve_config, wait_until_running
+
+    submitted = time.time()
+    deploy_config(serve_config(settings, policy, keys), dashboard_url)
+    wait_until_running(dashboard_url, since=submitted)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def _train_starter_with_progress(settings: Settings, say: Say, **kw: Any) -> str:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from training.starter import train_starter
+
+    say("The registry is empty: training the starter model on packaged real data "
+        "(PyRIT harm scores, SMS spam, Davidson tweets where present).")
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                  "{task.total}"), TimeRemainingColumn()) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        version, model = train_starter(settings, progress=progress, **kw)
+    for key, m in model.metadata["metrics"].items():
+        if "auroc" in m:
+            say(f"  {key:<15} held-out AUROC {m['auroc']:.3f}  (n={m['n']}, positives={m['n_pos']})")
+    say(f"Registered {settings.model_name} version {version} as @champion.")
+    return version
+
+
+def run_platform(
+    settings: Settings,
+    say: Say = print,
+    poll_s: float = 1.0,
+    starter_kwargs: dict[str, Any] | None = None,
+    stop_after_s: float | None = None,
+) -> None:
+    """Start everything and stay in the foreground until Ctrl-C (or SIGTERM)."""
+    from core.runtime import start_ray, stop_ray
+    from registry.store import ModelRegistry
+
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    if not _port_free(settings.host, settings.port):
+        raise ConfigError(
+            f"port {settings.port} on {settings.host} is in use; stop what holds it or pass "
+            "--port PORT"
+        )
+    policy_path = ensure_policy_file(settings)
+    policy = load_policy(policy_path)
+    say(f"State directory: {settings.state_dir}")
+    say(f"Policy file:     {policy_path} (edits apply live)")
+    say(f"MLflow:          {settings.tracking_uri}")
+
+    registry = ModelRegistry(settings)
+    if not registry.has_champion():
+        _train_starter_with_progress(settings, say, **(starter_kwargs or {}))
+    meta = champion_metadata(settings)
+    check_policy(policy, meta)
+    keys, added = ensure_keys(settings.keys_file, policy.tenants)
+    for t in sorted(policy.tenants):
+        say(f"Tenant {t!r} API key: {keys[t]}" + ("  (new)" if t in added else ""))
+    say(f"Keys are kept in {settings.keys_file}")
+
+    stopping = {"flag": False}
+
+    def _stop(signum: int, _frame: Any) -> None:
+        stopping["flag"] = True
+
+    old_term = signal.signal(signal.SIGTERM, _stop)
+    try:
+        say("Starting Ray and the Serve application ...")
+        dashboard_url = start_ray(settings)
+        deploy(settings, policy, keys, dashboard_url)
+        url = f"http://{settings.host}:{settings.port}"
+        settings.server_file.write_text(json.dumps(
+            {"url": url, "pid": os.getpid(), "started_at": time.time()}))
+        say(f"Bastion serves on {url}  (POST /v1/moderate, docs at {url}/docs). "
+            f"Model version {meta['version']}. Ctrl-C stops.")
+        mtime = policy_path.stat().st_mtime_ns
+        started = time.monotonic()
+        while not stopping["flag"]:
+            time.sleep(poll_s)
+            if stop_after_s is not None and time.monotonic() - started > stop_after_s:
+                break
+            try:
+                now = policy_path.stat().st_mtime_ns
+            except FileNotFoundError:
+                continue
+            if now == mtime:
+                continue
+            mtime = now
+            try:
+                new_policy = load_policy(policy_path)
+                check_policy(new_policy, champion_metadata(settings))
+            except PolicyError as err:
+                say(f"Policy edit rejected; the previous policy stays in force:\n{err}")
+                continue
+            keys, added = ensure_keys(settings.keys_file, new_policy.tenants)
+            for t in added:
+                say(f"New tenant {t!r} API key: {keys[t]}")
+            deploy(settings, new_policy, keys, dashboard_url)
+            say("Policy reloaded: " + ", ".join(
+                f"{t}={new_policy.tenant_version(t)}" for t in sorted(new_policy.tenants)))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        # A second Ctrl-C must not cut the clean shutdown short (and leave Ray running).
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        say("Shutting down Serve and Ray ...")
+        settings.server_file.unlink(missing_ok=True)
+        stop_ray()
+        shutil.rmtree(settings.state_dir / "ray-home" / ".ray", ignore_errors=True)
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+        say("Stopped.")

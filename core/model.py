@@ -1,0 +1,171 @@
+"""The moderation model: one shared encoder and every category head stacked into one matrix.
+
+Scoring a batch is one encoder pass plus one matrix product ``sigmoid(E @ W + b)`` that scores
+every category of every tenant at once; a tenant-owned head is just another column. The model
+is saved as one directory (``heads.npz`` + ``metadata.json``) that the registry versions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.encoders import Encoder, create_encoder
+from core.errors import ModelError
+from core.plugins import PluginRegistry
+
+__all__ = [
+    "HeadSpec",
+    "LinearHeads",
+    "ModerationModel",
+    "create_heads",
+    "register_heads",
+    "head_kinds",
+    "ARTIFACT_FORMAT",
+]
+
+ARTIFACT_FORMAT = 1
+
+_HEADS: PluginRegistry[LinearHeads] = PluginRegistry("head kind")
+register_heads = _HEADS.register
+head_kinds = _HEADS.names
+
+
+def create_heads(kind: str, **cfg: Any) -> LinearHeads:
+    return _HEADS.create(kind, **cfg)
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One head: the category it scores and, for a tenant-owned head, its tenant."""
+
+    category: str
+    tenant: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant}/{self.category}" if self.tenant else self.category
+
+    @classmethod
+    def parse(cls, key: str) -> HeadSpec:
+        tenant, _, category = key.rpartition("/")
+        return cls(category=category, tenant=tenant or None)
+
+
+class LinearHeads:
+    """Logistic heads over the shared embedding, stacked: ``W`` is (dim, n_heads)."""
+
+    kind = "linear"
+
+    def __init__(self, specs: list[HeadSpec], weight: np.ndarray, bias: np.ndarray) -> None:
+        if weight.ndim != 2 or weight.shape[1] != len(specs) or bias.shape != (len(specs),):
+            raise ModelError(
+                f"head weights {weight.shape}/{bias.shape} do not match {len(specs)} head(s)"
+            )
+        keys = [s.key for s in specs]
+        if len(set(keys)) != len(keys):
+            raise ModelError(f"duplicate head keys in {keys}")
+        self.specs = list(specs)
+        self.weight = np.ascontiguousarray(weight, dtype=np.float32)
+        self.bias = np.ascontiguousarray(bias, dtype=np.float32)
+        self.index = {k: i for i, k in enumerate(keys)}
+
+    @property
+    def keys(self) -> list[str]:
+        return [s.key for s in self.specs]
+
+    def score(self, emb: np.ndarray) -> np.ndarray:
+        """Probabilities (n_items, n_heads) for every head at once."""
+        logits = emb @ self.weight + self.bias
+        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+
+    def save(self, path: Path) -> None:
+        np.savez(path, weight=self.weight, bias=self.bias, keys=np.array(self.keys))
+
+    @classmethod
+    def load(cls, path: Path) -> LinearHeads:
+        with np.load(path, allow_pickle=False) as z:
+            keys = [str(k) for k in z["keys"]]
+            return cls([HeadSpec.parse(k) for k in keys], z["weight"], z["bias"])
+
+
+@register_heads("linear")
+def _linear(**cfg: Any) -> LinearHeads:
+    return LinearHeads(**cfg)
+
+
+@dataclass
+class ModerationModel:
+    """Encoder + stacked heads + the metadata that travels with them."""
+
+    encoder: Encoder
+    heads: LinearHeads
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def head_keys(self) -> list[str]:
+        return self.heads.keys
+
+    def score(self, texts: list[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings (n, dim) and head probabilities (n, n_heads)."""
+        emb = self.encoder.encode(texts, batch_size=batch_size)
+        return emb, self.heads.score(emb)
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.heads.save(directory / "heads.npz")
+        meta = dict(self.metadata)
+        meta.update(
+            format=ARTIFACT_FORMAT,
+            encoder=self.encoder.identity | {"registry_name": meta.get("encoder", {}).get(
+                "registry_name", self.encoder.identity["name"])},
+            heads={"kind": self.heads.kind, "keys": self.heads.keys},
+        )
+        (directory / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        return directory
+
+    @classmethod
+    def load(
+        cls, directory: str | Path, encoder: Encoder | None = None, **encoder_overrides: Any
+    ) -> ModerationModel:
+        """Load a saved model. The encoder is rebuilt from its identity and must have the same
+        weights fingerprint the heads were trained on; pass ``encoder`` to share one."""
+        directory = Path(directory)
+        meta_path = directory / "metadata.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+        except FileNotFoundError:
+            raise ModelError(f"{directory}: no metadata.json; not a Bastion model artifact") from None
+        except json.JSONDecodeError as err:
+            raise ModelError(f"{meta_path}: corrupt metadata ({err})") from None
+        if meta.get("format") != ARTIFACT_FORMAT:
+            raise ModelError(
+                f"{directory}: artifact format {meta.get('format')!r}, this Bastion reads "
+                f"{ARTIFACT_FORMAT}"
+            )
+        try:
+            heads = LinearHeads.load(directory / "heads.npz")
+        except (OSError, ValueError, KeyError) as err:
+            raise ModelError(f"{directory}/heads.npz: cannot load heads ({err})") from None
+        ident = meta["encoder"]
+        if encoder is None:
+            cfg = {
+                "max_length": ident["max_length"],
+                "normalize": ident["normalize"],
+                "precision": ident["precision"],
+            }
+            if ident["registry_name"] != "minilm":
+                cfg["path"] = ident["path"]
+            cfg.update(encoder_overrides)
+            encoder = create_encoder(ident["registry_name"], **cfg)
+        if encoder.identity["fingerprint"] != ident["fingerprint"]:
+            raise ModelError(
+                f"{directory}: the encoder at {encoder.identity['path']} has other weights "
+                "than the heads were trained on; install the encoder named in metadata.json"
+            )
+        return cls(encoder=encoder, heads=heads, metadata=meta)

@@ -1,0 +1,219 @@
+"""Tenant policies: which categories a tenant enforces, at which thresholds, with which keywords.
+
+A policy file is YAML with a ``tenants`` mapping. It is validated once into frozen models;
+errors name the file, the key and the fix. A category's thresholds are either fixed
+(``block_threshold``/``review_threshold``) or derived from a ``target_precision`` against the
+serving model's held-out precision/recall curve (see :func:`core.decision.resolve_policy`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from core.errors import PolicyError
+
+__all__ = [
+    "Action",
+    "CategoryPolicy",
+    "KeywordRule",
+    "TenantPolicy",
+    "PolicySet",
+    "load_policy",
+    "parse_policy",
+    "policy_version",
+]
+
+SLUG = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
+
+
+class Action(str, Enum):
+    """What happens to an item: the three decisions, most severe first."""
+
+    block = "block"
+    review = "review"
+    allow = "allow"
+
+    @property
+    def severity(self) -> int:
+        return {"block": 2, "review": 1, "allow": 0}[self.value]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CategoryPolicy(_Frozen):
+    """How one tenant enforces one category."""
+
+    block_threshold: float | None = Field(
+        None, ge=0, le=1, description="Score at or above which the category's action applies."
+    )
+    review_threshold: float | None = Field(
+        None, ge=0, le=1, description="Score at or above which the item goes to human review."
+    )
+    target_precision: float | None = Field(
+        None, gt=0, le=1,
+        description="Derive block_threshold: the lowest score whose held-out precision meets this.",
+    )
+    review_recall: float = Field(
+        0.9, gt=0, le=1,
+        description="With target_precision and no review_threshold: review from the score at "
+        "which held-out recall reaches this.",
+    )
+    action: Action = Field(
+        Action.block, description="Decision at or above the block threshold: block, review or allow."
+    )
+    head: str | None = Field(
+        None, description="Head to score with, e.g. 'acme/spam' for a tenant-owned head; "
+        "default the shared head named like the category.",
+    )
+    severity: float = Field(
+        1.0, ge=0, le=10, description="Weight of this category in review priority."
+    )
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> CategoryPolicy:
+        if (self.block_threshold is None) == (self.target_precision is None):
+            raise ValueError(
+                "give exactly one of block_threshold (a score in [0, 1]) or target_precision "
+                "(e.g. 0.9, to derive the threshold from the model's held-out curve)"
+            )
+        if (
+            self.block_threshold is not None
+            and self.review_threshold is not None
+            and self.review_threshold > self.block_threshold
+        ):
+            raise ValueError(
+                f"review_threshold {self.review_threshold} is above block_threshold "
+                f"{self.block_threshold}: the review band lies below the block threshold"
+            )
+        return self
+
+
+class KeywordRule(_Frozen):
+    """Phrases that force a decision whatever the model says."""
+
+    phrases: tuple[str, ...] = Field(..., min_length=1, description="Phrases, matched as words.")
+    action: Action = Field(Action.review, description="block or review when a phrase appears.")
+    category: str | None = Field(None, description="Category the rule reports (for the reasons).")
+    name: str | None = Field(None, description="A name for the rule, shown in reasons.")
+
+    @model_validator(mode="after")
+    def _no_allow(self) -> KeywordRule:
+        if self.action is Action.allow:
+            raise ValueError("a keyword rule forces block or review; use allow_list to allow")
+        if any(not p.strip() for p in self.phrases):
+            raise ValueError("a phrase is empty; remove it")
+        return self
+
+
+class TenantPolicy(_Frozen):
+    """One tenant's (product's or studio's) policy."""
+
+    description: str = Field("", description="Who this tenant is.")
+    categories: dict[str, CategoryPolicy] = Field(
+        ..., min_length=1, description="Categories this tenant enforces, by name."
+    )
+    keywords: tuple[KeywordRule, ...] = Field((), description="Target keywords that force a decision.")
+    deprioritized_phrases: tuple[str, ...] = Field(
+        (), description="Phrases that lower an item's review priority (e.g. in-game banter)."
+    )
+    allow_list: tuple[str, ...] = Field(
+        (), description="Phrases never matched by keyword rules; a text that is exactly one of "
+        "them is allowed.",
+    )
+    store_raw_text: bool = Field(
+        False, description="Keep raw text in the event log; otherwise only its SHA-256."
+    )
+
+    @model_validator(mode="after")
+    def _names(self) -> TenantPolicy:
+        import re
+
+        for name in self.categories:
+            if not re.match(SLUG, name):
+                raise ValueError(
+                    f"category name {name!r} is not a lower-case slug (letters, digits, _ or -)"
+                )
+        return self
+
+
+class PolicySet(_Frozen):
+    """All tenants' policies, as loaded from one file."""
+
+    version: str | None = Field(None, description="A label for this revision of the file.")
+    tenants: dict[str, TenantPolicy] = Field(..., min_length=1, description="Policies by tenant.")
+
+    @model_validator(mode="after")
+    def _tenant_names(self) -> PolicySet:
+        import re
+
+        for name in self.tenants:
+            if not re.match(SLUG, name):
+                raise ValueError(
+                    f"tenant name {name!r} is not a lower-case slug (letters, digits, _ or -)"
+                )
+        return self
+
+    def tenant_version(self, tenant: str) -> str:
+        """Version of one tenant's policy: changes when (and only when) that policy changes."""
+        return policy_version(self.tenants[tenant], self.version)
+
+
+def policy_version(tenant: TenantPolicy, label: str | None = None) -> str:
+    canonical = json.dumps(tenant.model_dump(mode="json"), sort_keys=True).encode()
+    digest = hashlib.sha256(canonical).hexdigest()[:10]
+    return f"{label}-{digest}" if label else digest
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid policy ({err.error_count()} problem(s))"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        msg = e["msg"].removeprefix("Value error, ")
+        hint = ""
+        if e["type"] == "extra_forbidden":
+            hint = " (unknown key: check its spelling or remove it)"
+        elif e["type"] == "missing":
+            hint = " (required: add it)"
+        lines.append(f"  {loc or '<top>'}: {msg}{hint}")
+    return "\n".join(lines)
+
+
+def parse_policy(data: Any, source: str = "<policy>") -> PolicySet:
+    """Validate already-parsed YAML/JSON data into a :class:`PolicySet`."""
+    if not isinstance(data, dict):
+        raise PolicyError(
+            f"{source}: the top level must be a mapping with a 'tenants' key, got "
+            f"{type(data).__name__}"
+        )
+    try:
+        return PolicySet.model_validate(data)
+    except ValidationError as err:
+        raise PolicyError(_format_errors(source, err)) from None
+
+
+def load_policy(path: str | Path) -> PolicySet:
+    """Read and validate a policy YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError(
+            f"{path}: no such policy file; run 'bastion up' once to write the default one, "
+            "or pass --policy FILE"
+        ) from None
+    except UnicodeDecodeError as err:
+        raise PolicyError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise PolicyError(f"{path}: not valid YAML: {err}") from None
+    return parse_policy(data, str(path))

@@ -1,0 +1,101 @@
+"""Starting local Ray safely: no usage stats, no auth-token file in $HOME, no cloud probes.
+
+Ray's dashboard probes cloud metadata (169.254.169.254) at start unless
+``~/ray_bootstrap_config.yaml`` exists for the Ray processes' HOME. We give the Ray processes
+a HOME of their own under the state directory holding that file (provider ``local``), so the
+probe never runs and the user's real HOME is left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from core.settings import Settings
+
+__all__ = ["ray_env", "start_ray", "stop_ray", "ray_temp_dir"]
+
+_BOOTSTRAP = """\
+# Written by Bastion. Its presence stops Ray's dashboard from probing cloud metadata
+# endpoints to guess a provider: this is a local, manually started cluster.
+cluster_name: bastion-local
+provider:
+  type: local
+"""
+
+
+def ray_env() -> dict[str, str]:
+    """Environment every Ray process (and the driver) needs."""
+    return {
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+        # Single-machine mode: Ray's processes address each other on 127.0.0.1 instead of the
+        # machine's outward interface (the variable's name is historical; it gates this).
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "DO_NOT_TRACK": "1",
+    }
+
+
+def ray_temp_dir(state_dir: Path) -> str:
+    """A short per-state-dir temp dir (Ray's socket paths must stay under ~107 bytes)."""
+    tag = hashlib.sha1(str(state_dir).encode()).hexdigest()[:8]
+    return os.path.join(tempfile.gettempdir(), f"bastion-ray-{os.getuid()}-{tag}")
+
+
+@contextlib.contextmanager
+def _home_for_ray(home: Path) -> Iterator[None]:
+    old = os.environ.get("HOME")
+    os.environ["HOME"] = str(home)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HOME", None)
+        else:
+            os.environ["HOME"] = old
+
+
+def start_ray(settings: Settings, num_cpus: int | None = None) -> str:
+    """Start (or join) the local Ray instance for this state directory; returns the
+    dashboard address (where Serve configs and Ray jobs are submitted)."""
+    os.environ.update(ray_env())
+    import ray
+
+    if ray.is_initialized():
+        return str(ray._private.worker.get_dashboard_url())
+    home = settings.state_dir / "ray-home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "ray_bootstrap_config.yaml").write_text(_BOOTSTRAP)
+    with _home_for_ray(home):
+        ctx = ray.init(
+            num_cpus=num_cpus or max(os.cpu_count() or 1, 4),
+            include_dashboard=True,
+            _node_ip_address="127.0.0.1",  # all of Ray's own traffic stays on loopback
+            dashboard_host="127.0.0.1",
+            object_store_memory=512 * 1024 * 1024,
+            _temp_dir=ray_temp_dir(settings.state_dir),
+            logging_level="WARNING",
+            log_to_driver=True,
+            configure_logging=True,
+        )
+    return str(ctx.dashboard_url)
+
+
+def stop_ray() -> None:
+    import ray
+
+    with contextlib.suppress(Exception):
+        from ray import serve
+
+        serve.shutdown()
+    if ray.is_initialized():
+        ray.shutdown()

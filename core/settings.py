@@ -1,0 +1,117 @@
+"""Platform settings: one state directory holds everything the embedded default keeps.
+
+Settings are read once (``load_settings``), never at import time. Environment variables
+(``BASTION_*``, ``MLFLOW_TRACKING_URI``) override endpoints and locations only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Limits", "ServingConfig", "Settings", "load_settings", "default_state_dir"]
+
+MODEL_NAME = "bastion-moderation"
+
+
+def default_state_dir() -> Path:
+    """``$XDG_DATA_HOME/bastion`` (``~/.local/share/bastion``)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "bastion"
+
+
+class Limits(BaseModel):
+    """Input limits of the moderation API; requests past them get a 4xx that names the limit."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_items: int = Field(256, ge=1, description="Most items in one /v1/moderate request.")
+    max_text_chars: int = Field(20_000, ge=1, description="Longest text of one item, in characters.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body.")
+    max_id_chars: int = Field(256, ge=1, description="Longest item, session or user id.")
+
+
+class ServingConfig(BaseModel):
+    """How the Serve application is sized; chosen for throughput, not Serve's defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scorer_replicas: int = Field(1, ge=1, description="Replicas of the Scorer (encoder + heads).")
+    ingress_replicas: int = Field(1, ge=1, description="Replicas of the FastAPI ingress.")
+    max_batch_size: int = Field(64, ge=1, description="Largest encoder batch across requests.")
+    batch_wait_timeout_s: float = Field(
+        0.004, ge=0, description="How long a partial batch waits for more items."
+    )
+    ingress_max_ongoing_requests: int = Field(
+        256, ge=1, description="Concurrent requests one ingress replica accepts."
+    )
+    scorer_max_ongoing_requests: int = Field(
+        256, ge=1, description="Concurrent calls one Scorer replica accepts (feeds batching)."
+    )
+    torch_threads: int = Field(
+        0, ge=0, description="Intra-op threads of the encoder; 0 means one per CPU core."
+    )
+    precision: str = Field(
+        "auto", pattern="^(auto|fp32|bf16)$",
+        description="Encoder precision: bf16 autocast where the CPU supports it (auto), or fp32.",
+    )
+
+
+class Settings(BaseSettings):
+    """Where things live and how the platform runs. Override with ``BASTION_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="BASTION_", extra="forbid", frozen=True)
+
+    state_dir: Path = Field(default_factory=default_state_dir, description="Everything kept.")
+    host: str = Field("127.0.0.1", description="Address the HTTP API binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the HTTP API.")
+    policy_file: Path | None = Field(
+        None, description="Tenant policy YAML; default <state_dir>/policy.yaml."
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default a SQLite file in the state directory."
+    )
+    model_name: str = Field(MODEL_NAME, description="Registered model name in MLflow.")
+    limits: Limits = Field(default_factory=Limits, description="API input limits.")
+    serving: ServingConfig = Field(default_factory=ServingConfig, description="Serve sizing.")
+
+    @property
+    def resolved_policy_file(self) -> Path:
+        return self.policy_file or self.state_dir / "policy.yaml"
+
+    @property
+    def tracking_uri(self) -> str:
+        uri = self.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        return uri or f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.state_dir / "mlartifacts"
+
+    @property
+    def events_db(self) -> Path:
+        return self.state_dir / "events.db"
+
+    @property
+    def keys_file(self) -> Path:
+        return self.state_dir / "tenant_keys.json"
+
+    @property
+    def server_file(self) -> Path:
+        return self.state_dir / "server.json"
+
+    @property
+    def model_cache(self) -> Path:
+        return self.state_dir / "models"
+
+
+def load_settings(state_dir: str | Path | None = None, **overrides: object) -> Settings:
+    """Read settings from the environment, with explicit overrides (CLI flags) on top."""
+    if state_dir is not None:
+        overrides["state_dir"] = Path(state_dir)
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    settings = Settings(**clean)  # type: ignore[arg-type]
+    return settings.model_copy(update={"state_dir": settings.state_dir.expanduser().resolve()})

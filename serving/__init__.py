@@ -1,0 +1,1 @@
+"""Serving on Ray Serve: the ingress (FastAPI), the batched Scorer, and the app builder."""

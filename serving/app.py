@@ -1,0 +1,56 @@
+"""The Serve application: ``build_app(args) -> Application`` (Ray's typed app builder).
+
+The same builder serves ``bastion up``, the tests, ``serve run serving.app:build_app`` and the
+RayService's ``serveConfigV2`` (see ``serving.config``). Policy and key hashes are not
+arguments: they travel in the Ingress's ``user_config``, so an edited policy reconfigures the
+running replicas instead of restarting them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray.serve import Application
+
+from core.settings import Limits, ServingConfig
+from serving.ingress import Ingress
+from serving.scorer import Scorer
+
+__all__ = ["AppArgs", "build_app", "APP_NAME"]
+
+APP_NAME = "bastion"
+
+
+class AppArgs(BaseModel):
+    """Everything the application needs; JSON-serialisable so it fits a Serve config file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    state_dir: str = Field(..., description="State directory (model cache, event log).")
+    tracking_uri: str = Field(..., description="MLflow tracking/registry URI.")
+    model_name: str = Field("bastion-moderation", description="Registered model to serve.")
+    limits: Limits = Field(default_factory=Limits, description="API input limits.")
+    serving: ServingConfig = Field(default_factory=ServingConfig, description="Sizing.")
+
+
+def build_app(args: AppArgs | dict[str, Any]) -> Application:
+    args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
+    sv = args.serving
+    scorer = Scorer.options(
+        num_replicas=sv.scorer_replicas,
+        max_ongoing_requests=sv.scorer_max_ongoing_requests,
+    ).bind(
+        args.state_dir, args.tracking_uri, args.model_name, sv.max_batch_size,
+        sv.batch_wait_timeout_s, sv.torch_threads, sv.precision,
+    )
+    return Ingress.options(
+        num_replicas=sv.ingress_replicas,
+        max_ongoing_requests=sv.ingress_max_ongoing_requests,
+    ).bind(scorer, str(_events_db(args.state_dir)), args.limits.model_dump())
+
+
+def _events_db(state_dir: str) -> str:
+    from pathlib import Path
+
+    return str(Path(state_dir) / "events.db")
