@@ -30,6 +30,10 @@ class AppArgs(BaseModel):
     state_dir: str = Field(..., description="State directory (model cache, event log).")
     tracking_uri: str = Field(..., description="MLflow tracking/registry URI.")
     model_name: str = Field("bastion-moderation", description="Registered model to serve.")
+    keys_file: str | None = Field(
+        None, description="JSON file of tenant -> API key (e.g. a mounted Secret), read when "
+        "the Ingress's user_config carries no key_hashes.",
+    )
     limits: Limits = Field(default_factory=Limits, description="API input limits.")
     serving: ServingConfig = Field(default_factory=ServingConfig, description="Sizing.")
 
@@ -47,7 +51,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     return Ingress.options(
         num_replicas=sv.ingress_replicas,
         max_ongoing_requests=sv.ingress_max_ongoing_requests,
-    ).bind(scorer, str(_events_db(args.state_dir)), args.limits.model_dump())
+    ).bind(scorer, str(_events_db(args.state_dir)), args.limits.model_dump(), args.keys_file)
 
 
 def _events_db(state_dir: str) -> str:

@@ -27,8 +27,13 @@ def serve_config(
     policy: PolicySet,
     keys: dict[str, str],
     model_version: str | None = None,
+    keys_file: str | None = None,
 ) -> dict[str, Any]:
-    """A ``ServeDeploySchema`` document (validated) for this platform."""
+    """A ``ServeDeploySchema`` document (validated) for this platform.
+
+    With ``keys_file`` (a path inside the replicas, e.g. a mounted Secret) the tenant keys
+    stay out of the config; otherwise their SHA-256 digests go into the Ingress's user_config.
+    """
     from ray.serve.schema import ServeDeploySchema
 
     args = AppArgs(
@@ -37,7 +42,13 @@ def serve_config(
         model_name=settings.model_name,
         limits=settings.limits,
         serving=settings.serving,
+        keys_file=keys_file,
     ).model_dump(mode="json")
+    ingress_config: dict[str, Any] = {
+        "policy": policy.model_dump(mode="json", exclude_none=True)}
+    if keys_file is None:
+        ingress_config["key_hashes"] = key_hashes(
+            {t: k for t, k in keys.items() if t in policy.tenants})
     doc: dict[str, Any] = {
         "proxy_location": "HeadOnly",
         "http_options": {"host": settings.host, "port": settings.port},
@@ -47,17 +58,12 @@ def serve_config(
             "import_path": IMPORT_PATH,
             "args": args,
             "deployments": [
-                {"name": "Ingress", "user_config": {
-                    "policy": policy.model_dump(mode="json", exclude_none=True),
-                    "key_hashes": key_hashes(
-                        {t: k for t, k in keys.items() if t in policy.tenants}),
-                }},
+                {"name": "Ingress", "user_config": ingress_config},
                 {"name": "Scorer", "user_config": {"model_version": model_version}},
             ],
         }],
     }
-    ServeDeploySchema.model_validate(doc) if hasattr(ServeDeploySchema, "model_validate") \
-        else ServeDeploySchema.parse_obj(doc)
+    ServeDeploySchema.model_validate(doc)
     return doc
 
 

@@ -86,8 +86,12 @@ _MODERATE_SCHEMA = {
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.5})
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, scorer: DeploymentHandle, events_db: str, limits: dict[str, Any]) -> None:
+    def __init__(
+        self, scorer: DeploymentHandle, events_db: str, limits: dict[str, Any],
+        keys_file: str | None = None,
+    ) -> None:
         self.scorer = scorer
+        self.keys_file = keys_file
         self.limits = Limits.model_validate(limits)
         self.writer = EventWriter(EventLog(events_db))
         self._policy: _PolicyState | None = None
@@ -97,9 +101,19 @@ class Ingress:
 
     # -- configuration --------------------------------------------------------------------
     def reconfigure(self, config: dict[str, Any]) -> None:
-        """``user_config``: ``{"policy": <policy file as data>, "key_hashes": {tenant: sha256}}``."""
+        """``user_config``: ``{"policy": <policy file as data>, "key_hashes": {tenant: sha256}}``.
+
+        Without ``key_hashes``, keys are read from ``keys_file`` (a mounted Secret)."""
         policy = parse_policy(config["policy"], "user_config.policy")
-        hashes = config.get("key_hashes", {})
+        hashes = config.get("key_hashes")
+        if hashes is None:
+            if not self.keys_file:
+                raise ValueError("user_config has no key_hashes and no keys_file is set")
+            from pathlib import Path
+
+            from core.keys import key_hashes, load_keys
+
+            hashes = key_hashes(load_keys(Path(self.keys_file)))
         state = _PolicyState(policy, {h: t for t, h in hashes.items()}, time.time())
         self._policy = state  # one assignment: requests see the old or the new state, whole
         log.info("Ingress policy loaded: %d tenant(s)", len(policy.tenants))
