@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from core.cli import cli
+
+DEFAULT = Path(__file__).resolve().parents[2] / "core" / "default_policy.yaml"
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+def test_policy_validate_accepts_the_default(tmp_path: Path) -> None:
+    code, out = run("policy", "validate", str(DEFAULT), "--state-dir", str(tmp_path))
+    assert code == 0
+    assert "valid (2 tenant(s)" in out and "not checked against a model" in out
+
+
+def test_policy_validate_names_the_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tenants:\n  acme:\n    categories:\n      hate: {block_threshold: 2}\n")
+    code, out = run("policy", "validate", str(bad), "--state-dir", str(tmp_path))
+    assert code == 2
+    assert f"error: {bad}: invalid policy" in out
+    assert "tenants.acme.categories.hate.block_threshold" in out
+
+
+def test_moderate_without_a_server_says_how_to_start_one(tmp_path: Path) -> None:
+    code, out = run("moderate", "--state-dir", str(tmp_path), "hello")
+    assert code == 2 and "start one with 'bastion up'" in out
+
+
+def test_moderate_unreachable_url(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, out = run("moderate", "--state-dir", str(tmp_path), "--url",
+                    f"http://127.0.0.1:{port}", "--key", "k", "hello")
+    assert code == 2 and "is 'bastion up' running?" in out
+
+
+def test_up_refuses_a_busy_port(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code, out = run("up", "--state-dir", str(tmp_path), "--port", str(port))
+    assert code == 2 and f"port {port} on 127.0.0.1 is in use" in out and "--port" in out
+
+
+def test_keys_command(tmp_path: Path) -> None:
+    from core.keys import ensure_keys
+
+    keys, _ = ensure_keys(tmp_path / "tenant_keys.json", ["demo"])
+    code, out = run("keys", "demo", "--state-dir", str(tmp_path))
+    assert code == 0 and out.strip() == keys["demo"]
+    code, out = run("keys", "nobody", "--state-dir", str(tmp_path))
+    assert code == 2 and "no key for tenant 'nobody'" in out
