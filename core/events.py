@@ -107,7 +107,7 @@ class EventLog:
             )
 
     def count(self, tenant: str | None = None) -> int:
-        sql, args = "SELECT COUNT(*) FROM decisions", ()
+        sql, args = "SELECT COUNT(*) FROM decisions", ()  # type: tuple[str, tuple[str, ...]]
         if tenant is not None:
             sql, args = sql + " WHERE tenant = ?", (tenant,)
         with self._lock:
@@ -117,7 +117,8 @@ class EventLog:
         self, tenant: str | None = None, since: float | None = None, limit: int | None = None
     ) -> Iterator[dict[str, Any]]:
         """Decisions in arrival order, embeddings as float32 arrays."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         if tenant is not None:
             where.append("tenant = ?")
             args.append(tenant)

@@ -28,7 +28,9 @@ def load_keys(path: Path) -> dict[str, str]:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: not valid JSON ({err}); fix it or delete it to re-issue keys")
+        raise ConfigError(
+            f"{path}: not valid JSON ({err}); fix it or delete it to re-issue keys"
+        ) from None
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise ConfigError(f"{path}: expected a mapping of tenant -> key")
     return data

@@ -16,7 +16,7 @@ from typing import Any
 
 from core.decision import ResolvedTenant, resolve_policy
 from core.errors import ConfigError, PolicyError
-from core.keys import ensure_keys, key_hashes
+from core.keys import ensure_keys
 from core.policy import PolicySet, load_policy
 from core.settings import Settings
 
@@ -98,7 +98,8 @@ def _train_starter_with_progress(settings: Settings, say: Say, **kw: Any) -> str
         version, model = train_starter(settings, progress=progress, **kw)
     for key, m in model.metadata["metrics"].items():
         if "auroc" in m:
-            say(f"  {key:<15} held-out AUROC {m['auroc']:.3f}  (n={m['n']}, positives={m['n_pos']})")
+            say(f"  {key:<15} held-out AUROC {m['auroc']:.3f}  "
+                f"(n={m['n']}, positives={m['n_pos']})")
     say(f"Registered {settings.model_name} version {version} as @champion.")
     return version
 

@@ -140,7 +140,9 @@ class ModerationModel:
         try:
             meta = json.loads(meta_path.read_text())
         except FileNotFoundError:
-            raise ModelError(f"{directory}: no metadata.json; not a Bastion model artifact") from None
+            raise ModelError(
+                f"{directory}: no metadata.json; not a Bastion model artifact"
+            ) from None
         except json.JSONDecodeError as err:
             raise ModelError(f"{meta_path}: corrupt metadata ({err})") from None
         if meta.get("format") != ARTIFACT_FORMAT:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ __all__ = [
 SLUG = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     """What happens to an item: the three decisions, most severe first."""
 
     block = "block"
@@ -68,7 +68,8 @@ class CategoryPolicy(_Frozen):
         "which held-out recall reaches this.",
     )
     action: Action = Field(
-        Action.block, description="Decision at or above the block threshold: block, review or allow."
+        Action.block,
+        description="Decision at or above the block threshold: block, review or allow.",
     )
     head: str | None = Field(
         None, description="Head to score with, e.g. 'acme/spam' for a tenant-owned head; "
@@ -121,7 +122,9 @@ class TenantPolicy(_Frozen):
     categories: dict[str, CategoryPolicy] = Field(
         ..., min_length=1, description="Categories this tenant enforces, by name."
     )
-    keywords: tuple[KeywordRule, ...] = Field((), description="Target keywords that force a decision.")
+    keywords: tuple[KeywordRule, ...] = Field(
+        (), description="Target keywords that force a decision."
+    )
     deprioritized_phrases: tuple[str, ...] = Field(
         (), description="Phrases that lower an item's review priority (e.g. in-game banter)."
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -83,7 +84,7 @@ def start_ray(settings: Settings, num_cpus: int | None = None) -> str:
             dashboard_host="127.0.0.1",
             object_store_memory=512 * 1024 * 1024,
             _temp_dir=ray_temp_dir(settings.state_dir),
-            logging_level="WARNING",
+            logging_level=logging.WARNING,
             log_to_driver=True,
             configure_logging=True,
         )

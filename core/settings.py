@@ -19,7 +19,8 @@ MODEL_NAME = "bastion-moderation"
 
 def default_state_dir() -> Path:
     """``$XDG_DATA_HOME/bastion`` (``~/.local/share/bastion``)."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    home_share = os.path.join(os.path.expanduser("~"), ".local", "share")
+    base = os.environ.get("XDG_DATA_HOME") or home_share
     return Path(base) / "bastion"
 
 
@@ -29,7 +30,9 @@ class Limits(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_items: int = Field(256, ge=1, description="Most items in one /v1/moderate request.")
-    max_text_chars: int = Field(20_000, ge=1, description="Longest text of one item, in characters.")
+    max_text_chars: int = Field(
+        20_000, ge=1, description="Longest text of one item, in characters."
+    )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body.")
     max_id_chars: int = Field(256, ge=1, description="Longest item, session or user id.")
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import mlflow.pyfunc
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 __all__ = ["BastionPyfunc"]
 
 
-class BastionPyfunc(mlflow.pyfunc.PythonModel):
+class BastionPyfunc(PythonModel):
     """Input: a DataFrame with a ``text`` column. Output: one probability column per head."""
 
     def load_context(self, context: Any) -> None:

@@ -86,10 +86,9 @@ class ModelRegistry:
         alias: str | None = None,
     ) -> ModelVersionInfo:
         """Log a saved Bastion model as a new registered version (optionally under an alias)."""
+        import pandas as pd
         from mlflow.models.signature import ModelSignature
         from mlflow.types.schema import ColSpec, Schema
-
-        import pandas as pd
 
         from registry.pyfunc import BastionPyfunc
 
@@ -100,7 +99,7 @@ class ModelRegistry:
             outputs=Schema([ColSpec("float", k) for k in keys]),
         )
         mlflow = self._mlflow
-        with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name) as run:
+        with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name) as _run:
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
             mlflow.log_metrics(metrics)
             mlflow.set_tags(tags)
@@ -128,7 +127,9 @@ class ModelRegistry:
         try:
             mv = self.client.get_model_version(self.name, str(version))
         except MlflowException as err:
-            raise ModelError(f"model {self.name} has no version {version!r}: {err.message}") from None
+            raise ModelError(
+                f"model {self.name} has no version {version!r}: {err.message}"
+            ) from None
         return ModelVersionInfo(
             name=self.name, version=str(mv.version), aliases=tuple(mv.aliases or ()),
             run_id=mv.run_id, tags=dict(mv.tags or {}), created=int(mv.creation_timestamp or 0),

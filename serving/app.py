@@ -41,14 +41,15 @@ class AppArgs(BaseModel):
 def build_app(args: AppArgs | dict[str, Any]) -> Application:
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
     sv = args.serving
-    scorer = Scorer.options(
+    # @serve.deployment turns the classes into Deployments; mypy sees the classes.
+    scorer = Scorer.options(  # type: ignore[attr-defined]
         num_replicas=sv.scorer_replicas,
         max_ongoing_requests=sv.scorer_max_ongoing_requests,
     ).bind(
         args.state_dir, args.tracking_uri, args.model_name, sv.max_batch_size,
         sv.batch_wait_timeout_s, sv.torch_threads, sv.precision,
     )
-    return Ingress.options(
+    return Ingress.options(  # type: ignore[attr-defined,no-any-return]
         num_replicas=sv.ingress_replicas,
         max_ongoing_requests=sv.ingress_max_ongoing_requests,
     ).bind(scorer, str(_events_db(args.state_dir)), args.limits.model_dump(), args.keys_file)

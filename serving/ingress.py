@@ -24,8 +24,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from core.decision import ResolvedTenant, decide, resolve_policy
-from core.events import DecisionEvent, EventLog, EventWriter, text_digest
 from core.errors import PolicyError
+from core.events import DecisionEvent, EventLog, EventWriter, text_digest
 from core.policy import PolicySet, parse_policy
 from core.settings import Limits
 from serving.schemas import ModerateRequest, ModerateResponse
@@ -129,7 +129,9 @@ class Ingress:
             try:
                 resolved = resolve_policy(state.policy, meta["head_keys"], meta)
             except PolicyError as err:
-                raise ApiError(503, f"the policy does not fit model version {version}: {err}")
+                raise ApiError(
+                    503, f"the policy does not fit model version {version}: {err}"
+                ) from None
             self._resolved = {key: resolved}
         return self._resolved[key]
 

@@ -66,8 +66,9 @@ class Scorer:
         self.precision = precision
         self._current: LoadedModel | None = None
         self.load_error: str | None = None
-        self.score_batch.set_max_batch_size(max_batch_size)
-        self.score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        # @serve.batch adds these setters at run time; mypy sees the plain coroutine.
+        self.score_batch.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
+        self.score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
         self._load(None)
 
     def _load(self, version: str | None) -> None:

@@ -156,7 +156,9 @@ def load_sms_spam(limit: int | None = None, seed: int = 0) -> LabelledSet:
     mask[:, _col("spam")] = True
     mask[~spam, :] = True  # ham: everyday messages, a weak negative for every category
     texts = df["text"].tolist()
-    groups = ["sms:" + hashlib.sha1(" ".join(t.lower().split()).encode()).hexdigest() for t in texts]
+    groups = [
+        "sms:" + hashlib.sha1(" ".join(t.lower().split()).encode()).hexdigest() for t in texts
+    ]
     return LabelledSet(texts, groups, ["sms_spam"] * len(df), targets, mask, list(CATEGORIES))
 
 
