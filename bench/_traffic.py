@@ -74,6 +74,9 @@ def load(url: str, texts: list[str], tenants: list[tuple[str, str]], items_per_r
         k += items_per_request
         bodies.append(({"tenant": tenant, "items": items}, key))
     lat, failures, wall = asyncio.run(_run(url, bodies, concurrency))
+    if failures:
+        raise RuntimeError(f"{failures} of {n_requests} requests failed: the numbers would "
+                           "measure errors, not moderation")
     ms = np.array(lat) * 1000
     return {
         "concurrency": concurrency, "items_per_request": items_per_request,

@@ -100,9 +100,16 @@ def tenants_policy(tenants: int, categories: int) -> dict[str, Any]:
 
 def deploy(settings: Settings, dashboard: str, policy: dict[str, Any], version: str | None,
            ) -> dict[str, str]:
+    from core.launcher import check_policy
+    from registry.store import ModelRegistry
     from serving.config import deploy_config, serve_config, wait_until_running
 
     pol = parse_policy(policy)
+    registry = ModelRegistry(settings)
+    meta = json.loads((registry.download(version or registry.by_alias("champion").version)
+                       / "metadata.json").read_text())
+    meta["version"] = version
+    check_policy(pol, meta)  # a policy that does not fit would measure only 503s
     keys, _ = ensure_keys(settings.keys_file, pol.tenants)
     t0 = time.time()
     deploy_config(serve_config(settings, pol, keys, model_version=version), dashboard)
@@ -181,8 +188,8 @@ def main() -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         settings = load_settings(state, port=port)
-        print("training a small starter model for the benchmark ...", flush=True)
-        _, starter = train_starter(settings, limit_per_source=200, davidson_limit=800)
+        print("training the starter model (as 'bastion up' does) ...", flush=True)
+        _, starter = train_starter(settings)
         v1 = register(settings, one_head_model(starter), "bench-1x1")
         v500 = register(settings, many_heads_model(starter, 50, 10), "bench-50x10")
         dashboard = start_ray(settings)

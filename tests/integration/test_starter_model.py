@@ -9,6 +9,7 @@ import pytest
 from core.encoders import create_encoder
 from core.model import ModerationModel
 from core.settings import Settings
+from training.datasets import davidson_path
 
 from .conftest import Starter
 
@@ -32,6 +33,12 @@ def column(model: ModerationModel, texts: list[str], key: str) -> np.ndarray:
     return model.score(texts)[1][:, model.head_keys.index(key)]
 
 
+needs_davidson = pytest.mark.skipif(
+    davidson_path() is None, reason="the 'offensive' head learns from the Davidson tweets in "
+    "../shared/data (or BASTION_DAVIDSON_CSV), which are not present")
+
+
+@needs_davidson
 def test_abusive_text_outranks_benign_text(starter: Starter) -> None:
     m = starter.model
     for key in ("offensive", "hate"):
@@ -44,6 +51,7 @@ def test_spam_outranks_ordinary_messages(starter: Starter) -> None:
     assert spam.min() > benign.max()
 
 
+@needs_davidson
 def test_directional_adding_an_insult_raises_offensive(starter: Starter) -> None:
     base = ["you played that level really well", "what time does the match start"]
     worse = [t + ", you dumb bitch" for t in base]
@@ -51,6 +59,7 @@ def test_directional_adding_an_insult_raises_offensive(starter: Starter) -> None
             ).all()
 
 
+@needs_davidson
 def test_invariance_a_name_does_not_change_the_decision(starter: Starter) -> None:
     texts = [f"{name} is bringing snacks to the game tonight"
              for name in ("Maria", "Jamal", "Wei", "Olga")]
@@ -61,7 +70,9 @@ def test_invariance_a_name_does_not_change_the_decision(starter: Starter) -> Non
 def test_metadata_reports_held_out_metrics(starter: Starter) -> None:
     meta = starter.model.metadata
     assert meta["data"]["fingerprint"] and meta["data"]["n_test"] > 0
-    assert meta["metrics"]["offensive"]["auroc"] > 0.85
+    assert meta["metrics"]["spam"]["auroc"] > 0.9
+    if davidson_path() is not None:
+        assert meta["metrics"]["offensive"]["auroc"] > 0.85
     assert set(meta["curves"]) <= set(meta["categories"])
 
 
