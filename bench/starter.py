@@ -29,7 +29,7 @@ def main() -> None:
         "benchmark": "starter-model",
         "machine": machine(),
         "train_seconds": round(seconds, 1),
-        "encoder": {k: meta["encoder"][k] for k in ("name", "precision", "max_length")},
+        "encoder": {k: model.encoder.identity[k] for k in ("name", "precision", "max_length")},
         "data": meta["data"],
         "metrics": meta["metrics"],
     }
