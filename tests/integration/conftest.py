@@ -47,11 +47,14 @@ def starter(settings: Settings) -> Starter:
 
 @pytest.fixture(scope="session")
 def dashboard(settings: Settings) -> Iterator[str]:
-    from core.runtime import start_ray, stop_ray
+    import shutil
+
+    from core.runtime import ray_temp_dir, start_ray, stop_ray
 
     url = start_ray(settings)
     yield url
     stop_ray()
+    shutil.rmtree(ray_temp_dir(settings.state_dir), ignore_errors=True)
 
 
 @dataclass
