@@ -22,6 +22,8 @@ from core.errors import PolicyError
 __all__ = [
     "Action",
     "CategoryPolicy",
+    "GateDefaults",
+    "GateRule",
     "KeywordRule",
     "TenantPolicy",
     "PolicySet",
@@ -47,6 +49,40 @@ class Action(StrEnum):
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GateRule(_Frozen):
+    """What a new model version must show for one (tenant, category) to replace the champion.
+
+    Every field is optional: unset fields fall back to the file's ``gate`` defaults."""
+
+    min_precision: float | None = Field(
+        None, gt=0, le=1, description="Held-out precision at the block threshold must reach "
+        "this; default the category's target_precision, else the file default.",
+    )
+    recall_tolerance: float | None = Field(
+        None, ge=0, le=1, description="Held-out recall at the block threshold may fall below "
+        "the champion's by at most this (absolute).",
+    )
+    max_ece: float | None = Field(
+        None, gt=0, le=1, description="Largest expected calibration error (10 bins) allowed.",
+    )
+    min_positives: int | None = Field(
+        None, ge=1, description="Fewer held-out positives than this: the precision and recall "
+        "checks are reported as not measurable instead of passing or failing.",
+    )
+
+
+class GateDefaults(_Frozen):
+    """Defaults of the promotion gate for the whole file."""
+
+    min_precision: float = Field(0.9, gt=0, le=1, description="See GateRule.min_precision.")
+    recall_tolerance: float = Field(0.02, ge=0, le=1, description="See GateRule.")
+    max_ece: float = Field(0.1, gt=0, le=1, description="See GateRule.max_ece.")
+    min_positives: int = Field(10, ge=1, description="See GateRule.min_positives.")
+    max_p99_ms: float = Field(
+        250.0, gt=0, description="p99 latency budget of scoring one item in process, in ms."
+    )
 
 
 class CategoryPolicy(_Frozen):
@@ -77,6 +113,9 @@ class CategoryPolicy(_Frozen):
     )
     severity: float = Field(
         1.0, ge=0, le=10, description="Weight of this category in review priority."
+    )
+    gate: GateRule = Field(
+        default_factory=GateRule, description="Promotion gate for this category."
     )
 
     @model_validator(mode="after")
@@ -152,6 +191,9 @@ class PolicySet(_Frozen):
     """All tenants' policies, as loaded from one file."""
 
     version: str | None = Field(None, description="A label for this revision of the file.")
+    gate: GateDefaults = Field(
+        default_factory=GateDefaults, description="Promotion gate defaults."
+    )
     tenants: dict[str, TenantPolicy] = Field(..., min_length=1, description="Policies by tenant.")
 
     @model_validator(mode="after")
