@@ -1,0 +1,326 @@
+"""The promotion gate on small synthetic held-out data: who passes, who fails, and why."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from core.decision import resolve_policy
+from core.policy import PolicySet, parse_policy
+from registry.gate import (
+    CategoryEvaluation,
+    Check,
+    GateReport,
+    VersionEvaluation,
+    ece,
+    evaluate_version,
+    run_gate,
+)
+from training.heads import pr_curve
+
+HEADS = ["hate", "spam", "acme/spam"]
+CATEGORIES = ["hate", "spam", "violence"]
+POLICY_DATA: dict = {
+    "gate": {"min_precision": 0.8, "recall_tolerance": 0.05, "max_ece": 0.1,
+             "min_positives": 10, "max_p99_ms": 50},
+    "tenants": {
+        "acme": {"categories": {
+            "hate": {"block_threshold": 0.5},
+            "spam": {"block_threshold": 0.5, "head": "acme/spam"},
+        }},
+        # threshold derived from each version's own held-out curve; min_precision falls back
+        # to this target precision
+        "kids": {"categories": {"hate": {"target_precision": 0.85}}},
+    },
+}
+POLICY = parse_policy(POLICY_DATA)
+N = 600
+
+
+class Data:
+    """Calibrated probabilities per category and labels drawn from them (seeded)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        # Beta(0.3, 0.3) puts most mass near 0 and 1: a confident, well-separated model
+        self.p = self.rng.beta(0.3, 0.3, size=(N, len(CATEGORIES)))
+        self.targets = (self.rng.random((N, len(CATEGORIES))) < self.p).astype(np.float32)
+        self.mask = np.ones((N, len(CATEGORIES)), dtype=bool)
+
+    def probs(self, category: str, noise: float = 0.0) -> np.ndarray:
+        """The true probabilities; a ``noise`` fraction of items get a uniform random score."""
+        p = self.p[:, CATEGORIES.index(category)]
+        if noise:
+            p = np.where(self.rng.random(N) < noise, self.rng.random(N), p)
+        return p
+
+
+DATA = Data()
+
+
+def scores_for(noise: float = 0.0, heads: list[str] = HEADS) -> np.ndarray:
+    """One column per head; both spam heads are judged against the 'spam' labels."""
+    return np.stack([DATA.probs(h.rsplit("/", 1)[-1], noise) for h in heads], axis=1)
+
+
+def meta_for(version: str, scores: np.ndarray, heads: list[str]) -> dict:
+    """Model metadata with held-out curves in training's format, one per head."""
+    curves = {}
+    for j, head in enumerate(heads):
+        y = DATA.targets[:, CATEGORIES.index(head.rsplit("/", 1)[-1])] >= 0.5
+        curves[head] = pr_curve(y.astype(np.float64), scores[:, j].astype(np.float64))
+    return {"version": version, "curves": curves}
+
+
+def evaluation(
+    version: str, noise: float = 0.0, heads: list[str] = HEADS, p99: float | None = 12.0,
+    policy: PolicySet = POLICY, mask: np.ndarray | None = None, meta: dict | None = None,
+) -> VersionEvaluation:
+    scores = scores_for(noise, heads)
+    return evaluate_version(
+        version, heads, meta if meta is not None else meta_for(version, scores, heads), scores,
+        DATA.targets, DATA.mask if mask is None else mask, CATEGORIES, policy, p99_ms=p99,
+    )
+
+
+def check(report: GateReport, tenant: str | None, category: str | None, name: str) -> Check:
+    (found,) = [c for c in report.checks
+                if (c.tenant, c.category, c.name) == (tenant, category, name)]
+    return found
+
+
+CHAMPION = evaluation("1")
+
+
+# -- evaluate_version --------------------------------------------------------------------------
+def test_tenant_owned_head_is_judged_against_the_category_labels() -> None:
+    ev = CHAMPION.categories[("acme", "spam")]
+    y = DATA.targets[:, 1] >= 0.5
+    pred = np.round(scores_for()[:, 2], 6) >= 0.5
+    assert ev.head_key == "acme/spam"
+    assert (ev.n, ev.n_pos) == (N, int(y.sum()))
+    assert ev.precision_at_block == pytest.approx((pred & y).sum() / pred.sum())
+    assert ev.recall_at_block == pytest.approx((pred & y).sum() / y.sum())
+
+
+def test_target_precision_threshold_is_what_serving_resolves() -> None:
+    scores = scores_for()
+    meta = meta_for("1", scores, HEADS)
+    served = resolve_policy(POLICY, HEADS, meta)["kids"].category("hate")
+    assert served is not None
+    ev = CHAMPION.categories[("kids", "hate")]
+    assert ev.block_threshold == served.block_threshold
+    assert ev.block_threshold != 0.5  # derived from the curve, not acme's fixed threshold
+    assert ev.precision_at_block is not None and ev.precision_at_block >= 0.85
+
+
+def test_masked_rows_are_left_out() -> None:
+    mask = DATA.mask.copy()
+    mask[100:, 0] = False
+    ev = evaluation("1", mask=mask).categories[("acme", "hate")]
+    assert (ev.n, ev.n_pos) == (100, int((DATA.targets[:100, 0] >= 0.5).sum()))
+
+
+def test_missing_head_leaves_the_other_categories_evaluated() -> None:
+    cand = evaluation("2", heads=["hate", "spam"])
+    missing = cand.categories[("acme", "spam")]
+    assert missing.head_key is None and missing.precision_at_block is None
+    assert missing.note is not None and "no head 'acme/spam'" in missing.note
+    assert cand.categories[("acme", "hate")].precision_at_block is not None
+    assert cand.categories[("kids", "hate")].block_threshold is not None
+
+
+def test_evaluate_version_rejects_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match=r"scores has shape \(600, 2\), expected \(n_items, 3\)"):
+        evaluate_version("2", HEADS, {}, scores_for()[:, :2], DATA.targets, DATA.mask,
+                         CATEGORIES, POLICY)
+    with pytest.raises(ValueError, match=r"mask has shape \(600, 2\), expected \(600, 3\)"):
+        evaluate_version("2", HEADS, {}, scores_for(), DATA.targets, DATA.mask[:, :2],
+                         CATEGORIES, POLICY)
+
+
+# -- ece ---------------------------------------------------------------------------------------
+def test_ece_is_zero_when_calibrated_and_large_when_not() -> None:
+    calibrated = ece(np.full(400, 0.25), np.r_[np.ones(100), np.zeros(300)])
+    overconfident = ece(np.full(400, 0.95), np.zeros(400))
+    assert calibrated == pytest.approx(0.0)
+    assert overconfident == pytest.approx(0.95)
+    # two bins, each off by 0.1, weighted by size: (100 * 0.1 + 300 * 0.1) / 400
+    mixed = ece(np.r_[np.full(100, 0.9), np.full(300, 0.1)],
+                np.r_[np.ones(100), np.zeros(300)])
+    assert mixed == pytest.approx(0.1)
+    assert ece(np.array([1.0]), np.array([1.0])) == pytest.approx(0.0)  # 1.0 is in the last bin
+
+
+def test_ece_of_draws_from_the_probabilities_is_small() -> None:
+    rng = np.random.default_rng(1)
+    p = rng.random(20000)
+    assert ece(p, (rng.random(20000) < p).astype(float)) < 0.02
+    assert ece(p, (rng.random(20000) < p**3).astype(float)) > 0.1
+
+
+def test_ece_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="not logits"):
+        ece(np.array([-2.0, 3.0]), np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="one label per probability"):
+        ece(np.array([0.2, 0.3]), np.array([1.0]))
+    with pytest.raises(ValueError, match="at least one item"):
+        ece(np.array([]), np.array([]))
+
+
+# -- run_gate ----------------------------------------------------------------------------------
+def test_good_candidate_passes() -> None:
+    report = run_gate(evaluation("2"), CHAMPION, POLICY)
+    assert report.passed, report.to_table()
+    assert report.failures() == []
+    assert {c.name for c in report.checks} == {
+        "category_present", "precision_at_block", "recall_vs_champion", "calibration_ece",
+        "p99_latency",
+    }
+    assert all(c.passed is True for c in report.checks)
+    assert report.to_table().startswith("PASSED v2 vs champion v1: ")
+
+
+def test_noisy_candidate_fails_precision_and_recall_naming_the_category() -> None:
+    report = run_gate(evaluation("2", noise=0.5), CHAMPION, POLICY)
+    assert not report.passed
+    failed = {(c.tenant, c.category, c.name) for c in report.failures()}
+    assert {("acme", "hate", "precision_at_block"), ("acme", "hate", "recall_vs_champion"),
+            ("kids", "hate", "recall_vs_champion"), ("acme", "hate", "calibration_ece")} <= failed
+    precision = check(report, "acme", "hate", "precision_at_block")
+    assert re.fullmatch(
+        r"acme/hate: precision at block threshold 0\.\d+ < required 0\.8 "
+        r"\(threshold 0\.5, n_pos=\d+\)", precision.message)
+    recall = check(report, "kids", "hate", "recall_vs_champion")
+    assert recall.value is not None and recall.threshold is not None
+    assert recall.value < recall.threshold
+    assert "< champion v1's" in recall.message and "tolerance 0.05" in recall.message
+
+    table = report.to_table()
+    verdict, _, header, first = table.splitlines()[:4]
+    assert verdict.startswith("REJECTED v2 vs champion v1: ")
+    assert "acme/hate" in verdict and "kids/hate" in verdict
+    assert header.split() == ["tenant", "category", "check", "value", "threshold", "result"]
+    assert first.split()[-1] == "FAIL"  # failures first
+    assert precision.message in table
+
+
+def test_candidate_missing_a_head_fails_category_present() -> None:
+    report = run_gate(evaluation("2", heads=["hate", "spam"]), CHAMPION, POLICY)
+    assert not report.passed
+    (failure,) = report.failures()
+    assert (failure.tenant, failure.category, failure.name) == ("acme", "spam",
+                                                               "category_present")
+    assert failure.message.startswith("acme/spam: candidate v2 has no head")
+    assert "champion v1 scores it with head 'acme/spam'" in failure.message
+    assert "no category may silently disappear" in failure.message
+    # its other checks are skipped; the other categories are still checked
+    assert [c.name for c in report.checks if (c.tenant, c.category) == ("acme", "spam")] == [
+        "category_present"]
+    assert check(report, "acme", "hate", "precision_at_block").passed is True
+    assert "acme/spam" in report.to_table().splitlines()[0]
+
+
+def test_category_the_champion_scored_may_not_vanish_with_the_policy() -> None:
+    data = json.loads(json.dumps(POLICY_DATA))
+    del data["tenants"]["acme"]["categories"]["spam"]
+    smaller = parse_policy(data)
+    report = run_gate(evaluation("2", heads=["hate", "spam"], policy=smaller), CHAMPION, smaller)
+    (failure,) = report.failures()
+    assert (failure.tenant, failure.category, failure.name) == ("acme", "spam",
+                                                               "category_present")
+    assert "was not evaluated for it" in failure.message
+
+
+def test_too_few_positives_is_not_measurable_rather_than_passed() -> None:
+    mask = DATA.mask.copy()
+    mask[12:, 0] = False  # a dozen labelled 'hate' items: fewer positives than min_positives
+    n_pos = int((DATA.targets[:12, 0] >= 0.5).sum())
+    assert 0 < n_pos < 10
+    report = run_gate(evaluation("2", mask=mask), evaluation("1", mask=mask), POLICY)
+    for tenant in ("acme", "kids"):
+        precision = check(report, tenant, "hate", "precision_at_block")
+        recall = check(report, tenant, "hate", "recall_vs_champion")
+        assert precision.passed is None and recall.passed is None
+        assert precision.message == (
+            f"{tenant}/hate: precision not measurable: {n_pos} held-out positives < "
+            "min_positives 10; label more held-out items")
+        calibration = check(report, tenant, "hate", "calibration_ece")
+        assert calibration.passed is None  # 12 items: sampling noise alone would decide
+        assert "12 held-out items < 225 needed to judge max_ece 0.1" in calibration.message
+    assert report.passed  # acme/spam and latency were measured and passed
+    assert "Not measurable:" in report.to_table()
+
+
+def test_report_with_nothing_measurable_does_not_pass() -> None:
+    no_labels = np.zeros_like(DATA.mask)
+    report = run_gate(evaluation("1", mask=no_labels, p99=None), None, POLICY)
+    assert report.failures() == []
+    assert not report.passed
+    assert "no quality check was measurable" in report.to_table().splitlines()[0]
+
+
+def test_first_version_has_no_recall_to_compare() -> None:
+    report = run_gate(CHAMPION, None, POLICY)
+    recall = check(report, "acme", "hate", "recall_vs_champion")
+    assert recall.passed is None
+    assert recall.message == (
+        "acme/hate: recall not compared: there is no champion yet (first version)")
+    assert report.passed
+    assert report.to_table().startswith("PASSED v1 (no champion): ")
+
+
+def test_recall_exactly_at_the_tolerance_passes() -> None:
+    def version(name: str, recall: float) -> VersionEvaluation:
+        ev = CategoryEvaluation("acme", "hate", "hate", n=200, n_pos=100, block_threshold=0.5,
+                                precision_at_block=0.9, recall_at_block=recall, auroc=0.9,
+                                ece=0.02)
+        return VersionEvaluation(name, {("acme", "hate"): ev}, p99_ms=5.0, head_keys=["hate"])
+
+    policy = parse_policy({"gate": {"recall_tolerance": 0.02},
+                           "tenants": {"acme": {"categories": {"hate": {"block_threshold": 0.5}}}}})
+    assert run_gate(version("2", 0.78), version("1", 0.8), policy).passed  # 0.8 - 0.02 in floats
+    worse = run_gate(version("2", 0.77), version("1", 0.8), policy)
+    assert [c.name for c in worse.failures()] == ["recall_vs_champion"]
+
+
+def test_unreachable_target_precision_fails_precision() -> None:
+    scores = scores_for()
+    meta = meta_for("2", scores, HEADS)
+    del meta["curves"]["hate"]  # no held-out curve: serving cannot derive kids/hate's threshold
+    cand = evaluation("2", meta=meta)
+    assert cand.categories[("kids", "hate")].block_threshold is None
+    report = run_gate(cand, CHAMPION, POLICY)
+    (failure,) = report.failures()
+    assert (failure.tenant, failure.category, failure.name) == ("kids", "hate",
+                                                               "precision_at_block")
+    assert "never reaches 0.85" in failure.message
+    assert "serving could not run this version" in failure.message
+
+
+def test_latency_over_budget_fails() -> None:
+    report = run_gate(evaluation("2", p99=80.0), CHAMPION, POLICY)
+    (failure,) = report.failures()
+    assert (failure.tenant, failure.category, failure.name) == (None, None, "p99_latency")
+    assert failure.message == "p99 latency of scoring one item 80 ms > budget 50 ms"
+    assert report.to_table().splitlines()[0].endswith("1 check(s) failed in p99_latency")
+    unmeasured = check(run_gate(evaluation("2", p99=None), CHAMPION, POLICY), None, None,
+                       "p99_latency")
+    assert unmeasured.passed is None
+
+
+def test_to_json_round_trips_with_rounded_values() -> None:
+    report = run_gate(evaluation("2", noise=0.5), CHAMPION, POLICY)
+    data = report.to_json()
+    assert json.loads(json.dumps(data)) == data
+    assert list(data) == ["candidate", "champion", "passed", "verdict", "checks"]
+    assert (data["candidate"], data["champion"], data["passed"]) == ("2", "1", False)
+    for row in data["checks"]:
+        assert list(row) == ["tenant", "category", "name", "passed", "value", "threshold",
+                             "message"]
+        for key in ("value", "threshold"):
+            assert row[key] is None or round(row[key], 4) == row[key]
+    assert len(data["checks"]) == len(report.checks)
