@@ -57,6 +57,9 @@ class ServingConfig(BaseModel):
     torch_threads: int = Field(
         0, ge=0, description="Intra-op threads of the encoder; 0 means one per CPU core."
     )
+    champion_poll_s: float = Field(
+        2.0, gt=0, description="How often each Scorer replica checks the @champion alias."
+    )
     precision: str = Field(
         "auto", pattern="^(auto|fp32|bf16)$",
         description="Encoder precision: bf16 autocast where the CPU supports it (auto), or fp32.",
@@ -87,8 +90,7 @@ class Settings(BaseSettings):
 
     @property
     def tracking_uri(self) -> str:
-        uri = self.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        return uri or f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
+        return self.mlflow_tracking_uri or f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
 
     @property
     def artifact_root(self) -> Path:
@@ -115,6 +117,12 @@ def load_settings(state_dir: str | Path | None = None, **overrides: object) -> S
     """Read settings from the environment, with explicit overrides (CLI flags) on top."""
     if state_dir is not None:
         overrides["state_dir"] = Path(state_dir)
+    # MLflow's own variable is honoured, read once here: MLflow itself sets it in os.environ
+    # whenever a process calls mlflow.set_tracking_uri(), so reading it later would follow
+    # whatever the process last talked to.
+    if overrides.get("mlflow_tracking_uri") is None and not os.environ.get(
+            "BASTION_MLFLOW_TRACKING_URI"):
+        overrides["mlflow_tracking_uri"] = os.environ.get("MLFLOW_TRACKING_URI")
     clean = {k: v for k, v in overrides.items() if v is not None}
     settings = Settings(**clean)  # type: ignore[arg-type]
     return settings.model_copy(update={"state_dir": settings.state_dir.expanduser().resolve()})

@@ -47,7 +47,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         max_ongoing_requests=sv.scorer_max_ongoing_requests,
     ).bind(
         args.state_dir, args.tracking_uri, args.model_name, sv.max_batch_size,
-        sv.batch_wait_timeout_s, sv.torch_threads, sv.precision,
+        sv.batch_wait_timeout_s, sv.torch_threads, sv.precision, sv.champion_poll_s,
     )
     return Ingress.options(  # type: ignore[attr-defined,no-any-return]
         num_replicas=sv.ingress_replicas,

@@ -124,7 +124,7 @@ class Ingress:
         key = (version, state.loaded_at)
         if key not in self._resolved:
             if version not in self._meta:
-                self._meta[version] = await self.scorer.metadata.remote()
+                self._meta[version] = await self._metadata(version)
             meta = self._meta[version]
             try:
                 resolved = resolve_policy(state.policy, meta["head_keys"], meta)
@@ -134,6 +134,16 @@ class Ingress:
                 ) from None
             self._resolved = {key: resolved}
         return self._resolved[key]
+
+    async def _metadata(self, version: str) -> dict[str, Any]:
+        # With several Scorer replicas mid-swap, the call may reach one that does not hold
+        # this version yet (or any more): ask again, another replica answers.
+        for attempt in range(8):
+            try:
+                return await self.scorer.metadata.remote(version)
+            except Exception:  # noqa: BLE001 - surfaced below after the retries
+                await asyncio.sleep(0.05 * (attempt + 1))
+        raise ApiError(503, f"no Scorer replica holds model version {version}; retry shortly")
 
     # -- auth and input -------------------------------------------------------------------
     def _authenticate(self, request: Request, tenant: str) -> str:

@@ -1,5 +1,12 @@
 """The Scorer deployment: the shared encoder and all heads, batched across concurrent requests.
 
+It follows the registry's ``@champion`` alias: a background thread polls MLflow, loads a new
+champion beside the serving one, then switches with one assignment. A batch keeps the model it
+started with, so requests in flight finish on their version, and every result names it. The
+replaced version stays loaded, so a rollback to it is instant. A version that fails to load
+(missing or corrupt artifact) is not switched to: serving stays on the old one and says so in
+the logs and in ``status()`` (``/readyz``).
+
 One call carries a list of texts (one request's items); ``@serve.batch`` gathers calls until
 ``max_batch_size`` *items* (not calls) are waiting, so a 32-item request and 32 single-item
 requests batch alike. Encoding runs in a worker thread so the replica keeps accepting calls
@@ -53,7 +60,10 @@ class Scorer:
         batch_wait_timeout_s: float = 0.004,
         torch_threads: int = 0,
         precision: str = "auto",
+        champion_poll_s: float = 2.0,
     ) -> None:
+        import threading
+
         import torch
 
         from core.settings import load_settings
@@ -64,6 +74,10 @@ class Scorer:
         )
         self.precision = precision
         self._current: LoadedModel | None = None
+        self._previous: LoadedModel | None = None
+        self._pinned: str | None = None
+        self._failed: dict[str, str] = {}
+        self.swaps: list[dict[str, Any]] = []
         self.batches = 0
         self.encode_s = 0.0
         self.items = 0
@@ -71,24 +85,80 @@ class Scorer:
         # @serve.batch adds these setters at run time; mypy sees the plain coroutine.
         self.score_batch.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
         self.score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
-        self._load(None)
-
-    def _load(self, version: str | None) -> None:
         from registry.store import CHAMPION, ModelRegistry
 
-        registry = ModelRegistry(self.settings)
-        info = registry.get(version) if version else registry.by_alias(CHAMPION)
-        path = registry.download(info.version)
+        self._registry = ModelRegistry(self.settings)
+        self._switch(self._registry.by_alias(CHAMPION).version)
+        self._stop = threading.Event()
+        self._poll_s = champion_poll_s
+        self._watcher = threading.Thread(target=self._watch, name="champion-watch", daemon=True)
+        self._watcher.start()
+
+    def _loaded(self, version: str) -> LoadedModel:
+        """The model of ``version``: already in memory (current or previous), else loaded."""
+        for held in (self._current, self._previous):
+            if held is not None and held.version == version:
+                return held
+        path = self._registry.download(version)
         model = ModerationModel.load(path, precision=self.precision)
-        model.metadata["version"] = info.version
-        self._current = LoadedModel(info.version, model, time.time())
-        log.info("Scorer loaded %s version %s", self.settings.model_name, info.version)
+        model.metadata["version"] = version
+        model.score(["warm up"])  # first call allocates; keep it off the request path
+        return LoadedModel(version, model, time.time())
+
+    def _switch(self, version: str) -> None:
+        """Load ``version`` beside the serving model, then switch with one assignment."""
+        if self._current is not None and self._current.version == version:
+            return
+        if version in self._failed:
+            return  # already reported; a new alias move tries again
+        try:
+            new = self._loaded(version)
+        except Exception as err:  # noqa: BLE001 - any load failure keeps the old version serving
+            msg = f"version {version} failed to load, still serving " \
+                  f"{self._current.version if self._current else 'nothing'}: {err}"
+            self._failed[version] = msg
+            self.load_error = msg
+            log.error("Scorer: %s", msg)
+            if self._current is None:
+                raise
+            return
+        old = self._current
+        self._current = new  # batches that started before keep their own reference
+        if old is not None:
+            self._previous = old
+        self.load_error = None
+        self.swaps.append({"at": time.time(), "from": old.version if old else None,
+                           "to": version})
+        log.info("Scorer now serves %s version %s (was %s)", self.settings.model_name,
+                 version, old.version if old else None)
+
+    def _watch(self) -> None:
+        from registry.store import CHAMPION
+
+        while not self._stop.wait(self._poll_s):
+            if self._pinned is not None:
+                continue
+            try:
+                version = self._registry.by_alias(CHAMPION).version
+            except Exception as err:  # noqa: BLE001 - registry unreachable: keep serving, retry
+                log.warning("Scorer: cannot read @%s: %s", CHAMPION, err)
+                continue
+            if self._current is None or version != self._current.version:
+                self._failed = {v: m for v, m in self._failed.items() if v == version}
+                self._switch(version)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        """``user_config``: ``{"model_version": "3"}`` pins a version (default @champion)."""
+        """``user_config``: ``{"model_version": "3"}`` pins a version; null follows @champion."""
         version = config.get("model_version")
-        if version and (self._current is None or self._current.version != str(version)):
-            self._load(str(version))
+        self._pinned = str(version) if version else None
+        if self._pinned is not None:
+            self._failed.pop(self._pinned, None)
+            self._switch(self._pinned)
+
+    def __del__(self) -> None:
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.004, batch_size_fn=_items)
     async def score_batch(self, batch: list[list[str]]) -> list[ScoreResult]:
@@ -115,11 +185,14 @@ class Scorer:
     async def score(self, texts: list[str]) -> ScoreResult:
         return await self.score_batch(texts)
 
-    def metadata(self) -> dict[str, Any]:
-        """The loaded version's metadata (heads, curves): what the ingress resolves policy with."""
-        assert self._current is not None
-        meta = dict(self._current.model.metadata)
-        meta["head_keys"] = self._current.model.head_keys
+    def metadata(self, version: str | None = None) -> dict[str, Any]:
+        """A loaded version's metadata (heads, curves): what the ingress resolves policy with."""
+        held = next((m for m in (self._current, self._previous)
+                     if m is not None and (version is None or m.version == version)), None)
+        if held is None:
+            raise KeyError(f"version {version} is not loaded in this replica")
+        meta = dict(held.model.metadata)
+        meta["head_keys"] = held.model.head_keys
         return meta
 
     def status(self) -> dict[str, Any]:
@@ -133,6 +206,9 @@ class Scorer:
             "model_version": cur.version if cur else None,
             "loaded_at": cur.loaded_at if cur else None,
             "load_error": self.load_error,
+            "previous_version": self._previous.version if self._previous else None,
+            "pinned_version": self._pinned,
+            "swaps": self.swaps[-5:],
             "batches": self.batches,
             "mean_batch_items": round(self.items / self.batches, 2) if self.batches else None,
             "mean_batch_ms": (
