@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,94 @@ def keys(state_dir: Path | None, tenant: str | None) -> None:
         click.echo(f"{t}\t{k}")
 
 
+def _lifecycle(state_dir: Path | None) -> Any:
+    from core.launcher import ensure_policy_file
+    from core.policy import load_policy
+    from registry.lifecycle import Lifecycle
+
+    settings = _settings(state_dir)
+    return Lifecycle(settings, load_policy(ensure_policy_file(settings)))
+
+
+@cli.group(help="Model versions in the MLflow registry.")
+def models() -> None:
+    pass
+
+
+@models.command("list", help="Every version with its aliases and gate verdict.")
+@_state_dir_option
+@_guard
+def models_list(state_dir: Path | None) -> None:
+    from registry.store import ModelRegistry
+
+    registry = ModelRegistry(_settings(state_dir))
+    click.echo(f"{'version':<8} {'aliases':<22} {'validation':<11} {'kind':<10} created (UTC)")
+    for v in registry.list_versions():
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.created / 1000))
+        click.echo(f"{v.version:<8} {','.join('@' + a for a in v.aliases):<22} "
+                   f"{v.tags.get('validation_status', '-'):<11} "
+                   f"{v.tags.get('bastion.kind', '-'):<10} {created}")
+
+
+@models.command("show", help="A version's tags and its latest gate report.")
+@_state_dir_option
+@click.argument("version")
+@_guard
+def models_show(state_dir: Path | None, version: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    lc = _lifecycle(state_dir)
+    info = lc.registry.get(version)
+    click.echo(f"{lc.name} version {info.version}  aliases: "
+               f"{', '.join('@' + a for a in info.aliases) or '-'}  run: {info.run_id}")
+    for k, v in sorted(info.tags.items()):
+        click.echo(f"  {k}: {v}")
+    try:
+        text = lc.client.download_artifacts(info.run_id, "gate/latest.txt")
+        click.echo("\nLatest gate report:\n" + Path(text).read_text())
+    except (MlflowException, OSError):
+        click.echo("\nNo gate report yet: run 'bastion promote " + info.version + "'.")
+
+
+@models.command("audit", help="Who promoted, forced, was refused or rolled back, when, why.")
+@_state_dir_option
+@_guard
+def models_audit(state_dir: Path | None) -> None:
+    for e in _lifecycle(state_dir).audit():
+        click.echo(json.dumps(e, sort_keys=True))
+
+
+@cli.command(help="Run the gate on VERSION against @champion and promote it if it passes.")
+@_state_dir_option
+@click.argument("version")
+@click.option("--force", is_flag=True, help="Promote even if the gate fails (recorded).")
+@click.option("--reason", default=None, help="Why: kept in the audit trail.")
+@_guard
+def promote(state_dir: Path | None, version: str, force: bool, reason: str | None) -> None:
+    from registry.lifecycle import GateRefused
+
+    lc = _lifecycle(state_dir)
+    try:
+        result = lc.promote(version, force=force, reason=reason)
+    except GateRefused as err:
+        click.echo(str(err))
+        sys.exit(1)
+    click.echo(result.report.to_table())
+    how = "FORCED past a failing gate" if result.forced else "gate passed"
+    click.echo(f"Promoted version {result.version} to @champion ({how}); previous champion: "
+               f"{result.previous}. Serving follows within seconds.")
+
+
+@cli.command(help="Move @champion back to the previous champion.")
+@_state_dir_option
+@click.option("--reason", default=None, help="Why: kept in the audit trail.")
+@_guard
+def rollback(state_dir: Path | None, reason: str | None) -> None:
+    old, new = _lifecycle(state_dir).rollback(reason=reason)
+    click.echo(f"Rolled back @champion from version {old} to version {new}. Serving follows "
+               "within seconds.")
+
+
 def main() -> None:
     import os
 
@@ -167,6 +256,9 @@ def main() -> None:
     # Before anything imports ray: some of its settings are read at import time.
     for k, v in ray_env().items():
         os.environ.setdefault(k, v)
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     cli(prog_name="bastion")
 
 

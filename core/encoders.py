@@ -93,6 +93,9 @@ class HFEncoder:
             )
         if threads > 0:
             torch.set_num_threads(threads)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a bar per model load is noise in CLIs and logs
         self._torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
         self.model = AutoModel.from_pretrained(str(self.path)).eval()

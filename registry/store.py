@@ -61,8 +61,17 @@ class ModelRegistry:
         self.name = settings.model_name
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.uri = settings.tracking_uri
+        # The fluent API (start_run, log_model) needs MLflow's process-wide URI; MLflow also
+        # exports it to os.environ for subprocesses, which would make any later Settings in
+        # this process follow this registry. Keep the former, undo the latter.
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         self._mlflow = mlflow
 
@@ -84,8 +93,13 @@ class ModelRegistry:
         metrics: dict[str, float],
         tags: dict[str, str],
         alias: str | None = None,
+        validate: bool = True,
     ) -> ModelVersionInfo:
-        """Log a saved Bastion model as a new registered version (optionally under an alias)."""
+        """Log a saved Bastion model as a new registered version (optionally under an alias).
+
+        ``validate`` has MLflow load and run the model on an input example while logging;
+        turn it off only to register an artifact on purpose as it is (e.g. a broken one in
+        tests of the gate)."""
         import pandas as pd
         from mlflow.models.signature import ModelSignature
         from mlflow.types.schema import ColSpec, Schema
@@ -110,7 +124,9 @@ class ModelRegistry:
                 artifacts={"bastion": str(model_dir)},
                 pip_requirements=pip_requirements(),
                 signature=signature,
-                input_example=pd.DataFrame({"text": ["an example message"]}),
+                input_example=(
+                    pd.DataFrame({"text": ["an example message"]}) if validate else None
+                ),
                 registered_model_name=self.name,
                 await_registration_for=60,
             )

@@ -1,0 +1,214 @@
+"""Promotion and rollback of model versions: the gate decides, the aliases move, the audit
+trail remembers who did what, when and why.
+
+``promote`` scores the candidate and the current ``@champion`` on held-out human-labelled
+data, runs the gate (``registry.gate``), stores the report with the candidate's run (a table
+and JSON under ``gate/``) and its verdict in the version tag ``validation_status``, then moves
+``@champion`` (or refuses, naming each failing tenant and category). ``--force`` promotes
+anyway and is recorded as such. ``rollback`` moves ``@champion`` back to the champion before
+it. Serving follows the alias by itself (``serving.scorer``).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from core.errors import BastionError, ModelError
+from core.model import ModerationModel
+from core.policy import PolicySet
+from core.settings import Settings
+from registry.gate import Check, GateReport, VersionEvaluation, evaluate_version, run_gate
+from registry.store import CHALLENGER, CHAMPION, ModelRegistry
+from training.datasets import LabelledSet, load_starter_data
+from training.heads import group_split
+
+__all__ = ["Lifecycle", "PromotionResult", "heldout_data", "GateRefused"]
+
+HISTORY_TAG = "bastion.champion_history"
+AUDIT_PREFIX = "audit."
+
+
+class GateRefused(BastionError):
+    """The gate rejected a version and it was not forced."""
+
+
+def heldout_data(limit_per_source: int | None = None,
+                 davidson_limit: int | None = 8000) -> LabelledSet:
+    """The held-out split of the packaged human-labelled data (the same split the starter
+    model's metrics use: no version trained by Bastion has seen these items)."""
+    data = load_starter_data(limit_per_source=limit_per_source, davidson_limit=davidson_limit)
+    return data.subset(np.nonzero(group_split(data.groups))[0])
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    version: str
+    promoted: bool
+    forced: bool
+    previous: str | None
+    report: GateReport
+
+
+class Lifecycle:
+    """Gate, promote, roll back and audit the versions of one registered model."""
+
+    def __init__(self, settings: Settings, policy: PolicySet,
+                 eval_data: LabelledSet | None = None, latency_items: int = 100,
+                 embeddings: dict[str, np.ndarray] | None = None) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.registry = ModelRegistry(settings)
+        self.client = self.registry.client
+        self.name = self.registry.name
+        self._eval_data = eval_data
+        self._latency_items = latency_items
+        # held-out embeddings per backbone fingerprint; share the dict to reuse them
+        self._embeddings: dict[str, np.ndarray] = {} if embeddings is None else embeddings
+        self._encoders: dict[str, Any] = {}
+
+    @property
+    def eval_data(self) -> LabelledSet:
+        if self._eval_data is None:
+            self._eval_data = heldout_data()
+        return self._eval_data
+
+    # -- evaluation ----------------------------------------------------------------------
+    def _load(self, version: str) -> ModerationModel:
+        path = self.registry.download(version)
+        meta = json.loads((path / "metadata.json").read_text())
+        fingerprint = meta.get("encoder", {}).get("fingerprint")
+        model = ModerationModel.load(path, encoder=self._encoders.get(fingerprint))
+        self._encoders[model.encoder.identity["fingerprint"]] = model.encoder
+        model.metadata["version"] = version
+        return model
+
+    def evaluate(self, version: str) -> VersionEvaluation:
+        """Score the held-out data with ``version``; one encoder pass per backbone."""
+        model = self._load(version)
+        fp = model.encoder.identity["fingerprint"]
+        data = self.eval_data
+        if fp not in self._embeddings:
+            self._embeddings[fp] = model.encoder.encode(data.texts)
+        scores = model.heads.score(self._embeddings[fp])
+        latencies = []
+        for text in data.texts[: self._latency_items]:
+            t0 = time.perf_counter()
+            model.score([text])
+            latencies.append((time.perf_counter() - t0) * 1000)
+        p99 = float(np.percentile(latencies, 99)) if latencies else None
+        return evaluate_version(version, model.head_keys, model.metadata, scores, data.targets,
+                                data.mask, data.categories, self.policy, p99_ms=p99)
+
+    def gate(self, version: str) -> GateReport:
+        """Run the gate for ``version`` against the current champion; store the report."""
+        version = str(self.registry.get(version).version)
+        champion = self._champion()
+        try:
+            candidate = self.evaluate(version)
+        except ModelError as err:
+            report = GateReport(candidate=version, champion=champion, passed=False, checks=[
+                Check(None, None, "artifact_loads", False, None, None,
+                      f"version {version} cannot be loaded: {err}")])
+        else:
+            baseline = self.evaluate(champion) if champion and champion != version else None
+            report = run_gate(candidate, baseline, self.policy)
+        self._store(version, report)
+        return report
+
+    def _store(self, version: str, report: GateReport) -> None:
+        info = self.registry.get(version)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        if info.run_id:
+            self.client.log_dict(info.run_id, report.to_json(), f"gate/report-{stamp}.json")
+            self.client.log_text(info.run_id, report.to_table(), f"gate/report-{stamp}.txt")
+            self.client.log_text(info.run_id, report.to_table(), "gate/latest.txt")
+        self.client.set_model_version_tag(self.name, version, "validation_status",
+                                          "passed" if report.passed else "failed")
+        self.client.set_model_version_tag(self.name, version, "bastion.gate_champion",
+                                          report.champion or "")
+        failing = sorted({f"{c.tenant}/{c.category}" if c.tenant else c.name
+                          for c in report.failures()})
+        self.client.set_model_version_tag(self.name, version, "bastion.gate_failures",
+                                          ", ".join(failing)[:4000])
+
+    # -- aliases -------------------------------------------------------------------------
+    def _champion(self) -> str | None:
+        try:
+            return self.registry.by_alias(CHAMPION).version
+        except ModelError:
+            return None
+
+    def history(self) -> list[str]:
+        model = self.client.get_registered_model(self.name)
+        raw = (model.tags or {}).get(HISTORY_TAG)
+        if raw:
+            return [str(v) for v in json.loads(raw)]
+        champion = self._champion()
+        return [champion] if champion else []
+
+    def _set_champion(self, version: str, history: list[str]) -> None:
+        self.client.set_registered_model_alias(self.name, CHAMPION, version)
+        self.client.set_registered_model_tag(self.name, HISTORY_TAG, json.dumps(history[-50:]))
+
+    def _audit(self, action: str, **fields: Any) -> dict[str, Any]:
+        entry = {"action": action, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "actor": fields.pop("actor", None) or getpass.getuser(), **fields}
+        key = f"{AUDIT_PREFIX}{time.time_ns()}"
+        self.client.set_registered_model_tag(self.name, key, json.dumps(entry, sort_keys=True))
+        return entry
+
+    def audit(self) -> list[dict[str, Any]]:
+        """Every promotion, forced promotion, refusal and rollback, oldest first."""
+        tags = self.client.get_registered_model(self.name).tags or {}
+        rows = [(int(k[len(AUDIT_PREFIX):]), json.loads(v)) for k, v in tags.items()
+                if k.startswith(AUDIT_PREFIX)]
+        return [entry for _, entry in sorted(rows, key=lambda kv: kv[0])]
+
+    def promote(self, version: str, *, force: bool = False, actor: str | None = None,
+                reason: str | None = None) -> PromotionResult:
+        """Gate ``version`` and make it ``@champion`` if it passes (or ``force``).
+
+        Raises:
+            GateRefused: the gate rejected it and ``force`` is not set (the report is stored).
+        """
+        version = str(self.registry.get(version).version)
+        previous = self._champion()
+        if previous == version:
+            raise BastionError(f"version {version} is already @{CHAMPION}")
+        self.client.set_registered_model_alias(self.name, CHALLENGER, version)
+        report = self.gate(version)
+        if not report.passed and not force:
+            self._audit("refused", version=version, champion=previous, actor=actor,
+                        reason=reason, failures=[c.message for c in report.failures()][:20])
+            raise GateRefused(
+                f"version {version} was not promoted; the gate failed:\n{report.to_table()}")
+        if not report.passed and any(c.name == "artifact_loads" for c in report.failures()):
+            raise GateRefused(f"version {version} cannot be loaded, even forced:\n"
+                              f"{report.to_table()}")
+        history = self.history()
+        self._set_champion(version, [*history, version])
+        self.client.delete_registered_model_alias(self.name, CHALLENGER)
+        if force and not report.passed:
+            self.client.set_model_version_tag(self.name, version, "validation_status", "forced")
+        self._audit("forced" if force and not report.passed else "promoted", version=version,
+                    previous=previous, actor=actor, reason=reason, gate_passed=report.passed)
+        return PromotionResult(version, True, force and not report.passed, previous, report)
+
+    def rollback(self, *, actor: str | None = None, reason: str | None = None) -> tuple[str, str]:
+        """Move ``@champion`` back to the champion before the current one: (from, to)."""
+        history = self.history()
+        current = self._champion()
+        if current is None or len(history) < 2:
+            raise BastionError("there is no earlier champion to roll back to")
+        if history[-1] != current:  # the alias was moved outside Bastion: trust the alias
+            history.append(current)
+        target = history[-2]
+        self._set_champion(target, history[:-1])
+        self._audit("rollback", version=target, previous=current, actor=actor, reason=reason)
+        return current, target
