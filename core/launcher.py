@@ -79,7 +79,8 @@ def _port_free(host: str, port: int) -> bool:
             return False
 
 
-def _train_starter_with_progress(settings: Settings, say: Say, **kw: Any) -> str:
+def _train_starter_with_progress(settings: Settings, say: Say, policy: PolicySet,
+                                 **kw: Any) -> str:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from training.starter import train_starter
@@ -95,7 +96,7 @@ def _train_starter_with_progress(settings: Settings, say: Say, **kw: Any) -> str
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
-        version, model = train_starter(settings, progress=progress, **kw)
+        version, model = train_starter(settings, progress=progress, policy=policy, **kw)
     for key, m in model.metadata["metrics"].items():
         if "auroc" in m:
             say(f"  {key:<15} held-out AUROC {m['auroc']:.3f}  "
@@ -129,7 +130,7 @@ def run_platform(
 
     registry = ModelRegistry(settings)
     if not registry.has_champion():
-        _train_starter_with_progress(settings, say, **(starter_kwargs or {}))
+        _train_starter_with_progress(settings, say, policy, **(starter_kwargs or {}))
     meta = champion_metadata(settings)
     check_policy(policy, meta)
     keys, added = ensure_keys(settings.keys_file, policy.tenants)

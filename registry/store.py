@@ -94,6 +94,8 @@ class ModelRegistry:
         tags: dict[str, str],
         alias: str | None = None,
         validate: bool = True,
+        policy: dict[str, Any] | None = None,
+        extra_metrics: dict[str, float] | None = None,
     ) -> ModelVersionInfo:
         """Log a saved Bastion model as a new registered version (optionally under an alias).
 
@@ -116,6 +118,10 @@ class ModelRegistry:
         with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name) as _run:
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
             mlflow.log_metrics(metrics)
+            if extra_metrics:
+                mlflow.log_metrics(extra_metrics)
+            if policy is not None:  # the resolved policy the version was trained for
+                mlflow.log_dict(policy, "policy_snapshot.json")
             mlflow.set_tags(tags)
             mlflow.log_dict(meta, "bastion_metadata.json")
             info = mlflow.pyfunc.log_model(

@@ -17,6 +17,7 @@ import numpy as np
 
 from core.encoders import Encoder, create_encoder
 from core.model import HeadSpec, ModerationModel
+from core.policy import PolicySet
 from core.settings import Settings
 from training.datasets import LabelledSet, load_starter_data
 from training.heads import FitConfig, evaluate_heads, fit_heads, group_split
@@ -42,8 +43,10 @@ def build_starter_model(
     encoder: Encoder,
     progress: ProgressFn | None = None,
     fit: FitConfig | None = None,
-) -> ModerationModel:
-    """Encode, split by group, fit the stacked heads on train, measure them on test."""
+) -> tuple[ModerationModel, LabelledSet, np.ndarray]:
+    """Encode, split by group, fit the stacked heads on train, measure them on test.
+
+    Returns the model, the held-out split and the model's scores on it."""
     t0 = time.perf_counter()
     emb = encode_with_progress(encoder, data.texts, progress)
     t_encode = time.perf_counter() - t0
@@ -52,8 +55,9 @@ def build_starter_model(
     if progress:
         progress("fitting heads", 0, 1)
     heads = fit_heads(emb[~test], data.targets[~test], data.mask[~test], specs, fit)
+    heldout_scores = heads.score(emb[test])
     metrics, curves = evaluate_heads(
-        heads.score(emb[test]), data.targets[test], data.mask[test], heads.keys
+        heldout_scores, data.targets[test], data.mask[test], heads.keys
     )
     if progress:
         progress("fitting heads", 1, 1)
@@ -72,7 +76,26 @@ def build_starter_model(
         "curves": curves,
         "timings_s": {"encode": round(t_encode, 2)},
     }
-    return ModerationModel(encoder=encoder, heads=heads, metadata=meta)
+    model = ModerationModel(encoder=encoder, heads=heads, metadata=meta)
+    return model, data.subset(np.nonzero(test)[0]), heldout_scores
+
+
+def tenant_metrics(model: ModerationModel, heldout: LabelledSet, scores: np.ndarray,
+                   policy: PolicySet) -> dict[str, float]:
+    """Held-out metrics per (tenant, category) under ``policy``, as MLflow metric names
+    ``<tenant>.<category>.<metric>`` (the thresholds serving would use for this version)."""
+    from registry.gate import evaluate_version
+
+    evaluation = evaluate_version(
+        str(model.metadata.get("version", "new")), model.head_keys, model.metadata, scores,
+        heldout.targets, heldout.mask, heldout.categories, policy)
+    out: dict[str, float] = {}
+    for (tenant, category), ev in evaluation.categories.items():
+        for name in ("precision_at_block", "recall_at_block", "auroc", "ece", "block_threshold"):
+            value = getattr(ev, name)
+            if value is not None:
+                out[f"{tenant}.{category}.{name}"] = float(value)
+    return out
 
 
 def train_starter(
@@ -83,13 +106,17 @@ def train_starter(
     progress: ProgressFn | None = None,
     encoder: Encoder | None = None,
     alias: str | None = "champion",
+    policy: PolicySet | None = None,
 ) -> tuple[str, ModerationModel]:
-    """Train the starter model and register it (as @champion by default). Returns the version."""
+    """Train the starter model and register it (as @champion by default). Returns the version.
+
+    With ``policy`` (the tenant policy it is trained for), the version also carries that
+    policy's snapshot and held-out metrics per (tenant, category)."""
     from registry.store import ModelRegistry
 
     data = load_starter_data(limit_per_source=limit_per_source, davidson_limit=davidson_limit)
     encoder = encoder or create_encoder("minilm", precision=settings.serving.precision)
-    model = build_starter_model(data, encoder, progress)
+    model, heldout, heldout_scores = build_starter_model(data, encoder, progress)
     registry = ModelRegistry(settings)
     with tempfile.TemporaryDirectory(prefix="bastion-model-") as tmp:
         path = model.save(Path(tmp) / "bastion")
@@ -114,6 +141,10 @@ def train_starter(
                 "bastion.encoder_fingerprint": encoder.identity["fingerprint"],
             },
             alias=alias,
+            policy=policy.model_dump(mode="json", exclude_none=True) if policy else None,
+            extra_metrics=(
+                tenant_metrics(model, heldout, heldout_scores, policy) if policy else None
+            ),
         )
     model.metadata["version"] = info.version
     return info.version, model

@@ -41,7 +41,8 @@ def starter(settings: Settings) -> Starter:
     """A small starter model (a few thousand real items), registered as @champion."""
     from training.starter import train_starter
 
-    version, model = train_starter(settings, limit_per_source=300, davidson_limit=1500)
+    version, model = train_starter(settings, limit_per_source=300, davidson_limit=1500,
+                                   policy=load_policy(POLICY))
     return Starter(version, model)
 
 

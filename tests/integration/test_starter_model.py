@@ -87,6 +87,7 @@ def test_hf_encoder_loads_any_encoder_directory(starter: Starter) -> None:
 
 def test_registry_champion_scores_like_the_trained_model(starter: Starter,
                                                          settings: Settings) -> None:
+    import mlflow.artifacts
     import mlflow.pyfunc
 
     from registry.store import CHAMPION, ModelRegistry
@@ -95,6 +96,10 @@ def test_registry_champion_scores_like_the_trained_model(starter: Starter,
     info = reg.by_alias(CHAMPION)
     assert info.version == starter.version and CHAMPION in info.aliases
     assert info.tags["bastion.data_fingerprint"] == starter.model.metadata["data"]["fingerprint"]
+    run = reg.client.get_run(info.run_id)
+    assert "acme.spam.precision_at_block" in run.data.metrics  # per (tenant, category)
+    snapshot = mlflow.artifacts.load_dict(f"runs:/{info.run_id}/policy_snapshot.json")
+    assert set(snapshot["tenants"]) == {"acme", "studio"}
     texts = ABUSIVE + BENIGN
     expected = starter.model.score(texts)[1]
     loaded = ModerationModel.load(reg.download(info.version))
