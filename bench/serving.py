@@ -100,9 +100,10 @@ def tenants_policy(tenants: int, categories: int) -> dict[str, Any]:
 
 def deploy(settings: Settings, dashboard: str, policy: dict[str, Any], version: str | None,
            ) -> dict[str, str]:
+    """Deploy ``policy`` on ``version`` (default @champion); returns its tenants' keys."""
     from core.launcher import check_policy
+    from core.launcher import deploy as deploy_app
     from registry.store import ModelRegistry
-    from serving.config import deploy_config, serve_config, wait_until_running
 
     pol = parse_policy(policy)
     registry = ModelRegistry(settings)
@@ -111,9 +112,7 @@ def deploy(settings: Settings, dashboard: str, policy: dict[str, Any], version: 
     meta["version"] = version
     check_policy(pol, meta)  # a policy that does not fit would measure only 503s
     keys, _ = ensure_keys(settings.keys_file, pol.tenants)
-    t0 = time.time()
-    deploy_config(serve_config(settings, pol, keys, model_version=version), dashboard)
-    wait_until_running(dashboard, since=t0)
+    deploy_app(settings, pol, keys, dashboard, model_version=version)
     return {t: keys[t] for t in pol.tenants}
 
 

@@ -198,13 +198,6 @@ class EventWriter:
                         self.errors += 1
                         time.sleep(0.1 * (attempt + 1))
 
-    def flush(self, timeout: float = 10.0) -> None:
-        """Wait until everything submitted so far is on disk."""
-        end = time.monotonic() + timeout
-        while not self._q.empty() and time.monotonic() < end:
-            time.sleep(0.02)
-        time.sleep(self._flush_every_s + 0.05)
-
     def close(self, timeout: float = 30.0) -> None:
         if self._closed:
             return

@@ -60,12 +60,14 @@ def check_policy(policy: PolicySet, meta: dict[str, Any]) -> dict[str, ResolvedT
 
 
 def deploy(settings: Settings, policy: PolicySet, keys: dict[str, str],
-           dashboard_url: str) -> None:
-    """Deploy, or update in place, the Serve application from its config and wait for it."""
+           dashboard_url: str, model_version: str | None = None) -> None:
+    """Deploy, or update in place, the Serve application from its config and wait for it.
+    ``model_version`` pins the Scorer to a version instead of following @champion."""
     from serving.config import deploy_config, serve_config, wait_until_running
 
     submitted = time.time()
-    deploy_config(serve_config(settings, policy, keys), dashboard_url)
+    deploy_config(serve_config(settings, policy, keys, model_version=model_version),
+                  dashboard_url)
     wait_until_running(dashboard_url, since=submitted)
 
 

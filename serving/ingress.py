@@ -132,7 +132,10 @@ class Ingress:
                 raise ApiError(
                     503, f"the policy does not fit model version {version}: {err}"
                 ) from None
-            self._resolved = {key: resolved}
+            # Keep every version resolved under the current policy: mid-swap, batches on the
+            # old and the new version alternate, and each would otherwise re-resolve.
+            self._resolved = {k: v for k, v in self._resolved.items() if k[1] == key[1]}
+            self._resolved[key] = resolved
         return self._resolved[key]
 
     async def _metadata(self, version: str) -> dict[str, Any]:
