@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import ConfigError
 
 __all__ = ["Limits", "ServingConfig", "Settings", "load_settings", "default_state_dir"]
 
@@ -69,7 +71,9 @@ class ServingConfig(BaseModel):
 class Settings(BaseSettings):
     """Where things live and how the platform runs. Override with ``BASTION_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="BASTION_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="BASTION_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
 
     state_dir: Path = Field(default_factory=default_state_dir, description="Everything kept.")
     host: str = Field("127.0.0.1", description="Address the HTTP API binds.")
@@ -124,5 +128,13 @@ def load_settings(state_dir: str | Path | None = None, **overrides: object) -> S
             "BASTION_MLFLOW_TRACKING_URI"):
         overrides["mlflow_tracking_uri"] = os.environ.get("MLFLOW_TRACKING_URI")
     clean = {k: v for k, v in overrides.items() if v is not None}
-    settings = Settings(**clean)  # type: ignore[arg-type]
+    try:
+        settings = Settings(**clean)  # type: ignore[arg-type]
+    except ValidationError as err:
+        problems = [
+            f"  BASTION_{'__'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in err.errors()
+        ]
+        raise ConfigError("invalid settings (environment or flags):\n" + "\n".join(problems)
+                          ) from None
     return settings.model_copy(update={"state_dir": settings.state_dir.expanduser().resolve()})

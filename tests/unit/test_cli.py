@@ -3,6 +3,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from core.cli import cli
@@ -61,3 +62,14 @@ def test_keys_command(tmp_path: Path) -> None:
     assert code == 0 and out.strip() == keys["demo"]
     code, out = run("keys", "nobody", "--state-dir", str(tmp_path))
     assert code == 2 and "no key for tenant 'nobody'" in out
+
+
+def test_limits_are_configurable_and_bad_values_named(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.settings import load_settings
+
+    monkeypatch.setenv("BASTION_LIMITS__MAX_ITEMS", "512")
+    assert load_settings(tmp_path).limits.max_items == 512
+    monkeypatch.setenv("BASTION_LIMITS__MAX_ITEMS", "0")
+    code, out = run("keys", "--state-dir", str(tmp_path))
+    assert code == 2 and "BASTION_LIMITS__MAX_ITEMS: Input should be greater than" in out
