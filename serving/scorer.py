@@ -88,6 +88,7 @@ class Scorer:
         from registry.store import CHAMPION, ModelRegistry
 
         self._registry = ModelRegistry(self.settings)
+        self._switch_lock = threading.Lock()
         self._switch(self._registry.by_alias(CHAMPION).version)
         self._stop = threading.Event()
         self._poll_s = champion_poll_s
@@ -106,7 +107,12 @@ class Scorer:
         return LoadedModel(version, model, time.time())
 
     def _switch(self, version: str) -> None:
-        """Load ``version`` beside the serving model, then switch with one assignment."""
+        """Load ``version`` beside the serving model, then switch with one assignment.
+        The watcher thread and ``reconfigure`` may both call this: one switch at a time."""
+        with self._switch_lock:
+            self._switch_locked(version)
+
+    def _switch_locked(self, version: str) -> None:
         if self._current is not None and self._current.version == version:
             return
         if version in self._failed:
