@@ -25,6 +25,7 @@ __all__ = [
     "champion_metadata",
     "check_policy",
     "deploy",
+    "reload_policy",
     "run_platform",
 ]
 
@@ -69,6 +70,26 @@ def deploy(settings: Settings, policy: PolicySet, keys: dict[str, str],
     deploy_config(serve_config(settings, policy, keys, model_version=model_version),
                   dashboard_url)
     wait_until_running(dashboard_url, since=submitted)
+
+
+def reload_policy(settings: Settings, policy_path: Path, dashboard_url: str,
+                  say: Say = print) -> PolicySet | None:
+    """Apply an edited policy file to the running application (a ``user_config`` update: no
+    replica restarts). An edit that does not validate, or does not fit the champion model, is
+    reported and changes nothing; returns the applied policy, or None."""
+    try:
+        policy = load_policy(policy_path)
+        check_policy(policy, champion_metadata(settings))
+    except PolicyError as err:
+        say(f"Policy edit rejected; the previous policy stays in force:\n{err}")
+        return None
+    keys, added = ensure_keys(settings.keys_file, policy.tenants)
+    for t in added:
+        say(f"New tenant {t!r} API key: {keys[t]}")
+    deploy(settings, policy, keys, dashboard_url)
+    say("Policy reloaded: " + ", ".join(
+        f"{t}={policy.tenant_version(t)}" for t in sorted(policy.tenants)))
+    return policy
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -168,18 +189,7 @@ def run_platform(
             if now == mtime:
                 continue
             mtime = now
-            try:
-                new_policy = load_policy(policy_path)
-                check_policy(new_policy, champion_metadata(settings))
-            except PolicyError as err:
-                say(f"Policy edit rejected; the previous policy stays in force:\n{err}")
-                continue
-            keys, added = ensure_keys(settings.keys_file, new_policy.tenants)
-            for t in added:
-                say(f"New tenant {t!r} API key: {keys[t]}")
-            deploy(settings, new_policy, keys, dashboard_url)
-            say("Policy reloaded: " + ", ".join(
-                f"{t}={new_policy.tenant_version(t)}" for t in sorted(new_policy.tenants)))
+            reload_policy(settings, policy_path, dashboard_url, say)
     except KeyboardInterrupt:
         pass
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -178,3 +179,33 @@ def test_unknown_tenant_in_the_policy_file_is_not_served(served: Served) -> None
         r = c.post("/v1/moderate", json={"tenant": "ghost", "items": [{"id": "1", "text": "x"}]},
                    headers={"Authorization": "Bearer bst_nothing"})
     assert r.status_code == 401
+
+
+def test_up_reloads_an_edited_policy_file_and_rejects_a_bad_edit(
+        served: Served, tmp_path: Path) -> None:
+    """The step `bastion up` runs when the policy file changes."""
+    import yaml
+
+    from core.launcher import reload_policy
+
+    said: list[str] = []
+    path = tmp_path / "policy.yaml"
+    path.write_text("tenants:\n  acme:\n    categories:\n      hate: {block_threshold: 2}\n")
+    assert reload_policy(served.settings, path, served.dashboard, said.append) is None
+    assert "Policy edit rejected" in said[-1] and "block_threshold" in said[-1]
+    data = json.loads(json.dumps(served.policy.model_dump(mode="json", exclude_none=True)))
+    data["tenants"]["acme"]["categories"]["weapons"] = {"block_threshold": 0.5}
+    path.write_text(yaml.safe_dump(data))
+    assert reload_policy(served.settings, path, served.dashboard, said.append) is None
+    assert "rejected" in said[-1] and "has no head 'weapons'" in said[-1]
+    data["tenants"]["acme"]["keywords"].append(
+        {"name": "fruit", "phrases": ["banana split"], "action": "review"})
+    del data["tenants"]["acme"]["categories"]["weapons"]
+    path.write_text(yaml.safe_dump(data))
+    try:
+        assert reload_policy(served.settings, path, served.dashboard, said.append) is not None
+        assert said[-1].startswith("Policy reloaded: acme=")
+        decision = served.moderate("acme", ["banana split"]).json()["results"][0]["decision"]
+        assert decision == "review"
+    finally:
+        deploy(served.settings, served.policy, served.keys, served.dashboard)
