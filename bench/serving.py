@@ -107,9 +107,7 @@ def deploy(settings: Settings, dashboard: str, policy: dict[str, Any], version: 
 
     pol = parse_policy(policy)
     registry = ModelRegistry(settings)
-    meta = json.loads((registry.download(version or registry.by_alias("champion").version)
-                       / "metadata.json").read_text())
-    meta["version"] = version
+    meta = registry.metadata(version or registry.by_alias("champion").version)
     check_policy(pol, meta)  # a policy that does not fit would measure only 503s
     keys, _ = ensure_keys(settings.keys_file, pol.tenants)
     deploy_app(settings, pol, keys, dashboard, model_version=version)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DecisionEvent", "EventLog", "EventWriter", "text_digest"]
+__all__ = ["DecisionEvent", "EventLog", "EventWriter", "events_db_path", "text_digest"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -44,6 +44,11 @@ CREATE TABLE IF NOT EXISTS decisions (
 CREATE INDEX IF NOT EXISTS decisions_tenant_ts ON decisions (tenant, ts);
 CREATE INDEX IF NOT EXISTS decisions_session ON decisions (tenant, session_id);
 """
+
+
+def events_db_path(state_dir: str | Path) -> Path:
+    """Where the embedded default keeps the event log under a state directory."""
+    return Path(state_dir) / "events.db"
 
 
 def text_digest(text: str) -> str:

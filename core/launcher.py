@@ -49,10 +49,7 @@ def champion_metadata(settings: Settings) -> dict[str, Any]:
     from registry.store import CHAMPION, ModelRegistry
 
     registry = ModelRegistry(settings)
-    info = registry.by_alias(CHAMPION)
-    meta = json.loads((registry.download(info.version) / "metadata.json").read_text())
-    meta["version"] = info.version
-    return meta
+    return registry.metadata(registry.by_alias(CHAMPION).version)
 
 
 def check_policy(policy: PolicySet, meta: dict[str, Any]) -> dict[str, ResolvedTenant]:

@@ -102,7 +102,9 @@ class Settings(BaseSettings):
 
     @property
     def events_db(self) -> Path:
-        return self.state_dir / "events.db"
+        from core.events import events_db_path
+
+        return events_db_path(self.state_dir)
 
     @property
     def keys_file(self) -> Path:

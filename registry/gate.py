@@ -422,6 +422,14 @@ def _present_check(
                  f"{t}/{c}: scored by head {cand.head_key!r}{suffix}")
 
 
+def _too_few_positives(pair: Pair, check: str, what: str, value: float | None,
+                       need: float | None, n_pos: int, rule: _Rule) -> Check:
+    t, c = pair
+    return Check(t, c, check, None, value, need,
+                 f"{t}/{c}: {what} not measurable: {n_pos} held-out positives < "
+                 f"min_positives {rule.min_positives}; label more held-out items")
+
+
 def _precision_check(pair: Pair, cand: CategoryEvaluation, rule: _Rule) -> Check:
     t, c = pair
     need = rule.min_precision
@@ -430,9 +438,8 @@ def _precision_check(pair: Pair, cand: CategoryEvaluation, rule: _Rule) -> Check
                      f"{t}/{c}: no block threshold for head {cand.head_key!r} ({cand.note}); "
                      f"serving could not run this version with the policy")
     if cand.n_pos < rule.min_positives:
-        return Check(t, c, PRECISION, None, cand.precision_at_block, need,
-                     f"{t}/{c}: precision not measurable: {cand.n_pos} held-out positives < "
-                     f"min_positives {rule.min_positives}; label more held-out items")
+        return _too_few_positives(pair, PRECISION, "precision", cand.precision_at_block, need,
+                                  cand.n_pos, rule)
     if cand.precision_at_block is None:
         return Check(t, c, PRECISION, None, None, need,
                      f"{t}/{c}: precision not measurable: no held-out item scores at or above "
@@ -469,9 +476,8 @@ def _recall_check(
     # decimals so float noise (0.8 - 0.02) cannot fail a candidate exactly at the tolerance.
     need = round(max(champ.recall_at_block - rule.recall_tolerance, 0.0), 6)
     if n_pos < rule.min_positives:
-        return Check(t, c, RECALL, None, cand.recall_at_block, need,
-                     f"{t}/{c}: recall not measurable: {n_pos} held-out positives < "
-                     f"min_positives {rule.min_positives}; label more held-out items")
+        return _too_few_positives(pair, RECALL, "recall", cand.recall_at_block, need, n_pos,
+                                  rule)
     if cand.recall_at_block is None:
         return Check(t, c, RECALL, None, None, need,
                      f"{t}/{c}: recall not measurable for the candidate (no block threshold "

@@ -182,6 +182,12 @@ class ModelRegistry:
             (self.get(str(v.version)) for v in versions), key=lambda v: int(v.version)
         )
 
+    def metadata(self, version: str) -> dict[str, Any]:
+        """A version's Bastion metadata (heads, held-out curves), with ``version`` set."""
+        meta: dict[str, Any] = json.loads((self.download(version) / "metadata.json").read_text())
+        meta["version"] = str(version)
+        return meta
+
     def download(self, version: str) -> Path:
         """Local directory of the version's Bastion artifact (cached under the state dir)."""
         import mlflow.artifacts

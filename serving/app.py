@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
+from core.events import events_db_path
 from core.settings import Limits, ServingConfig
 from serving.ingress import Ingress
 from serving.scorer import Scorer
@@ -52,10 +53,4 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     return Ingress.options(  # type: ignore[attr-defined,no-any-return]
         num_replicas=sv.ingress_replicas,
         max_ongoing_requests=sv.ingress_max_ongoing_requests,
-    ).bind(scorer, str(_events_db(args.state_dir)), args.limits.model_dump(), args.keys_file)
-
-
-def _events_db(state_dir: str) -> str:
-    from pathlib import Path
-
-    return str(Path(state_dir) / "events.db")
+    ).bind(scorer, str(events_db_path(args.state_dir)), args.limits.model_dump(), args.keys_file)
