@@ -248,6 +248,133 @@ def rollback(state_dir: Path | None, reason: str | None) -> None:
                "within seconds.")
 
 
+@cli.command(help="Retrain on the human labels (and the seed data) with Ray Train, register the "
+             "result as @challenger and run the promotion gate. Mode and sizes default to the "
+             "policy's 'retraining' section. Re-running an interrupted run resumes it.")
+@_state_dir_option
+@click.option("--mode", type=click.Choice(["heads", "full"]), default=None,
+              help="heads: backbone frozen, cached embeddings (fast); full: backbone and heads "
+              "fine-tuned together.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Ray Train workers of a full run.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Most epochs of a full run (early stopping may end it sooner).")
+@click.option("--gpu/--no-gpu", "use_gpu", default=None,
+              help="Train on GPUs (default: where the Ray cluster has them).")
+@click.option("--seed-data/--no-seed-data", default=None,
+              help="Train on the packaged seed data as well as the labels.")
+@click.option("--davidson-limit", type=click.IntRange(min=1), default=None,
+              help="Rows of the Davidson tweets to include (default 8000).")
+@click.option("--promote/--no-promote", default=None,
+              help="Promote if the gate passes (default: the policy's auto_promote).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Per-worker batch of a full run (default 32).")
+@click.option("--max-length", type=click.IntRange(min=8), default=None,
+              help="Tokens per text in a full run (default 128).")
+@click.option("--max-failures", type=click.IntRange(min=-1), default=None,
+              help="Worker failures a run recovers from, from its latest checkpoint (default 2).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_guard
+def retrain(state_dir: Path | None, mode: str | None, workers: int | None, epochs: int | None,
+            use_gpu: bool | None, seed_data: bool | None, davidson_limit: int | None,
+            promote: bool | None, batch_size: int | None, max_length: int | None,
+            max_failures: int | None, as_json: bool) -> None:
+    from dataclasses import asdict, replace
+
+    from core.launcher import ensure_policy_file
+    from core.policy import load_policy
+    from core.runtime import stop_ray
+    from training.retrain import options_from_policy
+    from training.retrain import retrain as run_retrain
+
+    settings = _settings(state_dir)
+    pol = load_policy(ensure_policy_file(settings))
+    opts = options_from_policy(pol, mode=mode, workers=workers, epochs=epochs,
+                               use_gpu=use_gpu, seed_data=seed_data,
+                               davidson_limit=davidson_limit, promote=promote,
+                               max_failures=max_failures)
+    ft = {k: v for k, v in {"batch_size": batch_size, "max_length": max_length}.items()
+          if v is not None}
+    if ft:
+        opts = replace(opts, finetune=replace(opts.finetune, **ft))
+    say = (lambda m: click.echo(m, err=True)) if as_json else click.echo
+    try:
+        result = run_retrain(settings, pol, opts, say=say)
+    finally:
+        stop_ray(shutdown_serve=False)
+    if as_json:
+        click.echo(json.dumps(asdict(result), indent=2, default=str))
+        return
+    click.echo(result.gate_table)
+    if result.promoted:
+        click.echo(f"Version {result.version} passed the gate and is now @champion; serving "
+                   "follows within seconds.")
+    elif result.gate_passed:
+        click.echo(f"Version {result.version} passed the gate; it stays @challenger "
+                   f"(promote it with 'bastion promote {result.version}').")
+    else:
+        click.echo(f"Version {result.version} did not pass the gate; it stays @challenger and "
+                   "@champion is unchanged.")
+    click.echo(f"Timings (s): {json.dumps(result.timings_s)}")
+
+
+@cli.group(help="Moderators' labels in the label store that retraining reads.")
+def labels() -> None:
+    pass
+
+
+@labels.command("import", help="Import items and labels from FILE: JSON Lines (.jsonl) or CSV "
+                "(.csv, one label:<category> column per category). Bad lines are reported and "
+                "skipped (exit status 1); importing the same file again changes nothing.")
+@_state_dir_option
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--annotator", default="import", show_default=True,
+              help="Annotator of the lines that do not name one.")
+@_guard
+def labels_import(state_dir: Path | None, file: Path, annotator: str) -> None:
+    from contextlib import closing
+
+    from core.labels import LabelStore, labels_db_path
+
+    settings = _settings(state_dir)
+    with closing(LabelStore(labels_db_path(settings.state_dir))) as store:
+        report = store.import_file(file, default_annotator=annotator)
+    click.echo(f"imported {report.items} item(s): {report.labels_added} label(s) added, "
+               f"{report.labels_unchanged} unchanged, {report.labels_revised} revised")
+    if report.errors:
+        click.secho(f"{len(report.errors)} line(s) of {file} rejected:", fg="red", err=True)
+        for line in report.errors:
+            click.echo(f"  {line}", err=True)
+        sys.exit(1)
+
+
+@labels.command("stats", help="How many items and labels the label store holds, by tenant and "
+                "by category.")
+@_state_dir_option
+@_guard
+def labels_stats(state_dir: Path | None) -> None:
+    from contextlib import closing
+
+    from core.labels import LabelStore, labels_db_path
+
+    path = labels_db_path(_settings(state_dir).state_dir)
+    with closing(LabelStore(path)) as store:
+        st = store.stats()
+    last = st["last_label_ts"]
+    when = "-" if last is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last))
+    click.echo(f"{path}: {st['items']} item(s), {st['labels']} label(s) by "
+               f"{st['annotators']} annotator(s); last label {when}")
+    if not st["items"]:
+        click.echo("No labels yet: add some with 'bastion labels import FILE'.")
+        return
+    click.echo("By tenant:")
+    for tenant, n in st["by_tenant"].items():
+        click.echo(f"  {tenant:<20} {n['items']:>8} item(s) {n['labels']:>8} label(s)")
+    click.echo("By category:")
+    for category, n_labels in st["by_category"].items():
+        click.echo(f"  {category:<20} {n_labels:>8} label(s)")
+
+
 def main() -> None:
     import os
 

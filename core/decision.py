@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import PolicyError
-from core.policy import Action, PolicySet, TenantPolicy
+from core.policy import Action, CategoryPolicy, PolicySet, TenantPolicy
 
 __all__ = [
     "ResolvedCategory",
@@ -24,6 +24,7 @@ __all__ = [
     "KeywordMatcher",
     "normalize_text",
     "resolve_policy",
+    "head_key_for",
     "decide",
     "threshold_for_precision",
     "threshold_for_recall",
@@ -137,6 +138,17 @@ def threshold_for_recall(curve: dict[str, list[float]], target: float) -> float 
     return best
 
 
+def head_key_for(tenant: str, category: str, cpol: CategoryPolicy,
+                 head_keys: Sequence[str]) -> str:
+    """The head that scores a tenant's category: the policy's ``head`` if set, else the shared
+    head of that name, else the tenant's own head (``<tenant>/<category>``: retraining trains
+    one from the tenant's labels of a category no shared head covers)."""
+    if cpol.head:
+        return cpol.head
+    owned = f"{tenant}/{category}"
+    return owned if category not in head_keys and owned in head_keys else category
+
+
 def resolve_policy(
     policy: PolicySet, head_keys: Sequence[str], model_meta: dict[str, Any]
 ) -> dict[str, ResolvedTenant]:
@@ -153,7 +165,7 @@ def resolve_policy(
     for tname, tpol in policy.tenants.items():
         cats: list[ResolvedCategory] = []
         for cname, cpol in tpol.categories.items():
-            key = cpol.head or cname
+            key = head_key_for(tname, cname, cpol, head_keys)
             if "/" in key and not key.startswith(f"{tname}/"):
                 problems.append(
                     f"tenants.{tname}.categories.{cname}.head: {key!r} belongs to another tenant"

@@ -9,6 +9,7 @@ __all__ = [
     "ModelError",
     "RegistryEmptyError",
     "UnknownPluginError",
+    "LabelError",
 ]
 
 
@@ -30,6 +31,10 @@ class ModelError(BastionError):
 
 class RegistryEmptyError(ModelError):
     """The registry holds no champion model yet."""
+
+
+class LabelError(BastionError):
+    """A label, labelled item or label file is invalid, or conflicts with what the store holds."""
 
 
 class UnknownPluginError(BastionError, KeyError):

@@ -2,7 +2,8 @@
 
 Scoring a batch is one encoder pass plus one matrix product ``sigmoid(E @ W + b)`` that scores
 every category of every tenant at once; a tenant-owned head is just another column. The model
-is saved as one directory (``heads.npz`` + ``metadata.json``) that the registry versions.
+is saved as one directory (``heads.npz`` + ``metadata.json``) that the registry versions; a
+fine-tuned backbone travels inside it (``encoder/``), a stock one is named by its identity.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
 ]
 
 ARTIFACT_FORMAT = 1
+BUNDLED_ENCODER_DIR = "encoder"
 
 _HEADS: PluginRegistry[LinearHeads] = PluginRegistry("head kind")
 register_heads = _HEADS.register
@@ -115,15 +117,33 @@ class ModerationModel:
         emb = self.encoder.encode(texts, batch_size=batch_size)
         return emb, self.heads.score(emb)
 
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, bundle_encoder: bool = False) -> Path:
+        """Write the artifact.
+
+        Args:
+            directory: where to write it (created if missing).
+            bundle_encoder: copy the encoder's weights into ``<directory>/encoder`` (a
+                fine-tuned backbone exists nowhere else). An encoder already there is bundled
+                either way. Loading rebuilds a bundled encoder from the artifact itself.
+        """
+        import shutil
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.heads.save(directory / "heads.npz")
         meta = dict(self.metadata)
+        identity = dict(self.encoder.identity)
+        target = directory / BUNDLED_ENCODER_DIR
+        bundled = Path(identity["path"]).resolve() == target.resolve()
+        if bundle_encoder and not bundled:
+            shutil.copytree(identity["path"], target, dirs_exist_ok=True)
+            bundled = True
         meta.update(
             format=ARTIFACT_FORMAT,
-            encoder=self.encoder.identity | {"registry_name": meta.get("encoder", {}).get(
-                "registry_name", self.encoder.identity["name"])},
+            encoder=identity | {
+                "registry_name": meta.get("encoder", {}).get("registry_name", identity["name"]),
+                "bundled": bundled,
+            } | ({"path": BUNDLED_ENCODER_DIR} if bundled else {}),
             heads={"kind": self.heads.kind, "keys": self.heads.keys},
         )
         (directory / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -161,7 +181,9 @@ class ModerationModel:
                 "normalize": ident["normalize"],
                 "precision": ident["precision"],
             }
-            if ident["registry_name"] != "minilm":
+            if ident.get("bundled"):
+                cfg["path"] = str(directory / BUNDLED_ENCODER_DIR)
+            elif ident["registry_name"] != "minilm":
                 cfg["path"] = ident["path"]
             cfg.update(encoder_overrides)
             encoder = create_encoder(ident["registry_name"], **cfg)

@@ -12,7 +12,7 @@ import hashlib
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -23,6 +23,7 @@ __all__ = [
     "Action",
     "CategoryPolicy",
     "GateDefaults",
+    "RetrainingPolicy",
     "GateRule",
     "KeywordRule",
     "TenantPolicy",
@@ -187,6 +188,23 @@ class TenantPolicy(_Frozen):
         return self
 
 
+class RetrainingPolicy(_Frozen):
+    """How ``bastion retrain`` trains when its flags do not say: one model serves every
+    tenant, so this is set once per file."""
+
+    mode: Literal["heads", "full"] = Field(
+        "heads", description="heads: backbone frozen, cached embeddings, seconds to a minute; "
+        "full: backbone and heads fine-tuned together on Ray Train (minutes to hours).",
+    )
+    workers: int = Field(1, ge=1, description="Ray Train workers of a full fine-tuning run.")
+    epochs: int = Field(3, ge=1, description="Most epochs of a full run (early stopping ends "
+                        "it sooner).")
+    seed_data: bool = Field(True, description="Train on the packaged seed data as well as the "
+                            "human labels.")
+    auto_promote: bool = Field(True, description="Promote a retrained version that passes the "
+                               "gate; if false it stays @challenger for a person to promote.")
+
+
 class PolicySet(_Frozen):
     """All tenants' policies, as loaded from one file."""
 
@@ -195,6 +213,9 @@ class PolicySet(_Frozen):
         default_factory=GateDefaults, description="Promotion gate defaults."
     )
     tenants: dict[str, TenantPolicy] = Field(..., min_length=1, description="Policies by tenant.")
+    retraining: RetrainingPolicy = Field(
+        default_factory=RetrainingPolicy, description="Defaults of 'bastion retrain'."
+    )
 
     @model_validator(mode="after")
     def _tenant_names(self) -> PolicySet:

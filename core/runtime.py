@@ -47,6 +47,10 @@ def ray_env() -> dict[str, str]:
         # external load balancers to notice; locally Serve's own proxy fronts it, and Ctrl-C
         # would wait those 30 s.
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+        # Ray Train / Ray Data in a CLI: Bastion prints its own progress lines; Ray Data's
+        # per-operator bars and Train's print patch (which echoes every line twice) are noise.
+        "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         "HF_HUB_OFFLINE": "1",
@@ -99,6 +103,12 @@ def start_ray(settings: Settings, num_cpus: int | None = None) -> str:
 
     if ray.is_initialized():
         return str(ray._private.worker.get_dashboard_url())
+    if os.environ.get("RAY_ADDRESS"):
+        # Inside a Ray job (a KubeRay RayJob, or one submitted to 'bastion up's cluster):
+        # join the cluster that runs it instead of starting one.
+        ctx = ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING,
+                       log_to_driver=True)
+        return str(ctx.dashboard_url)
     home = settings.state_dir / "ray-home"
     home.mkdir(parents=True, exist_ok=True)
     (home / "ray_bootstrap_config.yaml").write_text(_BOOTSTRAP)
@@ -117,9 +127,11 @@ def start_ray(settings: Settings, num_cpus: int | None = None) -> str:
     return str(ctx.dashboard_url)
 
 
-def stop_ray(serve_timeout_s: float = 60.0) -> None:
+def stop_ray(serve_timeout_s: float = 60.0, shutdown_serve: bool = True) -> None:
     """Shut Serve down (replicas drain and flush their event logs), then Ray. A Serve shutdown
-    that does not finish in ``serve_timeout_s`` does not keep Ray running."""
+    that does not finish in ``serve_timeout_s`` does not keep Ray running. A driver that only
+    trains passes ``shutdown_serve=False``: joined to a cluster that serves, it must leave
+    the Serve applications alone."""
     import ray
 
     def _serve_shutdown() -> None:
@@ -128,7 +140,9 @@ def stop_ray(serve_timeout_s: float = 60.0) -> None:
 
             serve.shutdown()
 
-    if ray.is_initialized():
+    if ray.is_initialized() and not shutdown_serve:
+        ray.shutdown()
+    elif ray.is_initialized():
         t = threading.Thread(target=_serve_shutdown, name="serve-shutdown", daemon=True)
         t.start()
         t.join(serve_timeout_s)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from core.decision import resolve_policy
+from core.decision import head_key_for, resolve_policy
 from core.errors import PolicyError
 from core.policy import CategoryPolicy, PolicySet
 
@@ -116,14 +116,15 @@ def ece(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
     return float(gap.sum() / count.sum())
 
 
-def _head_key(category: str, cpol: CategoryPolicy) -> str:
-    return cpol.head or category
+def _head_key(tenant: str, category: str, cpol: CategoryPolicy,
+              head_keys: Sequence[str]) -> str:
+    return head_key_for(tenant, category, cpol, head_keys)
 
 
 def _label_column(categories: Sequence[str], category: str, head_key: str) -> int | None:
     """Label column of a category: by its name, else by its head's name without the tenant
     (a category 'junk' scored by the shared head 'spam' is judged against the 'spam' labels)."""
-    for name in (category, head_key.rsplit("/", 1)[-1]):
+    for name in (head_key, category, head_key.rsplit("/", 1)[-1]):
         if name in categories:
             return list(categories).index(name)
     return None
@@ -144,7 +145,7 @@ def _resolve_one(
     single = policy.model_copy(update={
         "tenants": {tenant: tpol.model_copy(update={"categories": {category: cpol}})},
     })
-    key = _head_key(category, cpol)
+    key = _head_key(tenant, category, cpol, head_keys)
     try:
         resolved = resolve_policy(single, head_keys, model_meta)[tenant].categories[0]
     except PolicyError as err:
@@ -210,7 +211,8 @@ def evaluate_version(
     for tenant, tpol in policy.tenants.items():
         for category, cpol in tpol.categories.items():
             key, column, block, note = _resolve_one(policy, tenant, category, head_keys, meta)
-            label_col = _label_column(categories, category, _head_key(category, cpol))
+            label_col = _label_column(categories, category,
+                                      _head_key(tenant, category, cpol, head_keys))
             if label_col is None:
                 known = np.zeros(n_items, dtype=bool)
                 y = np.zeros(0)

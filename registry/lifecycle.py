@@ -191,6 +191,7 @@ class Lifecycle:
         if not report.passed and any(c.name == "artifact_loads" for c in report.failures()):
             raise GateRefused(f"version {version} cannot be loaded, even forced:\n"
                               f"{report.to_table()}")
+        self._check_serves_policy(version)
         history = self.history()
         self._set_champion(version, [*history, version])
         self.client.delete_registered_model_alias(self.name, CHALLENGER)
@@ -199,6 +200,21 @@ class Lifecycle:
         self._audit("forced" if force and not report.passed else "promoted", version=version,
                     previous=previous, actor=actor, reason=reason, gate_passed=report.passed)
         return PromotionResult(version, True, force and not report.passed, previous, report)
+
+    def _check_serves_policy(self, version: str) -> None:
+        """Refuse (even forced) a version serving could not run under the current policy:
+        every request of the tenant would fail. The same resolution serving does."""
+        from core.decision import resolve_policy
+        from core.errors import PolicyError
+
+        meta = self.registry.metadata(version)
+        try:
+            resolve_policy(self.policy, meta["heads"]["keys"], meta)
+        except PolicyError as err:
+            raise GateRefused(
+                f"version {version} cannot serve the current policy, even forced ({err}); "
+                "edit the policy first (e.g. a fixed block_threshold instead of a "
+                "target_precision this version never reaches)") from None
 
     def rollback(self, *, actor: str | None = None, reason: str | None = None) -> tuple[str, str]:
         """Move ``@champion`` back to the champion before the current one: (from, to)."""

@@ -96,8 +96,12 @@ class ModelRegistry:
         validate: bool = True,
         policy: dict[str, Any] | None = None,
         extra_metrics: dict[str, float] | None = None,
+        run_id: str | None = None,
     ) -> ModelVersionInfo:
         """Log a saved Bastion model as a new registered version (optionally under an alias).
+
+        ``run_id`` continues a run the caller started (a retraining run that logged its
+        progress there); otherwise a new run named ``run_name`` is made.
 
         ``validate`` has MLflow load and run the model on an input example while logging;
         turn it off only to register an artifact on purpose as it is (e.g. a broken one in
@@ -115,7 +119,9 @@ class ModelRegistry:
             outputs=Schema([ColSpec("float", k) for k in keys]),
         )
         mlflow = self._mlflow
-        with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name) as _run:
+        start = ({"run_id": run_id} if run_id else
+                 {"experiment_id": self.experiment_id(), "run_name": run_name})
+        with mlflow.start_run(**start) as _run:
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
             mlflow.log_metrics(metrics)
             if extra_metrics:
@@ -142,6 +148,17 @@ class ModelRegistry:
         if alias:
             self.client.set_registered_model_alias(self.name, alias, version)
         return self.get(version)
+
+    def start_run(self, run_name: str, tags: dict[str, str] | None = None) -> str:
+        """Open a run in the training experiment (status RUNNING) and return its id; finish it
+        with :meth:`log_version` (``run_id=``) or :meth:`fail_run`."""
+        run = self.client.create_run(self.experiment_id(), run_name=run_name, tags=tags or {})
+        return str(run.info.run_id)
+
+    def fail_run(self, run_id: str, why: str) -> None:
+        """Mark a run FAILED, with the reason as a tag; no model version is made."""
+        self.client.set_tag(run_id, "bastion.failure", why[:4000])
+        self.client.set_terminated(run_id, status="FAILED")
 
     def get(self, version: str) -> ModelVersionInfo:
         from mlflow.exceptions import MlflowException

@@ -59,35 +59,74 @@ class LabelledSet:
     sources: list[str]
     targets: np.ndarray  # (n, n_categories) float32 soft targets
     mask: np.ndarray  # (n, n_categories) bool: target known
-    categories: list[str]
+    categories: list[str]  # column names: shared categories, then tenant heads "<tenant>/<cat>"
+    weights: np.ndarray | None = None  # (n, n_categories) loss weight (label confidence)
 
     def __len__(self) -> int:
         return len(self.texts)
 
+    @property
+    def loss_weights(self) -> np.ndarray:
+        """Per (item, column) weight: the label weights where given, else 1 where known."""
+        w = self.mask.astype(np.float32)
+        return w if self.weights is None else w * self.weights.astype(np.float32)
+
     @classmethod
     def concat(cls, parts: list[LabelledSet]) -> LabelledSet:
         parts = [p for p in parts if len(p)]
+        categories = list(parts[0].categories)
+        for p in parts[1:]:
+            categories += [c for c in p.categories if c not in categories]
+        aligned = [p.with_columns(categories) for p in parts]
+        weighted = any(p.weights is not None for p in parts)
         return cls(
-            texts=[t for p in parts for t in p.texts],
-            groups=[g for p in parts for g in p.groups],
-            sources=[s for p in parts for s in p.sources],
-            targets=np.concatenate([p.targets for p in parts]),
-            mask=np.concatenate([p.mask for p in parts]),
-            categories=parts[0].categories,
+            texts=[t for p in aligned for t in p.texts],
+            groups=[g for p in aligned for g in p.groups],
+            sources=[s for p in aligned for s in p.sources],
+            targets=np.concatenate([p.targets for p in aligned]),
+            mask=np.concatenate([p.mask for p in aligned]),
+            categories=categories,
+            weights=np.concatenate([p.loss_weights for p in aligned]) if weighted else None,
         )
+
+    def with_columns(self, categories: list[str]) -> LabelledSet:
+        """The same items with label columns ``categories`` (new ones unknown)."""
+        if categories == self.categories:
+            return self
+        missing = [c for c in self.categories if c not in categories]
+        if missing:
+            raise ValueError(f"with_columns: would drop label columns {missing}")
+        idx = [categories.index(c) for c in self.categories]
+        n, k = len(self), len(categories)
+        targets = np.zeros((n, k), np.float32)
+        mask = np.zeros((n, k), bool)
+        targets[:, idx], mask[:, idx] = self.targets, self.mask
+        weights = None
+        if self.weights is not None:
+            weights = np.zeros((n, k), np.float32)
+            weights[:, idx] = self.weights
+        return LabelledSet(self.texts, self.groups, self.sources, targets, mask, categories,
+                           weights)
 
     def subset(self, idx: np.ndarray) -> LabelledSet:
         return LabelledSet(
             texts=[self.texts[i] for i in idx], groups=[self.groups[i] for i in idx],
             sources=[self.sources[i] for i in idx], targets=self.targets[idx],
             mask=self.mask[idx], categories=self.categories,
+            weights=None if self.weights is None else self.weights[idx],
         )
 
     def fingerprint(self) -> str:
-        """SHA-256 over texts, targets and masks: names the exact training data."""
+        """SHA-256 over texts, groups, label columns, targets, masks and weights: names the
+        exact training data."""
         h = hashlib.sha256()
         for t in self.texts:
             h.update(hashlib.sha256(t.encode()).digest())
+        if self.categories != CATEGORIES or self.weights is not None:
+            # (the starter data's fingerprint predates these fields and stays unchanged)
+            h.update("\0".join(self.categories).encode())
+            h.update("\0".join(self.groups).encode())
+            h.update(np.round(self.loss_weights, 4).tobytes())
         h.update(np.round(self.targets, 4).tobytes())
         h.update(self.mask.tobytes())
         return h.hexdigest()

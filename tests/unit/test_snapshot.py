@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.labels import LabelledItem
+from core.policy import parse_policy
+from training.datasets import CATEGORIES, LabelledSet
+from training.heads import FitConfig, fit_heads
+from training.retrain import RetrainError, options_from_policy
+from training.snapshot import connected_groups, labels_to_set
+
+
+def item(item_id: str, category: str, soft: float, weight: float = 1.0,
+         tenant: str = "acme", session: str | None = None) -> LabelledItem:
+    return LabelledItem(item_id=item_id, tenant=tenant, text=f"text of {item_id}",
+                        session_id=session, user_id=None, category=category, soft=soft,
+                        weight=weight, n_labels=1, annotators=("a",))
+
+
+def test_connected_groups_join_items_sharing_any_key() -> None:
+    groups = connected_groups([
+        ["item:1", "session:a"], ["item:2", "session:a", "user:x"], ["item:3", "user:x"],
+        ["item:4", "session:b"], ["davidson:9", "text:zz"],
+    ])
+    assert groups[0] == groups[1] == groups[2] == "item:1"
+    assert groups[3] == "item:4" and groups[4] == "davidson:9"  # the smallest key names it
+
+
+def test_labels_become_shared_or_tenant_columns_with_weights() -> None:
+    data = labels_to_set([
+        item("1", "hate", 1.0, 0.9), item("1", "griefing", 0.5, 0.4),
+        item("2", "spam", 0.0), item("3", "griefing", 1.0, tenant="studio"),
+    ])
+    assert data.categories[: len(CATEGORIES)] == CATEGORIES
+    assert data.categories[len(CATEGORIES):] == ["acme/griefing", "studio/griefing"]
+    row = data.texts.index("text of 1")
+    hate, grief = data.categories.index("hate"), data.categories.index("acme/griefing")
+    assert data.targets[row, hate] == 1.0 and data.targets[row, grief] == 0.5
+    assert data.weights is not None and data.weights[row, grief] == pytest.approx(0.4)
+    assert data.mask.sum() == 4  # nothing else is known
+
+
+def test_concat_aligns_columns_and_fingerprint_changes_with_weights() -> None:
+    seed = LabelledSet(["a"], ["g"], ["seed"], np.ones((1, len(CATEGORIES)), np.float32),
+                       np.ones((1, len(CATEGORIES)), bool), list(CATEGORIES))
+    labels = labels_to_set([item("1", "griefing", 1.0, 0.5)])
+    both = LabelledSet.concat([seed, labels])
+    assert both.categories == labels.categories and both.targets.shape == (2, 10)
+    assert not both.mask[0, -1] and both.loss_weights[1, -1] == pytest.approx(0.5)
+    reweighted = labels_to_set([item("1", "griefing", 1.0, 0.9)])
+    assert LabelledSet.concat([seed, reweighted]).fingerprint() != both.fingerprint()
+
+
+def test_fit_heads_with_validation_keeps_the_best_and_stops_early() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 8)).astype(np.float32)
+    y = (x[:, :1] > 0).astype(np.float32)
+    history: list[dict[str, float]] = []
+    from core.model import HeadSpec
+
+    heads = fit_heads(x[:300], y[:300], np.ones_like(y[:300], bool), [HeadSpec("spam")],
+                      FitConfig(epochs=2000, lr=0.5, eval_every=10, patience=3),
+                      val=(x[300:], y[300:], np.ones_like(y[300:])), history=history)
+    assert history[-1]["epoch"] < 2000  # stopped early
+    acc = ((heads.score(x[300:]) > 0.5) == (y[300:] > 0.5)).mean()
+    assert acc > 0.9
+
+
+def test_retrain_options_come_from_the_policy_and_flags_override() -> None:
+    pol = parse_policy({"retraining": {"mode": "full", "workers": 2, "epochs": 5,
+                                       "auto_promote": False},
+                        "tenants": {"acme": {"categories": {"spam": {"block_threshold": .9}}}}})
+    opts = options_from_policy(pol)
+    assert (opts.mode, opts.workers, opts.finetune.epochs, opts.promote) == ("full", 2, 5, False)
+    opts = options_from_policy(pol, mode="heads", epochs=1, workers=None)
+    assert (opts.mode, opts.workers, opts.finetune.epochs) == ("heads", 2, 1)
+    with pytest.raises(RetrainError, match="unknown mode"):
+        options_from_policy(pol, mode="everything")

@@ -1,0 +1,403 @@
+"""A retraining run, end to end: snapshot, train on Ray Train, log, register, gate.
+
+``retrain`` builds the snapshot (seed data + aggregated human labels), starts from the
+current ``@champion`` (its backbone, and its heads as the initial weights), trains in one of
+two modes, evaluates the result on the snapshot's held-out split, logs everything to one
+MLflow run (parameters, per-epoch progress, per-category metrics and curves, the data
+fingerprint, the resolved policy, the artifact), registers the version as ``@challenger`` and
+runs the promotion gate (``registry.lifecycle``), promoting it when it passes and the policy
+allows. ``@champion`` moves only through the gate: a run that fails or is killed registers
+nothing, and its MLflow run is marked FAILED.
+
+Modes:
+    heads: the backbone stays frozen; embeddings come from a cache keyed by the encoder's
+        fingerprint and the text's hash (only new items are encoded); the stacked heads are
+        fitted on a one-worker ``TorchTrainer``.
+    full: the backbone and all heads are fine-tuned together (``training.finetune``) on
+        ``workers`` Ray Train workers, GPUs where the cluster has them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.encoders import Encoder, HFEncoder, create_encoder
+from core.errors import BastionError
+from core.model import HeadSpec, LinearHeads, ModerationModel
+from core.policy import PolicySet
+from core.settings import Settings
+from training.finetune import FinetuneConfig, run_finetune
+from training.heads import FitConfig, evaluate_heads, fit_heads, pos_weights
+from training.snapshot import Snapshot, build_snapshot
+
+__all__ = ["RetrainOptions", "RetrainResult", "RetrainError", "retrain", "options_from_policy"]
+
+Say = Callable[[str], None]
+
+
+class RetrainError(BastionError):
+    """A retraining run failed; nothing was registered and @champion is untouched."""
+
+
+@dataclass(frozen=True)
+class RetrainOptions:
+    mode: str = "heads"  # "heads" | "full"
+    workers: int = 1
+    use_gpu: bool | None = None  # None: where the Ray cluster has GPUs
+    cpus_per_worker: float = 1.0
+    seed_data: bool = True
+    limit_per_source: int | None = None
+    davidson_limit: int | None = 8000
+    promote: bool = True
+    max_failures: int = 2
+    heads: FitConfig = field(default_factory=FitConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    run_name: str | None = None  # default: derived from data + config (re-running resumes)
+
+    def config_digest(self) -> str:
+        cfg = {k: v for k, v in asdict(self).items() if k not in ("promote", "run_name")}
+        return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()
+                              ).hexdigest()[:8]
+
+
+def options_from_policy(policy: PolicySet, **flags: Any) -> RetrainOptions:
+    """The policy's ``retraining`` defaults, with explicit flags (not None) on top."""
+    rp = policy.retraining
+    opts = RetrainOptions(mode=rp.mode, workers=rp.workers, seed_data=rp.seed_data,
+                          promote=rp.auto_promote,
+                          finetune=FinetuneConfig(epochs=rp.epochs))
+    epochs = flags.pop("epochs", None)
+    if epochs is not None:
+        opts = replace(opts, finetune=replace(opts.finetune, epochs=epochs))
+    opts = replace(opts, **{k: v for k, v in flags.items() if v is not None})
+    if opts.mode not in ("heads", "full"):
+        raise RetrainError(f"unknown mode {opts.mode!r}: use 'heads' or 'full'")
+    return opts
+
+
+@dataclass
+class RetrainResult:
+    run_id: str
+    run_name: str
+    mode: str
+    version: str | None
+    promoted: bool
+    gate_passed: bool
+    gate_table: str
+    snapshot: dict[str, Any]
+    metrics: dict[str, dict[str, Any]]
+    timings_s: dict[str, float]
+    cache: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _heads_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker function of the heads-only mode: fit, report, checkpoint."""
+    import ray
+    import ray.train
+    from ray.train import Checkpoint
+
+    arrays = ray.get(config["arrays"])
+    init = None
+    if config.get("init") is not None:
+        init = LinearHeads([HeadSpec.parse(k) for k in config["init"]["keys"]],
+                           np.asarray(config["init"]["weight"], np.float32),
+                           np.asarray(config["init"]["bias"], np.float32))
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    heads = fit_heads(
+        arrays["x"], arrays["y"], arrays["w"] > 0,
+        [HeadSpec.parse(k) for k in config["keys"]], FitConfig(**config["fit"]),
+        weights=arrays["w"], val=(arrays["vx"], arrays["vy"], arrays["vw"]), init=init,
+        history=history,
+    )
+    fit_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        heads.save(Path(tmp) / "heads.npz")
+        (Path(tmp) / "history.json").write_text(json.dumps(history))
+        last = history[-1] if history else {}
+        ray.train.report({"fit_s": fit_s, "epochs": last.get("epoch", 0),
+                          "val_loss": last.get("val_loss", float("nan"))},
+                         checkpoint=Checkpoint.from_directory(tmp))
+
+
+def _base_model(settings: Settings, say: Say) -> ModerationModel | None:
+    """The current champion (its backbone is what heads-only mode trains on)."""
+    from registry.store import CHAMPION, ModelRegistry
+
+    registry = ModelRegistry(settings)
+    if not registry.has_champion():
+        say("No @champion yet: starting from the stock MiniLM backbone.")
+        return None
+    info = registry.by_alias(CHAMPION)
+    model = ModerationModel.load(registry.download(info.version),
+                                 precision=settings.serving.precision)
+    model.metadata["version"] = info.version
+    say(f"Starting from @champion version {info.version}.")
+    return model
+
+
+def _use_gpu(opts: RetrainOptions) -> bool:
+    if opts.use_gpu is not None:
+        return opts.use_gpu
+    import ray
+
+    return bool(ray.cluster_resources().get("GPU", 0) > 0)
+
+
+def _storage(settings: Settings) -> Path:
+    return settings.state_dir / "ray_results"
+
+
+def _train_heads(settings: Settings, snap: Snapshot, keys: list[str], encoder: Encoder,
+                 init: LinearHeads | None, opts: RetrainOptions, run_name: str, say: Say,
+                 timings: dict[str, float]) -> tuple[LinearHeads, np.ndarray, dict[str, Any],
+                                                     list[dict[str, Any]]]:
+    import ray
+    from ray.train import LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from training.embcache import EmbeddingCache, embeddings_dir
+
+    cache = EmbeddingCache(embeddings_dir(settings.state_dir), encoder)
+    t0 = time.perf_counter()
+
+    def progress(stage: str, done: int, total: int) -> None:
+        say(f"  {stage}: {done}/{total} new item(s)")
+
+    try:
+        emb, stats = cache.embed(snap.data.texts, progress=progress)
+    finally:
+        cache.close()
+    timings["embed"] = time.perf_counter() - t0
+    say(f"Embeddings: {stats.hits} cached, {stats.encoded} encoded "
+        f"({timings['embed']:.1f} s).")
+    data = snap.data
+    tr, va = snap.split == "train", snap.split == "val"
+    w = data.loss_weights
+    arrays = ray.put({"x": emb[tr], "y": data.targets[tr], "w": w[tr],
+                      "vx": emb[va], "vy": data.targets[va], "vw": w[va]})
+    t0 = time.perf_counter()
+    trainer = TorchTrainer(
+        _heads_loop,
+        train_loop_config={
+            "arrays": arrays, "keys": keys, "fit": asdict(opts.heads),
+            "init": None if init is None else {"keys": init.keys,
+                                               "weight": init.weight.tolist(),
+                                               "bias": init.bias.tolist()},
+        },
+        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(  # type: ignore[call-arg]  # (mypy sees Ray Train v1's class)
+            name=run_name, storage_path=str(_storage(settings)),
+            logging_config=LoggingConfig(log_level="WARNING")),
+    )
+    result = trainer.fit()
+    timings["fit"] = time.perf_counter() - t0
+    if result.checkpoint is None:
+        raise RetrainError(f"heads-only run {run_name} ended without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        heads = LinearHeads.load(Path(d) / "heads.npz")
+        history = json.loads((Path(d) / "history.json").read_text())
+    cache_info = asdict(stats)
+    return heads, emb, cache_info, history
+
+
+def _ray_dataset(part: Any, idx: np.ndarray, weights: np.ndarray) -> Any:
+    import ray.data
+
+    rows = [{"text": part.texts[i], "y": part.targets[i].astype(np.float32),
+             "w": weights[i].astype(np.float32)} for i in idx]
+    return ray.data.from_items(rows)
+
+
+def _train_full(settings: Settings, snap: Snapshot, keys: list[str], base_path: str,
+                normalize: bool, init: LinearHeads | None, opts: RetrainOptions,
+                run_name: str, out_dir: Path, mlflow_target: dict[str, str],
+                timings: dict[str, float]) -> tuple[Path, LinearHeads, list[dict[str, Any]],
+                                                    int]:
+    data = snap.data
+    w = data.loss_weights
+    tr = np.nonzero(snap.split == "train")[0]
+    va = np.nonzero(snap.split == "val")[0]
+    init_arrays = None
+    if init is not None:
+        weight = np.zeros((init.weight.shape[0], len(keys)), np.float32)
+        bias = np.zeros(len(keys), np.float32)
+        for j, k in enumerate(keys):
+            if k in init.index:
+                weight[:, j], bias[j] = init.weight[:, init.index[k]], init.bias[init.index[k]]
+        init_arrays = (weight, bias)
+    t0 = time.perf_counter()
+    res = run_finetune(
+        encoder_path=base_path, normalize=normalize, head_keys=keys,
+        train=_ray_dataset(data, tr, w), val=_ray_dataset(data, va, w), n_train=len(tr),
+        pos_weight=pos_weights(data.targets[tr], w[tr], opts.heads.max_pos_weight),
+        cfg=opts.finetune, storage_path=_storage(settings), run_name=run_name,
+        workers=opts.workers, use_gpu=_use_gpu(opts), cpus_per_worker=opts.cpus_per_worker,
+        max_failures=opts.max_failures, init_heads=init_arrays, mlflow_target=mlflow_target,
+        out_dir=out_dir,
+    )
+    timings["fit"] = time.perf_counter() - t0
+    heads = LinearHeads([HeadSpec.parse(k) for k in keys], res.weight, res.bias)
+    return res.encoder_dir, heads, res.history, res.restarts
+
+
+def _already_registered(settings: Settings, run_name: str) -> str | None:
+    from registry.store import ModelRegistry
+
+    for v in ModelRegistry(settings).list_versions():
+        if v.tags.get("bastion.train_run") == run_name:
+            return v.version
+    return None
+
+
+def retrain(settings: Settings, policy: PolicySet, opts: RetrainOptions,
+            say: Say = lambda _m: None) -> RetrainResult:
+    """Run one retraining end to end (see the module docstring).
+
+    Raises:
+        RetrainError: training failed (nothing registered; the MLflow run is FAILED), or this
+            exact run (same data, same configuration) is already a registered version.
+    """
+    from core.runtime import start_ray
+    from registry.lifecycle import GateRefused, Lifecycle
+    from registry.store import CHALLENGER, ModelRegistry
+    from training.starter import tenant_metrics
+
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    say("Building the training snapshot (seed data + human labels)...")
+    t0 = time.perf_counter()
+    snap = build_snapshot(settings, seed_data=opts.seed_data,
+                          limit_per_source=opts.limit_per_source,
+                          davidson_limit=opts.davidson_limit)
+    timings["snapshot"] = time.perf_counter() - t0
+    summary = snap.summary()
+    say(f"Snapshot {snap.fingerprint[:12]}: {summary['n_items']} items "
+        f"({summary['n_labelled_items']} from human labels), splits {summary['splits']}.")
+    run_name = opts.run_name or f"retrain-{opts.mode}-{snap.fingerprint[:10]}-" \
+                                f"{opts.config_digest()}"
+    done = _already_registered(settings, run_name)
+    if done is not None:
+        raise RetrainError(
+            f"run {run_name} (this data and configuration) is already version {done}; label "
+            "more items or change the configuration to train a new one")
+    start_ray(settings)
+    base = _base_model(settings, say)
+    encoder: Encoder = base.encoder if base else create_encoder(
+        "minilm", precision=settings.serving.precision)
+    init = base.heads if base else None
+    keys = list(snap.data.categories) + [k for k in (init.keys if init else [])
+                                         if k not in snap.data.categories]
+    snap.data = snap.data.with_columns(keys)
+    registry = ModelRegistry(settings)
+    run_id = registry.start_run(run_name, tags={
+        "bastion.kind": f"retrain-{opts.mode}", "bastion.data_fingerprint": snap.fingerprint,
+        "bastion.train_run": run_name})
+    registry.client.log_dict(run_id, summary, "data/snapshot.json")
+    registry.client.log_dict(run_id, asdict(opts), "retrain_options.json")
+    say(f"MLflow run {run_id} ({run_name}): per-epoch progress is logged there live.")
+    try:
+        with tempfile.TemporaryDirectory(prefix="bastion-retrain-") as tmp:
+            model_dir = Path(tmp) / "bastion"
+            cache_info = None
+            restarts = 0
+            if opts.mode == "heads":
+                say("Heads-only training on Ray Train (backbone frozen)...")
+                heads, emb, cache_info, history = _train_heads(
+                    settings, snap, keys, encoder, init, opts, run_name, say, timings)
+                test_emb = emb[snap.split == "test"]
+                bundle = bool(base and base.metadata.get("encoder", {}).get("bundled"))
+            else:
+                say(f"Full fine-tuning on Ray Train: {opts.workers} worker(s), up to "
+                    f"{opts.finetune.epochs} epoch(s)...")
+                ident = encoder.identity
+                enc_dir, heads, history, restarts = _train_full(
+                    settings, snap, keys, ident["path"], bool(ident["normalize"]), init, opts,
+                    run_name, model_dir / "encoder",
+                    {"uri": settings.tracking_uri, "run_id": run_id}, timings)
+                encoder = HFEncoder(str(enc_dir), max_length=int(ident["max_length"]),
+                                    precision=settings.serving.precision,
+                                    normalize=bool(ident["normalize"]), name="hf")
+                t0 = time.perf_counter()
+                test_emb = encoder.encode(snap.part("test").texts)
+                timings["encode_test"] = time.perf_counter() - t0
+                bundle = True
+            test = snap.part("test")
+            scores = heads.score(test_emb)
+            metrics, curves = evaluate_heads(scores, test.targets, test.mask, heads.keys)
+            timings["train_total"] = time.perf_counter() - t_all
+            model = ModerationModel(encoder=encoder, heads=heads, metadata={
+                "kind": f"retrain-{opts.mode}",
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "categories": keys,
+                "base_version": base.metadata.get("version") if base else None,
+                "data": summary | {"split": "connected groups (session, user, seed group, "
+                                            "text) hashed: 20% test, 10% validation"},
+                "metrics": metrics, "curves": curves, "history": history,
+                "scoring_check": {"texts": test.texts[:16],
+                                  "scores": np.round(scores[:16], 6).tolist()},
+                "timings_s": {k: round(v, 2) for k, v in timings.items()},
+                "train_run": run_name,
+            })
+            model.save(model_dir, bundle_encoder=bundle)
+            flat = {f"{k}.{n}": float(v) for k, e in metrics.items() for n, v in e.items()
+                    if isinstance(v, (int, float)) and v is not None}
+            flat |= {f"timing.{k}_s": float(v) for k, v in timings.items()}
+            if cache_info:
+                flat |= {"cache.hits": cache_info["hits"], "cache.encoded": cache_info["encoded"]}
+            say("Registering the new version as @challenger...")
+            info = registry.log_version(
+                model_dir, run_name=run_name, run_id=run_id,
+                params={"mode": opts.mode, "workers": opts.workers, "n_items": len(snap.data),
+                        "n_labelled_items": snap.n_labelled_items,
+                        "base_version": model.metadata["base_version"],
+                        "encoder": encoder.identity["name"], "restarts": restarts,
+                        **{f"heads.{k}": v for k, v in asdict(opts.heads).items()},
+                        **({f"finetune.{k}": v for k, v in asdict(opts.finetune).items()}
+                           if opts.mode == "full" else {})},
+                metrics=flat,
+                tags={"bastion.kind": f"retrain-{opts.mode}",
+                      "bastion.data_fingerprint": snap.fingerprint,
+                      "bastion.encoder_fingerprint": encoder.identity["fingerprint"],
+                      "bastion.train_run": run_name},
+                alias=CHALLENGER,
+                policy=policy.model_dump(mode="json", exclude_none=True),
+                extra_metrics=tenant_metrics(model, test, scores, policy),
+            )
+    except BaseException as err:  # KeyboardInterrupt too: the run must not stay RUNNING
+        registry.fail_run(run_id, f"{type(err).__name__}: {err}")
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise RetrainError(f"retraining run {run_name} failed; nothing was registered and "
+                           f"@champion is untouched: {type(err).__name__}: {err}") from err
+    version = info.version
+    say(f"Registered version {version}; running the promotion gate on the held-out split...")
+    lifecycle = Lifecycle(settings, policy, eval_data=snap.part("test"))
+    promoted, passed = False, False
+    try:
+        if opts.promote:
+            report = lifecycle.promote(version, reason=f"retraining run {run_name}",
+                                       actor="bastion retrain").report
+            promoted = True
+        else:
+            report = lifecycle.gate(version)
+        passed, table = report.passed, report.to_table()
+    except GateRefused as err:
+        table = str(err)
+    timings["total"] = time.perf_counter() - t_all
+    return RetrainResult(
+        run_id=run_id, run_name=run_name, mode=opts.mode, version=version, promoted=promoted,
+        gate_passed=passed, gate_table=table, snapshot=summary, metrics=metrics,
+        timings_s={k: round(v, 2) for k, v in timings.items()}, cache=cache_info,
+        history=history,
+    )
