@@ -85,6 +85,10 @@ class Settings(BaseSettings):
         None, description="MLflow tracking URI; default a SQLite file in the state directory."
     )
     model_name: str = Field(MODEL_NAME, description="Registered model name in MLflow.")
+    train_storage: str | None = Field(
+        None, description="Where Ray Train keeps retraining checkpoints: a folder every node "
+        "of the Ray cluster sees, or a URI (s3://, gs://); default <state_dir>/ray_results.",
+    )
     limits: Limits = Field(default_factory=Limits, description="API input limits.")
     serving: ServingConfig = Field(default_factory=ServingConfig, description="Serve sizing.")
 
@@ -95,6 +99,10 @@ class Settings(BaseSettings):
     @property
     def tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def train_storage_path(self) -> str:
+        return self.train_storage or str(self.state_dir / "ray_results")
 
     @property
     def artifact_root(self) -> Path:

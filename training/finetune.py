@@ -267,7 +267,7 @@ def run_finetune(
     n_train: int,
     pos_weight: np.ndarray,
     cfg: FinetuneConfig,
-    storage_path: Path,
+    storage_path: str,
     run_name: str,
     workers: int = 1,
     use_gpu: bool = False,
@@ -311,7 +311,7 @@ def run_finetune(
             resources_per_worker={"CPU": cpus_per_worker},
         ),
         run_config=RunConfig(  # type: ignore[call-arg]  # (mypy sees Ray Train v1's class)
-            name=run_name, storage_path=str(storage_path),
+            name=run_name, storage_path=storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),

@@ -154,8 +154,8 @@ def _use_gpu(opts: RetrainOptions) -> bool:
     return bool(ray.cluster_resources().get("GPU", 0) > 0)
 
 
-def _storage(settings: Settings) -> Path:
-    return settings.state_dir / "ray_results"
+def _storage(settings: Settings) -> str:
+    return settings.train_storage_path
 
 
 def _train_heads(settings: Settings, snap: Snapshot, keys: list[str], encoder: Encoder,
@@ -197,7 +197,7 @@ def _train_heads(settings: Settings, snap: Snapshot, keys: list[str], encoder: E
         },
         scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
         run_config=RunConfig(  # type: ignore[call-arg]  # (mypy sees Ray Train v1's class)
-            name=run_name, storage_path=str(_storage(settings)),
+            name=run_name, storage_path=_storage(settings),
             logging_config=LoggingConfig(log_level="WARNING")),
     )
     result = trainer.fit()
@@ -317,6 +317,7 @@ def retrain(settings: Settings, policy: PolicySet, opts: RetrainOptions,
                     settings, snap, keys, encoder, init, opts, run_name, say, timings)
                 test_emb = emb[snap.split == "test"]
                 bundle = bool(base and base.metadata.get("encoder", {}).get("bundled"))
+                gate_emb = {encoder.identity["fingerprint"]: test_emb}
             else:
                 say(f"Full fine-tuning on Ray Train: {opts.workers} worker(s), up to "
                     f"{opts.finetune.epochs} epoch(s)...")
@@ -332,6 +333,16 @@ def retrain(settings: Settings, policy: PolicySet, opts: RetrainOptions,
                 test_emb = encoder.encode(snap.part("test").texts)
                 timings["encode_test"] = time.perf_counter() - t0
                 bundle = True
+                gate_emb = {encoder.identity["fingerprint"]: test_emb}
+                if base is not None:  # the champion's side of the gate, from the cache
+                    from training.embcache import EmbeddingCache, embeddings_dir
+
+                    cache = EmbeddingCache(embeddings_dir(settings.state_dir), base.encoder)
+                    try:
+                        fp = base.encoder.identity["fingerprint"]
+                        gate_emb[fp] = cache.embed(snap.part("test").texts)[0]
+                    finally:
+                        cache.close()
             test = snap.part("test")
             scores = heads.score(test_emb)
             metrics, curves = evaluate_heads(scores, test.targets, test.mask, heads.keys)
@@ -382,7 +393,8 @@ def retrain(settings: Settings, policy: PolicySet, opts: RetrainOptions,
                            f"@champion is untouched: {type(err).__name__}: {err}") from err
     version = info.version
     say(f"Registered version {version}; running the promotion gate on the held-out split...")
-    lifecycle = Lifecycle(settings, policy, eval_data=snap.part("test"))
+    t0 = time.perf_counter()
+    lifecycle = Lifecycle(settings, policy, eval_data=snap.part("test"), embeddings=gate_emb)
     promoted, passed = False, False
     try:
         if opts.promote:
@@ -394,6 +406,7 @@ def retrain(settings: Settings, policy: PolicySet, opts: RetrainOptions,
         passed, table = report.passed, report.to_table()
     except GateRefused as err:
         table = str(err)
+    timings["gate"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
     return RetrainResult(
         run_id=run_id, run_name=run_name, mode=opts.mode, version=version, promoted=promoted,
