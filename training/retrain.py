@@ -300,6 +300,11 @@ def retrain(settings: Settings, policy: PolicySet, opts: RetrainOptions,
                                          if k not in snap.data.categories]
     snap.data = snap.data.with_columns(keys)
     registry = ModelRegistry(settings)
+    for stale in registry.client.search_runs(
+            [registry.experiment_id()],
+            f"tags.`bastion.train_run` = '{run_name}' and attributes.status = 'RUNNING'"):
+        # a driver that died (killed, a lost pod) left its run RUNNING; this run resumes it
+        registry.fail_run(stale.info.run_id, "the driver stopped; resumed by a later run")
     run_id = registry.start_run(run_name, tags={
         "bastion.kind": f"retrain-{opts.mode}", "bastion.data_fingerprint": snap.fingerprint,
         "bastion.train_run": run_name})
