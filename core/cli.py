@@ -375,6 +375,95 @@ def labels_stats(state_dir: Path | None) -> None:
         click.echo(f"  {category:<20} {n_labels:>8} label(s)")
 
 
+@cli.group(help="Human review: reviewer keys, the queue, labels for retraining.")
+def review() -> None:
+    pass
+
+
+@review.group("keys", help="Moderator and ML-ops keys for the review API.")
+def review_keys() -> None:
+    pass
+
+
+@review_keys.command("add", help="Issue a key for reviewer NAME (re-issuing replaces the old "
+                     "key); a running 'bastion up' picks it up within seconds.")
+@_state_dir_option
+@click.argument("name")
+@click.option("--role", type=click.Choice(["moderator", "mlops"]), default="moderator",
+              show_default=True, help="moderator: claims and labels; mlops: also sees gold.")
+@click.option("--tenant", "tenants", multiple=True, required=True,
+              help="A tenant whose items this reviewer sees (repeat for several).")
+@_guard
+def review_keys_add(state_dir: Path | None, name: str, role: str,
+                    tenants: tuple[str, ...]) -> None:
+    from core.keys import add_reviewer, reviewers_path
+    from core.launcher import ensure_policy_file
+    from core.policy import load_policy
+
+    settings = _settings(state_dir)
+    pol = load_policy(ensure_policy_file(settings))
+    unknown = sorted(set(tenants) - set(pol.tenants))
+    if unknown:
+        _fail(f"unknown tenant(s) {unknown}; the policy has {sorted(pol.tenants)}")
+    key = add_reviewer(reviewers_path(settings.state_dir), name, role, tenants)
+    click.echo(key)
+
+
+@review_keys.command("list", help="Reviewers, their roles and tenants (not their keys).")
+@_state_dir_option
+@_guard
+def review_keys_list(state_dir: Path | None) -> None:
+    from core.keys import load_reviewers, reviewers_path
+
+    for name, r in sorted(load_reviewers(reviewers_path(_settings(state_dir).state_dir)).items()):
+        click.echo(f"{name}\t{r['role']}\t{','.join(r['tenants'])}")  # type: ignore[arg-type]
+
+
+def _review_service(settings: Any) -> Any:
+    from core.labels import labels_db_path
+    from core.launcher import ensure_policy_file
+    from core.policy import load_policy
+    from review.queue import ReviewQueue
+    from review.service import ReviewService
+
+    pol = load_policy(ensure_policy_file(settings))
+    return ReviewService(ReviewQueue(settings.review_url), lambda: pol,
+                         labels_db=labels_db_path(settings.state_dir))
+
+
+@review.command("queue", help="Open review tasks, most urgent first, with why they rank there.")
+@_state_dir_option
+@click.option("--tenant", "tenants", multiple=True, help="Only these tenants.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@_guard
+def review_queue(state_dir: Path | None, tenants: tuple[str, ...], limit: int) -> None:
+    svc = _review_service(_settings(state_dir))
+    try:
+        tasks = svc.queue.pending(list(tenants) or None, limit)
+        stats = svc.queue.stats()
+    finally:
+        svc.queue.close()
+    click.echo(json.dumps(stats, sort_keys=True))
+    for t in tasks:
+        why = "; ".join(f"{r.get('factor')}={r.get('value')}" for r in t.reasons)
+        click.echo(f"{t.priority:8.3f}  {t.tenant:<12} {t.task_id}  items={len(t.items)} "
+                   f"reports={len(t.reports)} events={len(t.events)} "
+                   f"slots={t.slots_done}/{t.slots}  [{why}]")
+
+
+@review.command("sync", help="Hand submitted labels to the label store retraining reads "
+                "(also done after every submission and by 'bastion retrain').")
+@_state_dir_option
+@_guard
+def review_sync(state_dir: Path | None) -> None:
+    svc = _review_service(_settings(state_dir))
+    try:
+        n = svc.sync_labels()
+    finally:
+        svc.queue.close()
+    click.echo(f"{n} label(s) handed to the label store")
+
+
 def main() -> None:
     import os
 

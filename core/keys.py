@@ -15,7 +15,10 @@ from pathlib import Path
 
 from core.errors import ConfigError
 
-__all__ = ["load_keys", "ensure_keys", "key_hashes", "new_key"]
+__all__ = [
+    "load_keys", "ensure_keys", "key_hashes", "new_key", "ROLES", "reviewers_path",
+    "load_reviewers", "add_reviewer", "reviewer_hashes",
+]
 
 
 def new_key() -> str:
@@ -54,3 +57,55 @@ def ensure_keys(path: Path, tenants: Iterable[str]) -> tuple[dict[str, str], lis
 
 def key_hashes(keys: dict[str, str]) -> dict[str, str]:
     return {t: hashlib.sha256(k.encode("utf-8")).hexdigest() for t, k in keys.items()}
+
+
+# -- reviewers: moderators and ML ops ---------------------------------------------------------
+ROLES = ("moderator", "mlops")
+
+
+def reviewers_path(state_dir: Path) -> Path:
+    return state_dir / "review_keys.json"
+
+
+def load_reviewers(path: Path) -> dict[str, dict[str, object]]:
+    """name -> {"key", "role", "tenants"} (tenants: the tenants whose items they may see)."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err}); fix it or delete it") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of reviewer name -> key, role, tenants")
+    return data
+
+
+def add_reviewer(path: Path, name: str, role: str, tenants: Iterable[str]) -> str:
+    """Issue (or re-issue) a reviewer's key; returns it. Kept with mode 0600."""
+    import re
+
+    if role not in ROLES:
+        raise ConfigError(f"role {role!r} is not one of {', '.join(ROLES)}")
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$", name):
+        raise ConfigError(f"reviewer name {name!r}: use letters, digits, _ . @ or - "
+                          "(at most 64)")
+    scope = sorted(set(tenants))
+    if not scope:
+        raise ConfigError("give at least one tenant (--tenant) whose items the reviewer sees")
+    data = load_reviewers(path)
+    key = "rev_" + secrets.token_urlsafe(24)
+    data[name] = {"key": key, "role": role, "tenants": scope}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    return key
+
+
+def reviewer_hashes(reviewers: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+    """sha256(key) -> {"name", "role", "tenants"}: what the serving replicas receive."""
+    return {hashlib.sha256(str(r["key"]).encode("utf-8")).hexdigest():
+            {"name": name, "role": r["role"], "tenants": r["tenants"]}
+            for name, r in reviewers.items()}

@@ -15,7 +15,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,12 +295,17 @@ class LabelStore:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def aggregated(self, tenants: list[str] | None = None,
-                   since: float | None = None) -> list[LabelledItem]:
+    def aggregated(
+        self, tenants: list[str] | None = None, since: float | None = None,
+        aggregate: Callable[[Mapping[tuple[str, str], Sequence[Vote]]],
+                            Mapping[tuple[str, str], tuple[float, float]]] | None = None,
+    ) -> list[LabelledItem]:
         """One row per labelled (item, category), ordered by (item_id, category).
 
         Args:
             tenants: only these tenants' items (default: every tenant).
+            aggregate: votes -> (soft, weight) per (item, category); default
+                :meth:`aggregate` (retraining passes Dawid-Skene, ``review.aggregation``).
             since: only items with a label given after this unix time (strictly); such an
                 item comes with all its current labels, older ones included.
 
@@ -327,7 +332,7 @@ class LabelStore:
         for item_id, tenant, text, session_id, user_id, category, annotator, value, conf in rows:
             items[item_id] = (tenant, text, session_id, user_id)
             votes.setdefault((item_id, category), []).append(Vote(annotator, value, conf))
-        results = self.aggregate(votes)
+        results = (aggregate or self.aggregate)(votes)
         out: list[LabelledItem] = []
         for (item_id, category), vs in votes.items():
             tenant, text, session_id, user_id = items[item_id]

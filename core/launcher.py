@@ -61,11 +61,13 @@ def deploy(settings: Settings, policy: PolicySet, keys: dict[str, str],
            dashboard_url: str, model_version: str | None = None) -> None:
     """Deploy, or update in place, the Serve application from its config and wait for it.
     ``model_version`` pins the Scorer to a version instead of following @champion."""
+    from core.keys import load_reviewers, reviewers_path
     from serving.config import deploy_config, serve_config, wait_until_running
 
     submitted = time.time()
-    deploy_config(serve_config(settings, policy, keys, model_version=model_version),
-                  dashboard_url)
+    reviewers = load_reviewers(reviewers_path(settings.state_dir))
+    deploy_config(serve_config(settings, policy, keys, model_version=model_version,
+                               reviewers=reviewers), dashboard_url)
     wait_until_running(dashboard_url, since=submitted)
 
 
@@ -173,7 +175,14 @@ def run_platform(
             {"url": url, "pid": os.getpid(), "started_at": time.time()}))
         say(f"Bastion serves on {url}  (POST /v1/moderate, docs at {url}/docs). "
             f"Model version {meta['version']}. Ctrl-C stops.")
-        mtime = policy_path.stat().st_mtime_ns
+        from core.keys import reviewers_path
+
+        rev_path = reviewers_path(settings.state_dir)
+
+        def _mtime(p: Path) -> int:
+            return p.stat().st_mtime_ns if p.exists() else 0
+
+        mtime, rev_mtime = policy_path.stat().st_mtime_ns, _mtime(rev_path)
         started = time.monotonic()
         while not stopping["flag"]:
             time.sleep(poll_s)
@@ -183,10 +192,16 @@ def run_platform(
                 now = policy_path.stat().st_mtime_ns
             except FileNotFoundError:
                 continue
-            if now == mtime:
-                continue
-            mtime = now
-            reload_policy(settings, policy_path, dashboard_url, say)
+            if now != mtime:
+                mtime = now
+                applied = reload_policy(settings, policy_path, dashboard_url, say)
+                policy = applied or policy
+                rev_mtime = _mtime(rev_path)
+            elif _mtime(rev_path) != rev_mtime:  # 'bastion review keys add' issued a key
+                rev_mtime = _mtime(rev_path)
+                keys, _ = ensure_keys(settings.keys_file, policy.tenants)
+                deploy(settings, policy, keys, dashboard_url)
+                say("Reviewer keys reloaded.")
     except KeyboardInterrupt:
         pass
     finally:

@@ -24,6 +24,7 @@ __all__ = [
     "CategoryPolicy",
     "GateDefaults",
     "RetrainingPolicy",
+    "ReviewPolicy",
     "GateRule",
     "KeywordRule",
     "TenantPolicy",
@@ -155,6 +156,38 @@ class KeywordRule(_Frozen):
         return self
 
 
+class ReviewPolicy(_Frozen):
+    """How a tenant's items reach human review and where they rank in the queue."""
+
+    keep_text: bool = Field(
+        True, description="Keep the text of items sent to review (moderators read it, retraining "
+        "learns from it), even where store_raw_text is false for the event log.",
+    )
+    redundancy: int = Field(1, ge=1, le=10, description="Labels wanted per review task.")
+    uncertain_redundancy: int = Field(
+        3, ge=1, le=10, description="Labels wanted when a task's item scores within "
+        "uncertain_margin of a block threshold (the model is least sure there).",
+    )
+    uncertain_margin: float = Field(0.1, ge=0, le=0.5, description="See uncertain_redundancy.")
+    report_weight: float = Field(
+        1.0, ge=0, le=100, description="Priority added per user report, times how reliable "
+        "that reporter's earlier reports proved (0..1).",
+    )
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"block": 1.0, "mute": 0.6, "leave": 0.4, "report": 0.5},
+        description="Priority added per session event of each kind (a user suddenly muting, "
+        "leaving or blocking someone).",
+    )
+    deprioritized_factor: float = Field(
+        0.3, ge=0, le=1, description="Priority multiplier for a task whose items contain one of "
+        "the tenant's deprioritized_phrases.",
+    )
+    lease_s: float = Field(
+        600, gt=0, le=86400, description="Seconds a claimed task stays with its moderator "
+        "before it returns to the queue.",
+    )
+
+
 class TenantPolicy(_Frozen):
     """One tenant's (product's or studio's) policy."""
 
@@ -174,6 +207,9 @@ class TenantPolicy(_Frozen):
     )
     store_raw_text: bool = Field(
         False, description="Keep raw text in the event log; otherwise only its SHA-256."
+    )
+    review: ReviewPolicy = Field(
+        default_factory=ReviewPolicy, description="Human review: redundancy and priority."
     )
 
     @model_validator(mode="after")

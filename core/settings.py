@@ -85,6 +85,11 @@ class Settings(BaseSettings):
         None, description="MLflow tracking URI; default a SQLite file in the state directory."
     )
     model_name: str = Field(MODEL_NAME, description="Registered model name in MLflow.")
+    review_db_url: str | None = Field(
+        None, description="Database of the review queue: a SQLAlchemy URL, e.g. "
+        "postgresql+psycopg://user@host/db for more than one machine; default a SQLite file in "
+        "the state directory.",
+    )
     train_storage: str | None = Field(
         None, description="Where Ray Train keeps retraining checkpoints: a folder every node "
         "of the Ray cluster sees, or a URI (s3://, gs://); default <state_dir>/ray_results.",
@@ -99,6 +104,10 @@ class Settings(BaseSettings):
     @property
     def tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def review_url(self) -> str:
+        return self.review_db_url or f"sqlite:///{(self.state_dir / 'review.db').resolve()}"
 
     @property
     def train_storage_path(self) -> str:

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Insert,
     Table,
     and_,
+    case,
     create_engine,
     func,
     insert,
@@ -432,6 +433,12 @@ class ReviewQueue:
             raise NotFound("no claim with this token; claim a task first")
         return row
 
+    def claim_of(self, token: str) -> Claim:
+        """The claim a token proves (any state); :class:`NotFound` for an unknown token."""
+        c = self._read(lambda conn: self._claim_row(conn, token))
+        return Claim(token=c.token, task_id=c.task_id, slot=c.slot, moderator=c.moderator,
+                     leased_until=c.leased_until)
+
     def renew(self, token: str, lease_s: float | None = None) -> Claim:
         """Extend a claim's lease from now; :class:`LeaseLost` if its slot went to another."""
         lease = self._lease(lease_s)
@@ -546,6 +553,21 @@ class ReviewQueue:
                  r.confidence, r.label_ts) for r in rows]
 
     # -- reading ---------------------------------------------------------------------------
+
+    def reporter_record(self, tenant: str, reporter: str) -> tuple[int, int]:
+        """(confirmed, resolved) of a reporter's earlier reports: resolved once a moderator
+        labelled the reported item, confirmed when some category's mean label is >= 0.5."""
+        per_cat = (select(labels_t.c.item_id, func.avg(labels_t.c.value).label("mean"))
+                   .where(labels_t.c.tenant == tenant)
+                   .group_by(labels_t.c.item_id, labels_t.c.category).subquery())
+        per_item = (select(per_cat.c.item_id, func.max(per_cat.c.mean).label("top"))
+                    .group_by(per_cat.c.item_id).subquery())
+        q = (select(func.count(), func.coalesce(func.sum(
+                 case((per_item.c.top >= 0.5, 1), else_=0)), 0))
+             .select_from(reports.join(per_item, per_item.c.item_id == reports.c.reported_item))
+             .where(reports.c.tenant == tenant, reports.c.reporter == reporter))
+        resolved, confirmed = self._read(lambda conn: conn.execute(q).one())
+        return int(confirmed), int(resolved)
 
     def task(self, task_id: str, tenants: Collection[str]) -> Task:
         """The task with its items, reports, events, gold; :class:`NotFound` outside ``tenants``."""

@@ -8,12 +8,14 @@ running replicas instead of restarting them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
 from core.events import events_db_path
+from core.labels import labels_db_path
 from core.settings import Limits, ServingConfig
 from serving.ingress import Ingress
 from serving.scorer import Scorer
@@ -35,6 +37,9 @@ class AppArgs(BaseModel):
         None, description="JSON file of tenant -> API key (e.g. a mounted Secret), read when "
         "the Ingress's user_config carries no key_hashes.",
     )
+    review_db_url: str | None = Field(
+        None, description="Review queue database URL; default SQLite in the state directory.",
+    )
     limits: Limits = Field(default_factory=Limits, description="API input limits.")
     serving: ServingConfig = Field(default_factory=ServingConfig, description="Sizing.")
 
@@ -53,4 +58,6 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     return Ingress.options(  # type: ignore[attr-defined,no-any-return]
         num_replicas=sv.ingress_replicas,
         max_ongoing_requests=sv.ingress_max_ongoing_requests,
-    ).bind(scorer, str(events_db_path(args.state_dir)), args.limits.model_dump(), args.keys_file)
+    ).bind(scorer, str(events_db_path(args.state_dir)), args.limits.model_dump(), args.keys_file,
+           args.review_db_url or f"sqlite:///{Path(args.state_dir).resolve() / 'review.db'}",
+           str(labels_db_path(args.state_dir)))

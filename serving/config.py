@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from core.keys import key_hashes
+from core.keys import key_hashes, reviewer_hashes
 from core.policy import PolicySet
 from core.settings import Settings
 from serving.app import APP_NAME, AppArgs
@@ -28,6 +28,7 @@ def serve_config(
     keys: dict[str, str],
     model_version: str | None = None,
     keys_file: str | None = None,
+    reviewers: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A ``ServeDeploySchema`` document (validated) for this platform.
 
@@ -43,9 +44,12 @@ def serve_config(
         limits=settings.limits,
         serving=settings.serving,
         keys_file=keys_file,
+        review_db_url=settings.review_db_url,
     ).model_dump(mode="json")
     ingress_config: dict[str, Any] = {
         "policy": policy.model_dump(mode="json", exclude_none=True)}
+    if reviewers:
+        ingress_config["reviewer_hashes"] = reviewer_hashes(reviewers)
     if keys_file is None:
         ingress_config["key_hashes"] = key_hashes(
             {t: k for t, k in keys.items() if t in policy.tenants})

@@ -28,7 +28,18 @@ from core.errors import PolicyError
 from core.events import DecisionEvent, EventLog, EventWriter, text_digest
 from core.policy import PolicySet, parse_policy
 from core.settings import Limits
-from serving.schemas import ModerateRequest, ModerateResponse
+from review.queue import ReviewQueue
+from review.records import LabelIn, LeaseLost, NotFound, Report, ReviewError, ReviewItem
+from review.records import SessionEvent as ReviewEvent
+from review.service import IntakeWriter, ReviewService, task_view
+from serving.schemas import (
+    ClaimToken,
+    EventsRequest,
+    ModerateRequest,
+    ModerateResponse,
+    ReportRequest,
+    SubmitRequest,
+)
 
 __all__ = ["Ingress", "api"]
 
@@ -72,6 +83,14 @@ class _PolicyState:
     policy: PolicySet
     key_to_tenant: dict[str, str]  # sha256(key) -> tenant
     loaded_at: float
+    reviewers: dict[str, dict[str, Any]]  # sha256(key) -> {"name", "role", "tenants"}
+
+
+@dataclass(frozen=True)
+class Reviewer:
+    name: str
+    role: str  # "moderator" | "mlops"
+    tenants: tuple[str, ...]
 
 
 _MODERATE_SCHEMA = {
@@ -88,12 +107,23 @@ _MODERATE_SCHEMA = {
 class Ingress:
     def __init__(
         self, scorer: DeploymentHandle, events_db: str, limits: dict[str, Any],
-        keys_file: str | None = None,
+        keys_file: str | None = None, review_db_url: str | None = None,
+        labels_db: str | None = None,
     ) -> None:
         self.scorer = scorer
         self.keys_file = keys_file
         self.limits = Limits.model_validate(limits)
         self.writer = EventWriter(EventLog(events_db))
+        self.review: ReviewService | None = None
+        self.intake: IntakeWriter | None = None
+        if review_db_url:
+            from pathlib import Path
+
+            self.review = ReviewService(
+                ReviewQueue(review_db_url), self._current_policy,
+                labels_db=Path(labels_db) if labels_db else None,
+                thresholds=self._block_thresholds)
+            self.intake = IntakeWriter(self.review)
         self._policy: _PolicyState | None = None
         self._resolved: dict[tuple[str, float], dict[str, ResolvedTenant]] = {}
         self._meta: dict[str, dict[str, Any]] = {}
@@ -114,9 +144,22 @@ class Ingress:
             from core.keys import key_hashes, load_keys
 
             hashes = key_hashes(load_keys(Path(self.keys_file)))
-        state = _PolicyState(policy, {h: t for t, h in hashes.items()}, time.time())
+        state = _PolicyState(policy, {h: t for t, h in hashes.items()}, time.time(),
+                             dict(config.get("reviewer_hashes") or {}))
         self._policy = state  # one assignment: requests see the old or the new state, whole
         log.info("Ingress policy loaded: %d tenant(s)", len(policy.tenants))
+
+    def _current_policy(self) -> PolicySet:
+        if self._policy is None:
+            raise ReviewError("no policy loaded yet; retry shortly")
+        return self._policy.policy
+
+    def _block_thresholds(self, tenant: str) -> dict[str, float]:
+        """The block thresholds serving uses now (the newest resolved model version)."""
+        for resolved in reversed(list(self._resolved.values())):
+            if tenant in resolved:
+                return {c.name: c.block_threshold for c in resolved[tenant].categories}
+        return {}
 
     async def _resolved_for(self, version: str) -> dict[str, ResolvedTenant]:
         state = self._policy
@@ -227,6 +270,7 @@ class Ingress:
         ])
         request_id = uuid.uuid4().hex
         results, events = [], []
+        review_items: list[ReviewItem] = []
         now = time.time()
         for chunk_index, res in enumerate(chunks):
             resolved = await self._resolved_for(res.model_version)
@@ -242,6 +286,15 @@ class Ingress:
                 d = decide(rt, item.text, res.scores[j], req.categories)
                 results.append({"id": item.id, **d, "model_version": res.model_version,
                                 "policy_version": rt.version})
+                if d["decision"] == "review" and self.intake is not None:
+                    review_items.append(ReviewItem(
+                        tenant=tenant, item_id=item.id, text=item.text,
+                        text_sha256=text_digest(item.text), session_id=item.context.session_id,
+                        user_id=item.context.user_id, source="decision", scores=d["scores"],
+                        keyword_hits=[str(h.get("rule") or h.get("category") or "")
+                                      for h in d["keyword_hits"]],
+                        decision=d["decision"], model_version=res.model_version,
+                        policy_version=rt.version, ts=now))
                 events.append(DecisionEvent(
                     ts=now, request_id=request_id, tenant=tenant, item_id=item.id,
                     session_id=item.context.session_id, user_id=item.context.user_id,
@@ -252,9 +305,155 @@ class Ingress:
                     embedding=res.embeddings[j],
                 ))
         self.writer.submit(events)
+        if self.intake is not None:
+            self.intake.submit(review_items)
         return {"request_id": request_id, "tenant": tenant,
                 "model_version": results[0]["model_version"],
                 "policy_version": results[0]["policy_version"], "results": results}
+
+    # -- human review: intake ---------------------------------------------------------------
+    def _review(self) -> ReviewService:
+        if self.review is None:
+            raise ApiError(503, "human review is not enabled on this deployment")
+        return self.review
+
+    async def _body(self, request: Request, model: Any) -> Any:
+        body = await request.body()
+        if len(body) > self.limits.max_body_bytes:
+            raise ApiError(413, f"request body is {len(body)} bytes; the limit is "
+                                f"{self.limits.max_body_bytes} (limits.max_body_bytes)")
+        try:
+            data = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ApiError(400, f"request body is not valid UTF-8 JSON: {err}") from None
+        try:
+            return model.model_validate(data)
+        except ValidationError as err:
+            raise ApiError(422, "invalid request", details=_validation_messages(err)) from None
+
+    @api.post("/v1/reports", status_code=202, summary="A user reports another user or an item.")
+    async def report(self, request: Request) -> dict[str, Any]:
+        req = await self._body(request, ReportRequest)
+        tenant = self._authenticate(request, req.tenant)
+        if not (req.reported_user or req.reported_item or req.session_id):
+            raise ApiError(422, "a report names reported_user, reported_item or session_id")
+        ts = req.ts or time.time()
+        rid = req.report_id or hashlib.sha256(json.dumps(
+            [req.reporter, req.reported_user, req.reported_item, req.session_id, req.reason,
+             req.text, ts]).encode()).hexdigest()[:24]
+        report = Report(tenant=tenant, report_id=rid, reporter=req.reporter,
+                        reported_user=req.reported_user, reported_item=req.reported_item,
+                        session_id=req.session_id, reason=req.reason, text=req.text, ts=ts)
+        try:
+            task_id = await asyncio.to_thread(self._review().report, report)
+        except ReviewError as err:
+            raise ApiError(422, str(err)) from None
+        return {"report_id": rid, "task_id": task_id}
+
+    @api.post("/v1/events", status_code=202,
+              summary="Session events (mute, leave, block, ...) that may call for review.")
+    async def events(self, request: Request) -> dict[str, Any]:
+        req = await self._body(request, EventsRequest)
+        tenant = self._authenticate(request, req.tenant)
+        out = []
+        for e in req.events:
+            ts = e.ts or time.time()
+            eid = e.event_id or hashlib.sha256(json.dumps(
+                [e.session_id, e.user_id, e.kind, e.target_user, ts]).encode()).hexdigest()[:24]
+            ev = ReviewEvent(tenant=tenant, event_id=eid, session_id=e.session_id,
+                             user_id=e.user_id, kind=e.kind, target_user=e.target_user, ts=ts)
+            try:
+                out.append({"event_id": eid,
+                            "task_id": await asyncio.to_thread(self._review().event, ev)})
+            except ReviewError as err:
+                raise ApiError(422, str(err)) from None
+        return {"accepted": out}
+
+    # -- human review: moderators ------------------------------------------------------------
+    def _reviewer(self, request: Request, roles: tuple[str, ...] = ("moderator", "mlops")
+                  ) -> Reviewer:
+        state = self._policy
+        if state is None:
+            raise ApiError(503, "no policy loaded yet; retry shortly")
+        auth = request.headers.get("authorization", "")
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        if not key:
+            raise ApiError(401, "missing reviewer key: send 'Authorization: Bearer <key>' "
+                                "(issue one with 'bastion review keys add')")
+        digest = key_hash(key)
+        found = None
+        for h, who in state.reviewers.items():
+            if hmac.compare_digest(h, digest):
+                found = who
+        if found is None:
+            raise ApiError(401, "the key is not a reviewer key")
+        if found["role"] not in roles:
+            raise ApiError(403, f"reviewer {found['name']!r} has role {found['role']!r}; "
+                                f"this needs {' or '.join(roles)}")
+        return Reviewer(str(found["name"]), str(found["role"]), tuple(found["tenants"]))
+
+    @api.post("/v1/review/claim", summary="Lease the most urgent task in your tenants.")
+    async def review_claim(self, request: Request) -> JSONResponse:
+        who = self._reviewer(request)
+        got = await asyncio.to_thread(self._review().claim, who.name, who.tenants)
+        if got is None:
+            return JSONResponse({"claim": None, "message": "nothing to review"}, 200)
+        claim, task = got
+        return JSONResponse({"claim": {"token": claim.token, "task_id": claim.task_id,
+                                       "slot": claim.slot, "leased_until": claim.leased_until},
+                             "task": task_view(task, show_gold=who.role == "mlops")})
+
+    @api.post("/v1/review/submit", summary="Submit labels for a claimed task (idempotent).")
+    async def review_submit(self, request: Request) -> dict[str, Any]:
+        who = self._reviewer(request)
+        req = await self._body(request, SubmitRequest)
+        labels = [LabelIn(x.item_id, x.category, x.value, x.confidence) for x in req.labels]
+        try:
+            owner = await asyncio.to_thread(self._review().queue.claim_of, req.token)
+            if owner.moderator != who.name:
+                raise ApiError(403, "that claim belongs to another reviewer")
+            sub = await asyncio.to_thread(self._review().submit, req.token, req.submission_id,
+                                          labels)
+        except LeaseLost as err:
+            raise ApiError(409, str(err)) from None
+        except NotFound as err:
+            raise ApiError(404, str(err)) from None
+        except ReviewError as err:
+            raise ApiError(422, str(err)) from None
+        return {"submission_id": sub.submission_id, "task_id": sub.task_id,
+                "duplicate": sub.duplicate, "labels": len(sub.labels)}
+
+    @api.post("/v1/review/release", summary="Give a claimed task back to the queue.")
+    async def review_release(self, request: Request) -> dict[str, Any]:
+        who = self._reviewer(request)
+        req = await self._body(request, ClaimToken)
+        try:
+            owner = await asyncio.to_thread(self._review().queue.claim_of, req.token)
+            if owner.moderator != who.name:
+                raise ApiError(403, "that claim belongs to another reviewer")
+            await asyncio.to_thread(self._review().queue.release, req.token)
+        except (LeaseLost, NotFound) as err:
+            raise ApiError(409, str(err)) from None
+        return {"released": True}
+
+    @api.get("/v1/review/tasks/{task_id}", summary="One task, within your tenants.")
+    async def review_task(self, task_id: str, request: Request) -> dict[str, Any]:
+        who = self._reviewer(request)
+        try:
+            task = await asyncio.to_thread(self._review().queue.task, task_id, who.tenants)
+        except NotFound as err:
+            raise ApiError(404, str(err)) from None
+        return task_view(task, show_gold=who.role == "mlops")
+
+    @api.get("/v1/review/queue", summary="Open tasks in your tenants, most urgent first.")
+    async def review_queue(self, request: Request, limit: int = 50) -> dict[str, Any]:
+        who = self._reviewer(request)
+        tasks = await asyncio.to_thread(self._review().queue.pending, who.tenants,
+                                        max(1, min(limit, 500)))
+        return {"tasks": [{"task_id": t.task_id, "tenant": t.tenant, "priority": t.priority,
+                           "reasons": t.reasons, "slots": t.slots, "slots_done": t.slots_done,
+                           "items": len(t.items), "reports": len(t.reports),
+                           "events": len(t.events)} for t in tasks]}
 
     @api.get("/healthz", summary="Liveness: the ingress answers.")
     async def healthz(self) -> dict[str, Any]:
@@ -284,3 +483,6 @@ class Ingress:
         writer = getattr(self, "writer", None)
         if writer is not None:
             writer.close()
+        intake = getattr(self, "intake", None)
+        if intake is not None:
+            intake.close()

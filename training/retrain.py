@@ -251,6 +251,24 @@ def _train_full(settings: Settings, snap: Snapshot, keys: list[str], base_path: 
     return res.encoder_dir, heads, res.history, res.restarts
 
 
+def _sync_review_labels(settings: Settings) -> int:
+    """Labels moderators submitted in the review queue, into the label store (idempotent)."""
+    from core.labels import labels_db_path
+    from core.policy import load_policy
+    from review.queue import ReviewQueue
+    from review.service import ReviewService
+
+    if settings.review_db_url is None and not (settings.state_dir / "review.db").exists():
+        return 0
+    queue = ReviewQueue(settings.review_url)
+    try:
+        svc = ReviewService(queue, lambda: load_policy(settings.resolved_policy_file),
+                            labels_db=labels_db_path(settings.state_dir))
+        return svc.sync_labels()
+    finally:
+        queue.close()
+
+
 def _already_registered(settings: Settings, run_name: str) -> str | None:
     from registry.store import ModelRegistry
 
@@ -275,6 +293,9 @@ def retrain(settings: Settings, policy: PolicySet, opts: RetrainOptions,
 
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
+    synced = _sync_review_labels(settings)
+    if synced:
+        say(f"Handed {synced} new review label(s) to the label store.")
     say("Building the training snapshot (seed data + human labels)...")
     t0 = time.perf_counter()
     snap = build_snapshot(settings, seed_data=opts.seed_data,

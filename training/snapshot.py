@@ -17,6 +17,7 @@ import hashlib
 import json
 import time
 from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import BastionError
-from core.labels import LabelledItem, LabelStore, labels_db_path
+from core.labels import LabelledItem, LabelStore, Vote, labels_db_path
 from core.settings import Settings
 from training.datasets import CATEGORIES, LabelledSet, load_starter_data
 from training.heads import group_split
@@ -40,6 +41,15 @@ VAL_FRACTION = 0.125  # of the rest: ~10% of all groups, for early stopping
 
 class SnapshotError(BastionError):
     """There is nothing (or not enough) to train on."""
+
+
+def dawid_skene_weights(votes: Mapping[tuple[str, str], Sequence[Vote]]
+                        ) -> dict[tuple[str, str], tuple[float, float]]:
+    """Soft label and training weight per (item, category): Dawid-Skene over all annotators
+    (their reliability estimated from their agreement; ``review.aggregation``)."""
+    from review.aggregation import dawid_skene
+
+    return dict(dawid_skene(votes).labels)
 
 
 def snapshots_dir(state_dir: str | Path) -> Path:
@@ -174,7 +184,7 @@ def build_snapshot(
         # newest label time first: a label landing between the two reads is then in the
         # snapshot without being claimed by labels_through, never the other way round
         labels_through = store.stats().get("last_label_ts")
-        rows = store.aggregated(tenants)
+        rows = store.aggregated(tenants, aggregate=dawid_skene_weights)
         sessions = {r.item_id: (r.session_id, r.user_id, r.tenant) for r in rows}
     finally:
         store.close()

@@ -1,0 +1,214 @@
+"""The review loop's operations over one queue: intake, priority, claims, submissions, and the
+labels handed on to retraining.
+
+Serving calls :meth:`ReviewService.intake_decisions` for every decision in a review band (a
+background thread, off the request path), :meth:`report` and :meth:`event` for user reports
+and session events; moderators claim and submit through the API. Every intake re-ranks the
+task (``review.priority``). Submitted labels reach the label store that retraining reads
+(:meth:`sync_labels`, called after each submission and by ``bastion retrain``); the label
+store makes that idempotent, so a sync that dies half-way is simply repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue as _queue
+import threading
+import time
+from collections.abc import Callable, Collection
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from core.labels import LabelStore
+from core.policy import PolicySet
+from review.priority import task_priority
+from review.queue import ReviewQueue
+from review.records import (
+    Claim,
+    LabelIn,
+    Report,
+    ReviewError,
+    ReviewItem,
+    SessionEvent,
+    Submission,
+    Task,
+)
+
+__all__ = ["ReviewService", "IntakeWriter", "task_view"]
+
+log = logging.getLogger(__name__)
+
+
+def task_view(task: Task, *, show_gold: bool = False) -> dict[str, Any]:
+    """What a moderator sees of a task (gold answers only for ML ops: they measure moderators)."""
+    out = asdict(task)
+    if not show_gold:
+        out.pop("gold")
+    return out
+
+
+class ReviewService:
+    """Intake, ranking, claims and label hand-off for one review queue."""
+
+    def __init__(self, queue: ReviewQueue, policy: Callable[[], PolicySet],
+                 labels_db: Path | None = None,
+                 thresholds: Callable[[str], dict[str, float]] | None = None) -> None:
+        """
+        Args:
+            queue: the review queue.
+            policy: returns the current policy (it may be reloaded while serving).
+            labels_db: the label store to hand submitted labels to (None: keep them queued).
+            thresholds: a tenant's block thresholds per category as serving resolved them.
+        """
+        self.queue = queue
+        self._policy = policy
+        self._labels_db = labels_db
+        self._thresholds = thresholds or (lambda _t: {})
+        self._sync_lock = threading.Lock()
+
+    # -- intake ------------------------------------------------------------------------------
+    def _slots(self, tenant: str, item: ReviewItem) -> int:
+        pol = self._policy().tenants[tenant]
+        rp = pol.review
+        th = self._thresholds(tenant)
+        for name, cat in pol.categories.items():
+            t = th.get(name, cat.block_threshold)
+            s = item.scores.get(name)
+            if t is not None and s is not None and abs(s - t) <= rp.uncertain_margin:
+                return max(rp.redundancy, rp.uncertain_redundancy)
+        return rp.redundancy
+
+    def intake_decisions(self, items: list[ReviewItem]) -> list[str]:
+        """Queue items whose decision sent them to review; returns their task ids."""
+        touched: list[str] = []
+        for item in items:
+            pol = self._policy().tenants.get(item.tenant)
+            if pol is None:
+                continue
+            if not pol.review.keep_text:
+                item = ReviewItem(**{**asdict(item), "text": None})
+            touched.append(self.queue.add_item(item, slots=self._slots(item.tenant, item)))
+        for tid in dict.fromkeys(touched):
+            self.rerank(tid)
+        return touched
+
+    def report(self, report: Report) -> str:
+        tid = self.queue.add_report(report) or ""
+        self.rerank(tid)
+        return tid
+
+    def event(self, event: SessionEvent) -> str:
+        tid = self.queue.add_event(event)
+        self.rerank(tid)
+        return tid
+
+    def rerank(self, task_id: str) -> float:
+        """Recompute a task's priority and reasons from everything it holds now."""
+        policy = self._policy()
+        task = self.queue.task(task_id, list(policy.tenants))
+        tpol = policy.tenants[task.tenant]
+        priority, reasons = task_priority(
+            task.items, task.reports, task.events, tpol,
+            reporter_record=lambda r: self.queue.reporter_record(task.tenant, r),
+            thresholds=self._thresholds(task.tenant))
+        self.queue.set_priority(task_id, priority, reasons)
+        return priority
+
+    # -- moderators --------------------------------------------------------------------------
+    def claim(self, moderator: str, tenants: Collection[str]) -> tuple[Claim, Task] | None:
+        """The most urgent task with a free slot in the moderator's tenants, leased to them."""
+        policy = self._policy()
+        scope = [t for t in tenants if t in policy.tenants]
+        if not scope:
+            return None
+        lease = min(policy.tenants[t].review.lease_s for t in scope)
+        claim = self.queue.claim(moderator, scope, lease_s=lease)
+        if claim is None:
+            return None
+        return claim, self.queue.task(claim.task_id, scope)
+
+    def submit(self, token: str, submission_id: str, labels: list[LabelIn]) -> Submission:
+        sub = self.queue.submit(token, submission_id, labels)
+        try:
+            self.sync_labels()
+        except Exception as err:  # noqa: BLE001 - the labels are safe in the queue; next sync
+            log.warning("label sync after submission %s failed (will retry): %s",
+                        submission_id, err)
+        return sub
+
+    # -- hand-off to retraining ----------------------------------------------------------------
+    def sync_labels(self) -> int:
+        """Copy labels submitted since the last sync into the label store; returns how many.
+
+        The high-water mark is kept beside the label store; a sync that dies is repeated from
+        the old mark, and the label store ignores labels it already holds."""
+        if self._labels_db is None:
+            return 0
+        mark_file = self._labels_db.with_name("review_sync.json")
+        with self._sync_lock:
+            mark = json.loads(mark_file.read_text())["seq"] if mark_file.exists() else 0
+            store = LabelStore(self._labels_db)
+            n = 0
+            try:
+                while True:
+                    rows = self.queue.labels_since(mark, limit=5000)
+                    if not rows:
+                        break
+                    for seq, tenant, item, moderator, category, value, conf, ts in rows:
+                        mark = seq
+                        if not item.text:  # the policy kept no text: nothing to learn from
+                            continue
+                        store.add_item(item_id=f"{tenant}:{item.item_id}", tenant=tenant,
+                                       text=item.text or "", session_id=item.session_id,
+                                       user_id=item.user_id, source="review", ts=item.ts)
+                        store.add_label(item_id=f"{tenant}:{item.item_id}",
+                                        annotator=moderator, category=category, value=value,
+                                        confidence=conf, ts=ts)
+                        n += 1
+                    tmp = mark_file.with_suffix(".tmp")
+                    tmp.write_text(json.dumps({"seq": mark, "at": time.time()}))
+                    tmp.replace(mark_file)
+            finally:
+                store.close()
+        return n
+
+
+class IntakeWriter:
+    """Queues review-band decisions from the request path on a background thread (like the
+    event log's writer): the request only enqueues; a failed write is retried, not lost."""
+
+    def __init__(self, service: ReviewService, retry_s: float = 1.0) -> None:
+        self.service = service
+        self.errors = 0
+        self._q: _queue.Queue[list[ReviewItem] | None] = _queue.Queue()
+        self._retry_s = retry_s
+        self._thread = threading.Thread(target=self._run, name="review-intake", daemon=True)
+        self._thread.start()
+
+    def submit(self, items: list[ReviewItem]) -> None:
+        if items:
+            self._q.put(items)
+
+    def _run(self) -> None:
+        while True:
+            batch = self._q.get()
+            if batch is None:
+                return
+            while True:
+                try:
+                    self.service.intake_decisions(batch)
+                    break
+                except ReviewError as err:  # bad data: retrying cannot help
+                    self.errors += 1
+                    log.error("review intake rejected a batch: %s", err)
+                    break
+                except Exception as err:  # noqa: BLE001 - retried: accepted items are kept
+                    self.errors += 1
+                    log.warning("review intake failed (retrying): %s", err)
+                    time.sleep(self._retry_s)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._q.put(None)
+        self._thread.join(timeout)
