@@ -464,6 +464,80 @@ def review_sync(state_dir: Path | None) -> None:
     click.echo(f"{n} label(s) handed to the label store")
 
 
+@review.command("select", help="Active learning: queue the logged items that would teach the "
+                "model most (uncertain, rare categories first, unlike each other), BUDGET per "
+                "tenant. Needs decisions whose text the policy keeps (store_raw_text).")
+@_state_dir_option
+@click.option("--budget", type=click.IntRange(1, 100000), required=True,
+              help="Items to queue per tenant.")
+@click.option("--tenant", "tenants", multiple=True, help="Only these tenants.")
+@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Only decisions of the last DAYS days.")
+@_guard
+def review_select(state_dir: Path | None, budget: int, tenants: tuple[str, ...],
+                  days: float | None) -> None:
+    settings = _settings(state_dir)
+    svc = _review_service(settings)
+    since = time.time() - days * 86400 if days else None
+    try:
+        picks = svc.select_for_labelling(settings.events_db, budget,
+                                         tenants=list(tenants) or None, since=since)
+    finally:
+        svc.queue.close()
+    for p in picks:
+        click.echo(json.dumps(p, sort_keys=True))
+    click.echo(f"queued {len(picks)} item(s) for labelling")
+
+
+@review.command("calibrate", help="Propose, per tenant and category, the lowest block threshold "
+                "whose precision on reviewed items meets the target with the given confidence, "
+                "and the review band below it. --apply writes them into the policy file "
+                "(a running 'bastion up' applies it live).")
+@_state_dir_option
+@click.option("--confidence", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True,
+              help="Of the one-sided Clopper-Pearson lower bound on precision.")
+@click.option("--min-items", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Fewest reviewed items a category needs for a proposal.")
+@click.option("--apply", "do_apply", is_flag=True, help="Accept the proposals: edit the policy "
+              "file (the old one is kept as policy.yaml.bak-<time>).")
+@_guard
+def review_calibrate(state_dir: Path | None, confidence: float, min_items: int,
+                     do_apply: bool) -> None:
+    import shutil
+
+    import yaml
+
+    from core.launcher import ensure_policy_file
+    from core.policy import load_policy, parse_policy
+    from review.calibration import apply, propose, render
+
+    settings = _settings(state_dir)
+    svc = _review_service(settings)
+    try:
+        reviewed = svc.reviewed()
+    finally:
+        svc.queue.close()
+    path = ensure_policy_file(settings)
+    pol = load_policy(path)
+    proposals = propose(pol, reviewed, confidence=confidence, min_items=min_items)
+    click.echo(render(proposals))
+    if not do_apply:
+        click.echo("Nothing changed; run again with --apply to accept.")
+        return
+    if not any(p.proposed_block is not None for p in proposals):
+        click.echo("No proposal to apply.")
+        return
+    data = apply(yaml.safe_load(path.read_text()), proposals)
+    parse_policy(data, str(path))
+    backup = path.with_name(f"{path.name}.bak-{time.strftime('%Y%m%dT%H%M%S')}")
+    shutil.copy2(path, backup)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("# Thresholds calibrated by 'bastion review calibrate' on reviewed items.\n"
+                   + yaml.safe_dump(data, sort_keys=False))
+    tmp.replace(path)
+    click.echo(f"Applied to {path} (previous version: {backup}).")
+
+
 def main() -> None:
     import os
 

@@ -282,8 +282,8 @@ class ReviewQueue:
     def add_report(self, report: Report) -> str | None:
         """Attach a user report to the task it is about; the same report again is a no-op.
 
-        The task is the reported item's, else the reported user's most recent one, else the
-        session's (made if needed), else a task for the report alone. A report on a task
+        The task is the reported item's, else the session's it names (made if needed), else
+        the reported user's most recent one, else a task for the report alone. A report on a task
         already done reopens it for one more label.
 
         Returns:
@@ -304,14 +304,14 @@ class ReviewQueue:
                 tid = conn.execute(select(items.c.task_id).where(
                     items.c.tenant == report.tenant,
                     items.c.item_id == report.reported_item)).scalar_one_or_none()
+            if tid is None and report.session_id:
+                tid = self._ensure_task(conn, report.tenant, f"session:{report.session_id}")
             if tid is None and report.reported_user:
                 tid = conn.execute(select(items.c.task_id).where(
                     items.c.tenant == report.tenant, items.c.user_id == report.reported_user)
                     .order_by(items.c.ts.desc()).limit(1)).scalar_one_or_none()
             if tid is None:
-                group = (f"session:{report.session_id}" if report.session_id
-                         else f"report:{report.report_id}")
-                tid = self._ensure_task(conn, report.tenant, group)
+                tid = self._ensure_task(conn, report.tenant, f"report:{report.report_id}")
             conn.execute(self._insert_ignore(reports).values(
                 tenant=report.tenant, report_id=report.report_id, task_id=tid,
                 reporter=report.reporter, reported_user=report.reported_user,
@@ -553,6 +553,18 @@ class ReviewQueue:
                  r.confidence, r.label_ts) for r in rows]
 
     # -- reading ---------------------------------------------------------------------------
+
+    def known_items(self, tenant: str, item_ids: list[str]) -> set[str]:
+        """Which of these items the queue already holds (for a tenant)."""
+        def run(conn: Connection) -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(item_ids), 500):
+                found.update(conn.execute(select(items.c.item_id).where(
+                    items.c.tenant == tenant,
+                    items.c.item_id.in_(item_ids[start:start + 500]))).scalars().all())
+            return found
+
+        return self._read(run)
 
     def reporter_record(self, tenant: str, reporter: str) -> tuple[int, int]:
         """(confirmed, resolved) of a reporter's earlier reports: resolved once a moderator

@@ -138,6 +138,97 @@ class ReviewService:
                         submission_id, err)
         return sub
 
+    # -- calibration and active learning ------------------------------------------------------
+    def reviewed(self) -> dict[tuple[str, str], tuple[Any, Any]]:
+        """(tenant, category) -> (model scores, Dawid-Skene labels) of every reviewed item
+        the model scored for that category: the evidence threshold calibration reads."""
+        import numpy as np
+
+        from core.labels import Vote
+        from review.aggregation import dawid_skene
+
+        votes: dict[tuple[str, str], list[Vote]] = {}
+        scored: dict[tuple[str, str], float] = {}
+        mark = 0
+        while rows := self.queue.labels_since(mark, limit=10000):
+            for seq, tenant, item, moderator, category, value, conf, _ts in rows:
+                mark = seq
+                key = (f"{tenant}\0{item.item_id}", category)
+                votes.setdefault(key, []).append(Vote(moderator, value, conf))
+                if category in item.scores:
+                    scored[key] = float(item.scores[category])
+        agg = dawid_skene(votes).labels if votes else {}
+        out: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+        for (item_key, category), (soft, _w) in agg.items():
+            if (item_key, category) not in scored:
+                continue
+            tenant = item_key.split("\0", 1)[0]
+            s_list, y_list = out.setdefault((tenant, category), ([], []))
+            s_list.append(scored[(item_key, category)])
+            y_list.append(soft)
+        policy = self._policy()
+        return {k: (np.array(v[0]), np.array(v[1])) for k, v in out.items()
+                if k[0] in policy.tenants and k[1] in policy.tenants[k[0]].categories}
+
+    def select_for_labelling(self, events_db: Path, budget: int, *,
+                             tenants: list[str] | None = None, since: float | None = None,
+                             ) -> list[dict[str, Any]]:
+        """Active learning: pick up to ``budget`` logged decisions per tenant that teach the
+        model most (``review.selection``: uncertain, rare categories first, spread out in
+        embedding space), and queue them as ``sample`` tasks. Only decisions whose text the
+        event log kept (``store_raw_text``) can be labelled."""
+        import numpy as np
+
+        from core.events import EventLog
+        from review.selection import select
+
+        policy = self._policy()
+        log_ = EventLog(events_db)
+        picked: list[dict[str, Any]] = []
+        label_counts = self._label_counts()
+        try:
+            for tenant in tenants or sorted(policy.tenants):
+                tpol = policy.tenants[tenant]
+                cats = list(tpol.categories)
+                rows = [r for r in log_.read(tenant=tenant, since=since)
+                        if r["text"] and r["embedding"] is not None]
+                queued = self.queue.known_items(tenant, [r["item_id"] for r in rows])
+                rows = [r for r in rows if r["item_id"] not in queued]
+                if not rows:
+                    continue
+                emb = np.stack([r["embedding"] for r in rows]).astype(np.float32)
+                scores = np.array([[r["scores"].get(c, 0.0) for c in cats] for r in rows])
+                th = {c: min(max(t, 1e-3), 1 - 1e-3)
+                      for c, t in {**{c: 0.5 for c in cats},
+                                   **self._thresholds(tenant)}.items() if c in cats}
+                picks = select(emb, scores, cats, budget, thresholds=th,
+                               label_counts={c: label_counts.get(c, 0) for c in cats})
+                items = []
+                for p in picks:
+                    r = rows[p.index]
+                    items.append(ReviewItem(
+                        tenant=tenant, item_id=r["item_id"], text=r["text"],
+                        text_sha256=r["text_sha256"], session_id=r["session_id"],
+                        user_id=r["user_id"], source="sample", scores=r["scores"],
+                        keyword_hits=[], decision=r["decision"],
+                        model_version=r["model_version"], policy_version=r["policy_version"],
+                        ts=r["ts"]))
+                    picked.append({"tenant": tenant, "item_id": r["item_id"],
+                                   "value": round(p.score, 4), "why": p.reasons})
+                self.intake_decisions(items)
+        finally:
+            log_.close()
+        return picked
+
+    def _label_counts(self) -> dict[str, int]:
+        if self._labels_db is None or not self._labels_db.exists():
+            return {}
+        store = LabelStore(self._labels_db)
+        try:
+            return dict(store.stats()["by_category"])
+        finally:
+            store.close()
+
     # -- hand-off to retraining ----------------------------------------------------------------
     def sync_labels(self) -> int:
         """Copy labels submitted since the last sync into the label store; returns how many.

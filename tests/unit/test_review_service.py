@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.events import DecisionEvent, EventLog
+from core.labels import LabelStore
+from core.policy import parse_policy
+from review.queue import ReviewQueue
+from review.records import LabelIn, Report, ReviewItem, SessionEvent
+from review.service import IntakeWriter, ReviewService, task_view
+
+POLICY = parse_policy({"tenants": {
+    "acme": {"categories": {"hate": {"block_threshold": 0.8, "review_threshold": 0.4,
+                                     "severity": 2}},
+             "review": {"redundancy": 1, "uncertain_redundancy": 3, "uncertain_margin": 0.1}},
+    "studio": {"categories": {"hate": {"block_threshold": 0.8}}, "store_raw_text": True},
+}})
+
+
+def item(item_id: str, score: float, session: str | None = "s1", tenant: str = "acme",
+         text: str = "some text") -> ReviewItem:
+    return ReviewItem(tenant=tenant, item_id=item_id, text=text, text_sha256="x",
+                      session_id=session, user_id="u1", source="decision",
+                      scores={"hate": score}, keyword_hits=[], decision="review",
+                      model_version="1", policy_version="p", ts=1.0)
+
+
+@pytest.fixture()
+def svc(tmp_path: Path) -> ReviewService:
+    q = ReviewQueue(f"sqlite:///{tmp_path / 'review.db'}")
+    return ReviewService(q, lambda: POLICY, labels_db=tmp_path / "labels.db")
+
+
+def test_intake_groups_a_session_ranks_it_and_asks_more_labels_where_unsure(
+        svc: ReviewService) -> None:
+    (tid, tid2) = svc.intake_decisions([item("a", 0.45), item("b", 0.75)])
+    assert tid == tid2  # one session, one task
+    task = svc.queue.task(tid, ["acme"])
+    assert len(task.items) == 2 and task.slots == 3  # 0.75 is within 0.1 of the threshold
+    assert task.priority > 0 and task.reasons[0]["item_id"] == "b"
+    alone = svc.intake_decisions([item("c", 0.45, session=None)])[0]
+    assert svc.queue.task(alone, ["acme"]).slots == 1
+    # reports and events re-rank
+    before = svc.queue.task(tid, ["acme"]).priority
+    svc.report(Report(tenant="acme", report_id="r1", reporter="v", reported_user="u1",
+                      reported_item=None, session_id="s1", reason="hate", text="", ts=2.0))
+    svc.event(SessionEvent(tenant="acme", event_id="e1", session_id="s1", user_id="v",
+                           kind="mute", target_user="u1", ts=3.0))
+    after = svc.queue.task(tid, ["acme"])
+    assert after.priority > before and len(after.reports) == len(after.events) == 1
+    assert "gold" not in task_view(after) and "gold" in task_view(after, show_gold=True)
+
+
+def test_submitted_labels_reach_the_label_store_once(svc: ReviewService, tmp_path: Path
+                                                     ) -> None:
+    svc.intake_decisions([item("a", 0.5, session=None)])
+    got = svc.claim("ann", ["acme"])
+    assert got is not None
+    claim, task = got
+    svc.submit(claim.token, "sub-1", [LabelIn("a", "hate", 1.0, 0.9)])
+    svc.submit(claim.token, "sub-1", [LabelIn("a", "hate", 1.0, 0.9)])  # idempotent
+    assert svc.sync_labels() == 0  # already synced by submit
+    store = LabelStore(tmp_path / "labels.db")
+    try:
+        (row,) = store.aggregated()
+        assert (row.item_id, row.category, row.soft, row.n_labels) == ("acme:a", "hate", 1.0, 1)
+    finally:
+        store.close()
+    (mark,) = [p for p in tmp_path.iterdir() if p.name == "review_sync.json"]
+    assert mark.exists()
+    # calibration evidence: the model's score and the humans' label
+    (scores, labels), = svc.reviewed().values()
+    assert scores.tolist() == [0.5] and labels[0] > 0.5
+
+
+def test_intake_writer_keeps_going_after_bad_data(svc: ReviewService) -> None:
+    writer = IntakeWriter(svc, retry_s=0.01)
+    writer.submit([item("ok", 0.5, session=None)])
+    writer.submit([ReviewItem(**{**item("bad", 0.5).__dict__, "source": "nowhere"})])
+    writer.submit([item("ok2", 0.5, session=None)])
+    writer.close()
+    assert svc.queue.stats()["items"] == 2 and writer.errors == 1
+
+
+def test_active_learning_queues_uncertain_logged_items(svc: ReviewService,
+                                                       tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "events.db")
+    rng = np.random.default_rng(0)
+    events = []
+    for i, s in enumerate([0.01, 0.79, 0.99, 0.02, 0.81, 0.5]):
+        events.append(DecisionEvent(
+            ts=float(i), request_id="r", tenant="studio", item_id=f"i{i}", session_id=None,
+            user_id=None, text=f"text {i}", text_sha256=str(i), text_len=6,
+            decision="allow", scores={"hate": s}, reasons=[], model_version="1",
+            policy_version="p", embedding=rng.normal(size=8).astype(np.float32)))
+    log.append(events)
+    log.close()
+    picks = svc.select_for_labelling(tmp_path / "events.db", 2, tenants=["studio"])
+    assert {p["item_id"] for p in picks} <= {"i1", "i4", "i5"} and len(picks) == 2
+    assert svc.queue.stats()["items"] == 2
+    again = svc.select_for_labelling(tmp_path / "events.db", 2, tenants=["studio"])
+    assert not {p["item_id"] for p in again} & {p["item_id"] for p in picks}
