@@ -538,6 +538,52 @@ def review_calibrate(state_dir: Path | None, confidence: float, min_items: int,
     click.echo(f"Applied to {path} (previous version: {backup}).")
 
 
+@review.command("gold", help="Queue items whose answers are known (JSON Lines: tenant, "
+                "item_id, text, labels): they measure the moderators who label them.")
+@_state_dir_option
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@_guard
+def review_gold(state_dir: Path | None, file: Path) -> None:
+    svc = _review_service(_settings(state_dir))
+    n, problems = 0, []
+    try:
+        for lineno, line in enumerate(file.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                svc.add_gold(rec["tenant"], rec["item_id"], rec["text"], rec["labels"],
+                             rec.get("session_id"))
+                n += 1
+            except (ValueError, KeyError, TypeError, BastionError) as err:
+                problems.append(f"line {lineno}: {err}")
+    finally:
+        svc.queue.close()
+    click.echo(f"queued {n} gold item(s)")
+    for p in problems:
+        click.echo(p, err=True)
+    if problems:
+        sys.exit(1)
+
+
+@review.command("moderators", help="Each moderator's estimated reliability per category "
+                "(Dawid-Skene) and accuracy on gold items.")
+@_state_dir_option
+@_guard
+def review_moderators(state_dir: Path | None) -> None:
+    svc = _review_service(_settings(state_dir))
+    try:
+        rows = svc.moderators()
+    finally:
+        svc.queue.close()
+    click.echo(f"{'moderator':<16} {'category':<14} {'sens':>6} {'spec':>6} {'labels':>7} "
+               f"{'gold':>5} {'gold acc':>8}")
+    for r in rows:
+        acc = "-" if r["gold_accuracy"] is None else f"{r['gold_accuracy']:.3f}"
+        click.echo(f"{r['annotator']:<16} {r['category']:<14} {r['sensitivity']:6.3f} "
+                   f"{r['specificity']:6.3f} {r['n_labels']:7d} {r['n_gold']:5d} {acc:>8}")
+
+
 def main() -> None:
     import os
 

@@ -378,6 +378,13 @@ class ReviewQueue:
 
         self._write(run)
 
+    def gold_items(self) -> dict[tuple[str, str], dict[str, float]]:
+        """(tenant, item_id) -> known labels, of every item given gold answers."""
+        rows = self._read(lambda conn: conn.execute(
+            select(items.c.tenant, items.c.item_id, items.c.gold)
+            .where(items.c.gold.is_not(None))).all())
+        return {(r.tenant, r.item_id): json.loads(r.gold) for r in rows}
+
     # -- leases ----------------------------------------------------------------------------
 
     def _lease(self, lease_s: float | None) -> float:

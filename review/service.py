@@ -170,6 +170,50 @@ class ReviewService:
         return {k: (np.array(v[0]), np.array(v[1])) for k, v in out.items()
                 if k[0] in policy.tenants and k[1] in policy.tenants[k[0]].categories}
 
+    def add_gold(self, tenant: str, item_id: str, text: str, labels: dict[str, float],
+                 session_id: str | None = None) -> str:
+        """Queue an item whose answer is known: it measures the moderators who label it, and
+        its known labels go to the label store as annotator ``gold``."""
+        from core.events import text_digest
+
+        item = ReviewItem(tenant=tenant, item_id=item_id, text=text,
+                          text_sha256=text_digest(text), session_id=session_id, user_id=None,
+                          source="sample", scores={}, keyword_hits=[], decision=None,
+                          model_version=None, policy_version=None, ts=time.time())
+        tid = self.queue.add_item(item, slots=self._policy().tenants[tenant].review.redundancy)
+        self.queue.set_gold(tenant, item_id, labels)
+        self.rerank(tid)
+        if self._labels_db is not None:
+            store = LabelStore(self._labels_db)
+            try:
+                store.add_item(item_id=f"{tenant}:{item_id}", tenant=tenant, text=text,
+                               session_id=session_id, source="gold")
+                store.add_labels(f"{tenant}:{item_id}", "gold", labels)
+            finally:
+                store.close()
+        return tid
+
+    def moderators(self) -> list[dict[str, Any]]:
+        """Each moderator's estimated reliability per category (Dawid-Skene over every label
+        in the queue, gold answers clamped), with their accuracy on gold items."""
+        from core.labels import Vote
+        from review.aggregation import dawid_skene
+
+        votes: dict[tuple[str, str], list[Vote]] = {}
+        mark = 0
+        while rows := self.queue.labels_since(mark, limit=10000):
+            for seq, tenant, item, moderator, category, value, conf, _ts in rows:
+                mark = seq
+                votes.setdefault((f"{tenant}\0{item.item_id}", category), []).append(
+                    Vote(moderator, value, conf))
+        gold = {(f"{t}\0{i}", c): v for (t, i), labels in self.queue.gold_items().items()
+                for c, v in labels.items()}
+        if not votes:
+            return []
+        result = dawid_skene(votes, gold={k: v for k, v in gold.items() if k in votes})
+        return [asdict(r) for r in sorted(result.reliability.values(),
+                                          key=lambda r: (r.annotator, r.category))]
+
     def select_for_labelling(self, events_db: Path, budget: int, *,
                              tenants: list[str] | None = None, since: float | None = None,
                              ) -> list[dict[str, Any]]:

@@ -103,3 +103,25 @@ def test_active_learning_queues_uncertain_logged_items(svc: ReviewService,
     assert svc.queue.stats()["items"] == 2
     again = svc.select_for_labelling(tmp_path / "events.db", 2, tenants=["studio"])
     assert not {p["item_id"] for p in again} & {p["item_id"] for p in picks}
+
+
+def test_gold_items_measure_moderators(svc: ReviewService, tmp_path: Path) -> None:
+    for i in range(6):
+        svc.add_gold("acme", f"g{i}", f"gold text {i}", {"hate": float(i % 2)})
+    # ann answers every gold item right, bob every one wrong
+    for who, flip in (("ann", False), ("bob", True)):
+        while (got := svc.claim(who, ["acme"])) is not None:
+            claim, task = got
+            labels = [LabelIn(it.item_id, "hate",
+                              float((int(it.item_id[1:]) % 2) ^ flip)) for it in task.items]
+            svc.submit(claim.token, f"{who}-{claim.task_id}", labels)
+    rel = {r["annotator"]: r for r in svc.moderators()}
+    assert rel["ann"]["gold_accuracy"] == pytest.approx(1.0)
+    assert rel["bob"]["gold_accuracy"] == pytest.approx(0.0)
+    assert rel["ann"]["n_gold"] == rel["bob"]["n_gold"] == 6
+    store = LabelStore(tmp_path / "labels.db")
+    try:
+        gold_rows = [r for r in store.aggregated() if "gold" in r.annotators]
+    finally:
+        store.close()
+    assert len(gold_rows) == 6
