@@ -109,12 +109,19 @@ def fit_and_score(emb_train: np.ndarray, targets: np.ndarray, weights: np.ndarra
 
 
 def evaluate(scores: np.ndarray, truth: np.ndarray) -> dict[str, dict[str, Any]]:
+    from sklearn.metrics import average_precision_score
+
     from training.heads import evaluate_heads
 
     metrics, _ = evaluate_heads(scores, truth, np.ones(truth.shape, dtype=bool), CATEGORIES,
                                 target_precision=TARGET_PRECISION)
     keep = ("auroc", "block_threshold_at_p90", "precision_at_block", "recall_at_block")
-    return {c: {k: m.get(k) for k in keep} for c, m in metrics.items()}
+    out = {c: {k: m.get(k) for k in keep} for c, m in metrics.items()}
+    for j, c in enumerate(CATEGORIES):
+        # threshold-free, and still defined where precision 0.9 is out of reach (hate)
+        ap = average_precision_score(truth[:, j] >= 0.5, scores[:, j])
+        out[c]["average_precision"] = round(float(ap), 4)
+    return out
 
 
 # --- aggregation ---------------------------------------------------------------------------
@@ -229,7 +236,8 @@ def part_aggregation(df: Any, emb: np.ndarray, seeds: list[int]) -> dict[str, An
             "heads": {
                 "crowd_labels": crowd,
                 **{a: {c: {k: mean(("heads", a, c, k))
-                           for k in ("auroc", "precision_at_block", "recall_at_block")}
+                           for k in ("auroc", "average_precision", "precision_at_block",
+                                     "recall_at_block")}
                        for c in CATEGORIES} for a in aggs},
             },
         },

@@ -81,7 +81,7 @@ __all__ = [
 ]
 
 
-SOURCES = ("decision", "report", "event", "sample")
+SOURCES = ("decision", "report", "event", "sample", "context")
 _FREE, _LEASED, _DONE = "free", "leased", "done"
 _RETRIES = 8  # a unique-key race (same moderator in two threads) or a PostgreSQL deadlock
 _PG_RETRY_CODES = {"23505", "40001", "40P01"}  # unique_violation, serialization, deadlock
@@ -234,6 +234,34 @@ class ReviewQueue:
                          .values(slots=want, status="open", updated_ts=self._clock()))
             conn.execute(self._insert_ignore(slots), [
                 {"task_id": tid, "slot": i, "state": _FREE} for i in range(want)])
+
+    def add_context(self, item: ReviewItem) -> str | None:
+        """Add an item to its session's task only if that task exists, without asking for more
+        labels: the session's other messages, for the moderator to read. Returns the task id,
+        or None when the session has no task."""
+        _tenant(item.tenant)
+        _name(item.item_id, "item_id")
+        if not item.session_id:
+            return None
+        tid = _task_id(item.tenant, f"session:{item.session_id}")
+
+        def run(conn: Connection) -> str | None:
+            if conn.execute(select(tasks.c.task_id).where(tasks.c.task_id == tid)).first() \
+                    is None:
+                return None
+            added = _rowcount(conn.execute(self._insert_ignore(items).values(
+                tenant=item.tenant, item_id=item.item_id, task_id=tid, text=item.text,
+                text_sha256=item.text_sha256, session_id=item.session_id, user_id=item.user_id,
+                source="context", scores=json.dumps(item.scores),
+                keyword_hits=json.dumps(item.keyword_hits), decision=item.decision,
+                model_version=item.model_version, policy_version=item.policy_version,
+                ts=item.ts, gold=None)))
+            if added:
+                conn.execute(update(tasks).where(tasks.c.task_id == tid)
+                             .values(n_items=tasks.c.n_items + 1))
+            return tid
+
+        return self._write(run)
 
     def add_item(self, item: ReviewItem, *, slots: int = 1) -> str:
         """Add an item to its session's task (or a task of its own); the same item again is a no-op.

@@ -81,14 +81,23 @@ class ReviewService:
         return rp.redundancy
 
     def intake_decisions(self, items: list[ReviewItem]) -> list[str]:
-        """Queue items whose decision sent them to review; returns their task ids."""
+        """Queue items whose decision sent them to review (a task per session); the other items
+        of a session (``source="context"``) join that session's task when it has one, so the
+        moderator reads the session, not fragments. Returns the task ids touched."""
         touched: list[str] = []
-        for item in items:
+        review = [i for i in items if i.source != "context"]
+        context = [i for i in items if i.source == "context"]
+        for item in review + context:  # review items first: they make the session's task
             pol = self._policy().tenants.get(item.tenant)
             if pol is None:
                 continue
             if not pol.review.keep_text:
                 item = ReviewItem(**{**asdict(item), "text": None})
+            if item.source == "context":
+                tid = self.queue.add_context(item)
+                if tid is not None:
+                    touched.append(tid)
+                continue
             touched.append(self.queue.add_item(item, slots=self._slots(item.tenant, item)))
         for tid in dict.fromkeys(touched):
             self.rerank(tid)

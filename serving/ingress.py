@@ -286,11 +286,14 @@ class Ingress:
                 d = decide(rt, item.text, res.scores[j], req.categories)
                 results.append({"id": item.id, **d, "model_version": res.model_version,
                                 "policy_version": rt.version})
-                if d["decision"] == "review" and self.intake is not None:
+                in_review = d["decision"] == "review"
+                if self.intake is not None and (in_review or item.context.session_id):
+                    # a session's other items join its review task as context (if it has one)
                     review_items.append(ReviewItem(
                         tenant=tenant, item_id=item.id, text=item.text,
                         text_sha256=text_digest(item.text), session_id=item.context.session_id,
-                        user_id=item.context.user_id, source="decision", scores=d["scores"],
+                        user_id=item.context.user_id,
+                        source="decision" if in_review else "context", scores=d["scores"],
                         keyword_hits=[str(h.get("rule") or h.get("category") or "")
                                       for h in d["keyword_hits"]],
                         decision=d["decision"], model_version=res.model_version,

@@ -125,3 +125,16 @@ def test_gold_items_measure_moderators(svc: ReviewService, tmp_path: Path) -> No
     finally:
         store.close()
     assert len(gold_rows) == 6
+
+
+def test_a_sessions_other_items_join_its_task_as_context(svc: ReviewService) -> None:
+    ctx = ReviewItem(**{**item("early", 0.01).__dict__, "source": "context",
+                        "decision": "allow"})
+    assert svc.intake_decisions([ctx]) == []  # no task for the session yet: nothing queued
+    (tid,) = svc.intake_decisions([item("bad", 0.5)])
+    slots = svc.queue.task(tid, ["acme"]).slots
+    later = ReviewItem(**{**item("later", 0.02).__dict__, "source": "context",
+                          "decision": "allow"})
+    svc.intake_decisions([later])
+    task = svc.queue.task(tid, ["acme"])
+    assert [i.item_id for i in task.items] == ["bad", "later"] and task.slots == slots
