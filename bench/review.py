@@ -39,6 +39,7 @@ CATEGORIES = ["offensive", "hate"]
 TARGET_PRECISION = 0.9
 CONFIDENCE = 0.95
 REVIEW_RECALL = 0.9
+SWEEP = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # other target precisions, for context
 MINUTES_PER_ITEM = 0.5  # a moderator's time per reviewed tweet (a session takes minutes)
 
 # Simulated moderators, (sensitivity, specificity), the same on both categories.
@@ -248,13 +249,12 @@ def part_aggregation(df: Any, emb: np.ndarray, seeds: list[int]) -> dict[str, An
 # --- auto ----------------------------------------------------------------------------------
 
 
-def outcome(scores: np.ndarray, truth: np.ndarray, block: float | None,
+def outcome(scores: np.ndarray, truth: np.ndarray, block: float,
             review: float | None) -> dict[str, Any]:
     """What the thresholds do to unseen items: bands, precision, recall, minutes."""
     n, pos = len(scores), truth >= 0.5
-    blocked = scores >= block if block is not None else np.zeros(n, dtype=bool)
-    low = review if review is not None else block
-    in_review = (scores >= low) & ~blocked if low is not None else np.ones(n, dtype=bool)
+    blocked = scores >= block
+    in_review = (scores >= (block if review is None else review)) & ~blocked
     allowed = ~blocked & ~in_review
     n_pos = max(int(pos.sum()), 1)
     minutes_all = n * MINUTES_PER_ITEM
@@ -294,11 +294,12 @@ def part_auto(df: Any, emb: np.ndarray, repeats: int) -> dict[str, Any]:
             f"review.calibration.calibrate (target precision {TARGET_PRECISION}, one-sided "
             f"Clopper-Pearson at {CONFIDENCE}, review recall {REVIEW_RECALL}); the 'unseen' "
             "half measures them. Blocked: score >= block; review band: review <= score < "
-            "block; allowed: below review. Without a block threshold everything goes to "
-            f"review. Minutes: {MINUTES_PER_ITEM} min per reviewed item, against reviewing "
-            f"every item. 'repeats': {repeats} random reviewed/unseen halvings of the "
-            "held-out rows, to see how often the precision achieved on unseen items meets "
-            "the target."
+            "block; allowed: below review. Where no threshold reaches the target, nothing is "
+            "decided automatically ('unseen' is null): the category keeps its current "
+            "thresholds. 'sweep': the same at other target precisions. Minutes: "
+            f"{MINUTES_PER_ITEM} min per reviewed item, against reviewing every item. "
+            f"'repeats': {repeats} random reviewed/unseen halvings of the held-out rows, to "
+            "see how often the precision achieved on unseen items meets the target."
         ),
         "target_precision": TARGET_PRECISION, "confidence": CONFIDENCE,
         "review_recall": REVIEW_RECALL, "minutes_per_item": MINUTES_PER_ITEM,
@@ -319,13 +320,26 @@ def part_auto(df: Any, emb: np.ndarray, repeats: int) -> dict[str, Any]:
                 "n_above": at.n_above, "precision": round(at.precision, 4),
                 "precision_lower": round(at.precision_lower, 4), "recall": round(at.recall, 4),
             },
-            "unseen": outcome(s[~reviewed], y[~reviewed], block, review),
+            "unseen": None if block is None else outcome(s[~reviewed], y[~reviewed], block,
+                                                         review),
+            "sweep": {},
         }
+        for target in SWEEP:
+            b, r, _ = calibrate(s[reviewed], y[reviewed], target_precision=target,
+                                confidence=CONFIDENCE, review_recall=REVIEW_RECALL)
+            entry["sweep"][f"{target:g}"] = {
+                "block_threshold": None if b is None else round(b, 6),
+                "review_threshold": None if r is None else round(r, 6),
+                "unseen": None if b is None else outcome(s[~reviewed], y[~reviewed], b, r),
+            }
         achieved, met, auto = [], 0, []
         for _ in range(repeats):
             half = rng.permutation(len(s)) < len(s) // 2
             b, r, _ = calibrate(s[half], y[half], target_precision=TARGET_PRECISION,
                                 confidence=CONFIDENCE, review_recall=REVIEW_RECALL)
+            if b is None:
+                auto.append(0.0)
+                continue
             o = outcome(s[~half], y[~half], b, r)
             auto.append(o["blocked_share"])
             if o["precision_blocked"] is not None:
