@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -419,7 +420,9 @@ def review_keys_list(state_dir: Path | None) -> None:
         click.echo(f"{name}\t{r['role']}\t{','.join(r['tenants'])}")  # type: ignore[arg-type]
 
 
-def _review_service(settings: Any) -> Any:
+@contextlib.contextmanager
+def _review_service(settings: Any) -> Iterator[Any]:
+    """The review service of a state directory (its queue closed on exit)."""
     from core.labels import labels_db_path
     from core.launcher import ensure_policy_file
     from core.policy import load_policy
@@ -427,8 +430,11 @@ def _review_service(settings: Any) -> Any:
     from review.service import ReviewService
 
     pol = load_policy(ensure_policy_file(settings))
-    return ReviewService(ReviewQueue(settings.review_url), lambda: pol,
-                         labels_db=labels_db_path(settings.state_dir))
+    queue = ReviewQueue(settings.review_url)
+    try:
+        yield ReviewService(queue, lambda: pol, labels_db=labels_db_path(settings.state_dir))
+    finally:
+        queue.close()
 
 
 @review.command("queue", help="Open review tasks, most urgent first, with why they rank there.")
@@ -437,12 +443,9 @@ def _review_service(settings: Any) -> Any:
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @_guard
 def review_queue(state_dir: Path | None, tenants: tuple[str, ...], limit: int) -> None:
-    svc = _review_service(_settings(state_dir))
-    try:
+    with _review_service(_settings(state_dir)) as svc:
         tasks = svc.queue.pending(list(tenants) or None, limit)
         stats = svc.queue.stats()
-    finally:
-        svc.queue.close()
     click.echo(json.dumps(stats, sort_keys=True))
     for t in tasks:
         why = "; ".join(f"{r.get('factor')}={r.get('value')}" for r in t.reasons)
@@ -456,11 +459,8 @@ def review_queue(state_dir: Path | None, tenants: tuple[str, ...], limit: int) -
 @_state_dir_option
 @_guard
 def review_sync(state_dir: Path | None) -> None:
-    svc = _review_service(_settings(state_dir))
-    try:
+    with _review_service(_settings(state_dir)) as svc:
         n = svc.sync_labels()
-    finally:
-        svc.queue.close()
     click.echo(f"{n} label(s) handed to the label store")
 
 
@@ -477,13 +477,10 @@ def review_sync(state_dir: Path | None) -> None:
 def review_select(state_dir: Path | None, budget: int, tenants: tuple[str, ...],
                   days: float | None) -> None:
     settings = _settings(state_dir)
-    svc = _review_service(settings)
     since = time.time() - days * 86400 if days else None
-    try:
+    with _review_service(settings) as svc:
         picks = svc.select_for_labelling(settings.events_db, budget,
                                          tenants=list(tenants) or None, since=since)
-    finally:
-        svc.queue.close()
     for p in picks:
         click.echo(json.dumps(p, sort_keys=True))
     click.echo(f"queued {len(picks)} item(s) for labelling")
@@ -512,11 +509,8 @@ def review_calibrate(state_dir: Path | None, confidence: float, min_items: int,
     from review.calibration import apply, propose, render
 
     settings = _settings(state_dir)
-    svc = _review_service(settings)
-    try:
+    with _review_service(settings) as svc:
         reviewed = svc.reviewed()
-    finally:
-        svc.queue.close()
     path = ensure_policy_file(settings)
     pol = load_policy(path)
     proposals = propose(pol, reviewed, confidence=confidence, min_items=min_items)
@@ -544,9 +538,8 @@ def review_calibrate(state_dir: Path | None, confidence: float, min_items: int,
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @_guard
 def review_gold(state_dir: Path | None, file: Path) -> None:
-    svc = _review_service(_settings(state_dir))
     n, problems = 0, []
-    try:
+    with _review_service(_settings(state_dir)) as svc:
         for lineno, line in enumerate(file.read_text().splitlines(), 1):
             if not line.strip():
                 continue
@@ -557,8 +550,6 @@ def review_gold(state_dir: Path | None, file: Path) -> None:
                 n += 1
             except (ValueError, KeyError, TypeError, BastionError) as err:
                 problems.append(f"line {lineno}: {err}")
-    finally:
-        svc.queue.close()
     click.echo(f"queued {n} gold item(s)")
     for p in problems:
         click.echo(p, err=True)
@@ -571,11 +562,8 @@ def review_gold(state_dir: Path | None, file: Path) -> None:
 @_state_dir_option
 @_guard
 def review_moderators(state_dir: Path | None) -> None:
-    svc = _review_service(_settings(state_dir))
-    try:
+    with _review_service(_settings(state_dir)) as svc:
         rows = svc.moderators()
-    finally:
-        svc.queue.close()
     click.echo(f"{'moderator':<16} {'category':<14} {'sens':>6} {'spec':>6} {'labels':>7} "
                f"{'gold':>5} {'gold acc':>8}")
     for r in rows:

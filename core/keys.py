@@ -46,13 +46,18 @@ def ensure_keys(path: Path, tenants: Iterable[str]) -> tuple[dict[str, str], lis
     if added:
         for t in added:
             keys[t] = new_key()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(keys, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        _write_private(path, keys)
     return keys, added
+
+
+def _write_private(path: Path, data: object) -> None:
+    """Write JSON readable by its owner only (mode 0600), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
 
 
 def key_hashes(keys: dict[str, str]) -> dict[str, str]:
@@ -95,12 +100,7 @@ def add_reviewer(path: Path, name: str, role: str, tenants: Iterable[str]) -> st
     data = load_reviewers(path)
     key = "rev_" + secrets.token_urlsafe(24)
     data[name] = {"key": key, "role": role, "tenants": scope}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    _write_private(path, data)
     return key
 
 
