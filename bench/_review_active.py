@@ -12,12 +12,15 @@ Everything is repeated for 3 seeds and the curves averaged.
 
 Headline, per category and metric: the labels random needs to reach its own final (3000-label)
 value on the mean curve, the labels active needs to reach that same value, and their ratio (the
-goal: active needs at most half as many).
+goal: active needs at most half as many). Hate never reaches 90 % precision with these heads, so
+its recall@p90 is 0 throughout; average precision is reported beside it. Ablations rerun the
+active curves with one of select()'s three terms switched off (``VARIANTS``).
 
 ``bench/review.py`` calls :func:`run_active` with its cached embeddings and fills the
 ``"active"`` key of bench/results/review.json. Run on its own for development (embeds the
 tweets through the bench embedding cache, prints the result):
-``nice -n 19 .venv/bin/python bench/_review_active.py [--seeds 0,1,2] [--max-labels 3000]``.
+``nice -n 19 .venv/bin/python bench/_review_active.py [--seeds 0,1,2] [--max-labels 3000]
+[--no-variants]``.
 """
 
 from __future__ import annotations
@@ -45,7 +48,17 @@ START, STEP, MAX_LABELS = 100, 100, 3000
 SEEDS = (0, 1, 2)
 EPOCHS = 300
 TEST_FRACTION = 0.2
-METRICS = {"auroc": "auroc", "recall_at_p90": "recall_at_block"}  # ours -> evaluate_heads'
+WEIGHTS = (1.0, 1.0, 1.0)  # select()'s defaults: the headline strategy
+# Ablations of select()'s (uncertainty, rarity, distance) exponents, active curves only (the
+# random curves are shared): which of the three terms earns its place on this data.
+VARIANTS: dict[str, tuple[float, float, float]] = {
+    "no_diversity": (1.0, 1.0, 0.0),
+    "no_rarity": (1.0, 0.0, 1.0),
+    "uncertainty_only": (1.0, 0.0, 0.0),
+}
+# ours -> evaluate_heads' key; average precision is ours (hate never reaches 90 % precision)
+METRICS = {"auroc": "auroc", "recall_at_p90": "recall_at_block",
+           "average_precision": "average_precision"}
 
 METHOD = (
     "Pool-based active learning, batch mode. Each round the heads fitted on the labels so far "
@@ -56,7 +69,8 @@ METHOD = (
     "distance in MiniLM space, each step taking the candidate maximising value x distance to the "
     "nearest labelled-or-picked item, over the top 20 x budget candidates by value. Random "
     "draws the same number uniformly from the unlabelled pool. Both start from the same 100 "
-    "random labels per seed."
+    "random labels per seed. Variants change select()'s exponents (uncertainty, rarity, "
+    "distance) only."
 )
 
 
@@ -76,6 +90,17 @@ def _minority_counts(binary: np.ndarray) -> dict[str, int]:
     return {k: int(min(p, len(binary) - p)) for k, p in zip(KEYS, pos, strict=True)}
 
 
+def _test_mask(rows: Any) -> np.ndarray:
+    """The held-out rows: ``rows["test"]`` where the caller already split (bench/review.py
+    does, and resets the index), else group_split over ``rows["group"]`` or the Davidson row id
+    (the index), which is the same split."""
+    if "test" in rows.columns:
+        return rows["test"].to_numpy(dtype=bool)
+    groups = (rows["group"].astype(str).tolist() if "group" in rows.columns
+              else [f"davidson:{i}" for i in rows.index])
+    return group_split(groups, TEST_FRACTION)
+
+
 def _first_reaching(labels: list[int], curve: list[float], target: float) -> int | None:
     for n, v in zip(labels, curve, strict=True):
         if v >= target - 1e-9:
@@ -86,8 +111,11 @@ def _first_reaching(labels: list[int], curve: list[float], target: float) -> int
 def _run_one(
     strategy: str, seed: int, emb: np.ndarray, soft: np.ndarray, binary: np.ndarray,
     pool: np.ndarray, test: np.ndarray, start: int, step: int, max_labels: int,
+    weights: tuple[float, float, float] = WEIGHTS,
 ) -> dict[str, Any]:
     """One learning curve: fit, measure, buy ``step`` labels, repeat."""
+    from sklearn.metrics import average_precision_score
+
     specs = [HeadSpec(k) for k in KEYS]
     known = np.ones((len(test), len(KEYS)), dtype=bool)
     rng = np.random.default_rng(seed)
@@ -107,7 +135,11 @@ def _run_one(
         heads = fit_heads(emb[labelled], soft[labelled], np.ones((len(labelled), len(KEYS)), bool),
                           specs, FitConfig(epochs=EPOCHS, seed=seed))
         t1 = time.perf_counter()
-        metrics, _ = evaluate_heads(heads.score(emb[test]), soft[test], known, KEYS)
+        test_scores = heads.score(emb[test])
+        metrics, _ = evaluate_heads(test_scores, soft[test], known, KEYS)
+        for j, k in enumerate(KEYS):
+            metrics[k]["average_precision"] = average_precision_score(
+                binary[test, j], test_scores[:, j])
         seconds["fit"] += t1 - t0
         seconds["evaluate"] += time.perf_counter() - t1
         curve["labels"].append(int(len(labelled)))
@@ -126,7 +158,7 @@ def _run_one(
             picks = select(
                 pool_emb, heads.score(pool_emb), KEYS, n_new,
                 label_counts=_minority_counts(binary[labelled]), labelled=emb[labelled],
-                candidates=unlabelled, seed=seed * 1000 + len(labelled),
+                candidates=unlabelled, weights=weights, seed=seed * 1000 + len(labelled),
             )
             rows = np.array([p.index for p in picks])
             for p in picks:
@@ -140,6 +172,49 @@ def _run_one(
     if categories:
         curve["picks_by_category"] = categories
     return curve
+
+
+def _mean_curves(per: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        k: {m: [round(float(v), 4) for v in np.mean([r[f"{k}/{m}"] for r in per], axis=0)]
+            for m in METRICS}
+        for k in KEYS
+    }
+    out["picked_positive_rate"] = {
+        k: [round(float(v), 4) for v in
+            np.mean([np.array(r["picked_positive_rate"])[:, j] for r in per], axis=0)]
+        for j, k in enumerate(KEYS)
+    }
+    return out
+
+
+def _headline(labels: list[int], rand: list[float], act: list[float]) -> dict[str, Any]:
+    """Labels random needs to reach its final value, labels active needs for the same."""
+    target = rand[-1]
+    n_rand = _first_reaching(labels, rand, target)
+    n_act = _first_reaching(labels, act, target)
+    ratio = None if n_act is None or n_rand is None else round(n_rand / n_act, 2)
+    return {"target": round(target, 4), "random_labels": n_rand,
+            "active_labels": n_act if n_act is not None else "not reached",
+            "ratio": ratio, "goal_2x_met": ratio is not None and ratio >= 2.0,
+            "active_final": round(act[-1], 4)}
+
+
+def _compare(
+    labels: list[int], random: list[dict[str, Any]], active: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Headline on the mean curves, and the ratio seed by seed (how much it varies)."""
+    rand_mean, act_mean = _mean_curves(random), _mean_curves(active)
+    return {
+        "headline": {k: {m: _headline(labels, rand_mean[k][m], act_mean[k][m]) for m in METRICS}
+                     for k in KEYS},
+        "headline_per_seed": {
+            k: {m: [_headline(labels, r[f"{k}/{m}"], a[f"{k}/{m}"])["ratio"]
+                    for r, a in zip(random, active, strict=True)]
+                for m in METRICS}
+            for k in KEYS
+        },
+    }
 
 
 def _select_speed(n: int = 100_000, dim: int = 384, budget: int = 500) -> dict[str, Any]:
@@ -156,63 +231,47 @@ def _select_speed(n: int = 100_000, dim: int = 384, budget: int = 500) -> dict[s
 def run_active(
     emb: np.ndarray, rows: Any, out: dict[str, Any], *, seeds: tuple[int, ...] = SEEDS,
     start: int = START, step: int = STEP, max_labels: int = MAX_LABELS,
+    variants: dict[str, tuple[float, float, float]] | None = None,
 ) -> None:
     """Run the experiment on the Davidson tweets and fill ``out``.
 
     Args:
         emb: (n, d) embeddings, row i of the tweet in row i of ``rows``.
         rows: The Davidson DataFrame (hate_speech, offensive_language, neither, count, tweet),
-            indexed by the Davidson row id.
+            indexed by the Davidson row id; a ``test`` (bool) or ``group`` column, where
+            present, defines the held-out split instead (see :func:`_test_mask`).
         out: Filled with ``method``, ``setup``, ``curves`` (means over seeds), ``per_seed``,
-            ``headline`` and ``timings``.
+            ``headline``, ``headline_per_seed``, ``variants`` and ``timings``.
+        variants: Ablations of select()'s exponents (default :data:`VARIANTS`; ``{}`` skips).
     """
+    import torch
+
     started = time.perf_counter()
     if len(emb) != len(rows):
         raise ValueError(f"run_active: {len(emb)} embeddings for {len(rows)} rows")
+    variants = VARIANTS if variants is None else variants
     emb = np.ascontiguousarray(emb, dtype=np.float32)
     soft = _targets(rows)
     binary = soft >= 0.5
-    test_mask = group_split([f"davidson:{i}" for i in rows.index], TEST_FRACTION)
+    test_mask = _test_mask(rows)
     test, pool = np.flatnonzero(test_mask), np.flatnonzero(~test_mask)
     max_labels = min(max_labels, len(pool))
 
-    import torch
+    def curves_of(strategy: str, weights: tuple[float, float, float]) -> list[dict[str, Any]]:
+        return [_run_one(strategy, seed, emb, soft, binary, pool, test, start, step, max_labels,
+                         weights) for seed in seeds]
 
-    runs: dict[str, list[dict[str, Any]]] = {"random": [], "active": []}
     # One thread: a (3000 x 384) full-batch fit gains nothing from more, and on a shared 2-core
     # box two spinning threads made each fit 20x slower (21 s vs 1.1 s, measured).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for seed in seeds:
-            for strategy in runs:
-                runs[strategy].append(_run_one(strategy, seed, emb, soft, binary, pool, test,
-                                               start, step, max_labels))
+        runs = {"random": curves_of("random", WEIGHTS), "active": curves_of("active", WEIGHTS)}
+        t_main = time.perf_counter() - started
+        ablations = {name: curves_of("active", w) for name, w in variants.items()}
     finally:
         torch.set_num_threads(threads)
     labels = runs["random"][0]["labels"]
-    curves: dict[str, Any] = {"labels": labels}
-    for strategy, per in runs.items():
-        curves[strategy] = {
-            k: {m: [round(float(v), 4) for v in np.mean([r[f"{k}/{m}"] for r in per], axis=0)]
-                for m in METRICS}
-            for k in KEYS
-        }
-        curves[strategy]["picked_positive_rate"] = {
-            k: [round(float(v), 4) for v in
-                np.mean([np.array(r["picked_positive_rate"])[:, j] for r in per], axis=0)]
-            for j, k in enumerate(KEYS)
-        }
-
-    def headline(rand: list[float], act: list[float]) -> dict[str, Any]:
-        target = rand[-1]
-        n_rand = _first_reaching(labels, rand, target)
-        n_act = _first_reaching(labels, act, target)
-        ratio = None if n_act is None or n_rand is None else round(n_rand / n_act, 2)
-        return {"target": round(target, 4), "random_labels": n_rand,
-                "active_labels": n_act if n_act is not None else "not reached",
-                "ratio": ratio, "goal_2x_met": ratio is not None and ratio >= 2.0,
-                "active_final": round(act[-1], 4)}
 
     out["method"] = METHOD
     out["setup"] = {
@@ -223,31 +282,34 @@ def run_active(
         "soft_targets": "vote shares", "start_labels": start, "labels_per_round": step,
         "max_labels": max_labels, "seeds": list(seeds),
         "fit": f"fit_heads(FitConfig(epochs={EPOCHS}, seed=seed)), no validation split",
-        "select": {"thresholds": 0.5, "weights": [1.0, 1.0, 1.0], "prefilter": PREFILTER,
+        "select": {"thresholds": 0.5, "weights": list(WEIGHTS), "prefilter": PREFILTER,
                    "label_counts": "minority-class labels held per head",
                    "labelled": "embeddings of everything labelled so far"},
         "test_prevalence": {k: round(float(binary[test, j].mean()), 4)
                             for j, k in enumerate(KEYS)},
-        "recall_at_p90": "recall at the lowest threshold with precision >= 0.9 on the "
-                         "held-out set (0 where no threshold reaches it)",
+        "metrics": {
+            "auroc": "held-out AUROC (evaluate_heads)",
+            "recall_at_p90": "recall at the lowest threshold with precision >= 0.9 on the "
+                             "held-out set (evaluate_heads; 0 where no threshold reaches it)",
+            "average_precision": "area under the held-out PR curve (sklearn), supplementary",
+        },
     }
-    out["curves"] = curves
+    out["curves"] = {"labels": labels, "random": _mean_curves(runs["random"]),
+                     "active": _mean_curves(runs["active"])}
     out["per_seed"] = {
         strategy: [{k: v for k, v in r.items() if k != "labels"} for r in per]
         for strategy, per in runs.items()
     }
-    out["headline"] = {
-        k: {m: headline(curves["random"][k][m], curves["active"][k][m]) for m in METRICS}
-        for k in KEYS
-    }
-    out["headline_per_seed"] = {
-        k: {m: [headline(r[f"{k}/{m}"], a[f"{k}/{m}"])["ratio"]
-                for r, a in zip(runs["random"], runs["active"], strict=True)]
-            for m in METRICS}
-        for k in KEYS
+    out.update(_compare(labels, runs["random"], runs["active"]))
+    out["variants"] = {
+        name: {"weights": list(variants[name]), "curves": _mean_curves(per),
+               "picks_by_category": [r.get("picks_by_category") for r in per],
+               **_compare(labels, runs["random"], per)}
+        for name, per in ablations.items()
     }
     out["timings"] = {
         "experiment_seconds": round(time.perf_counter() - started, 1),
+        "random_and_active_seconds": round(t_main, 1),
         "per_strategy_seconds": {
             s: {part: round(sum(r["seconds"][part] for r in per), 1)
                 for part in ("fit", "evaluate", "select")}
@@ -280,6 +342,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--max-labels", type=int, default=MAX_LABELS)
+    parser.add_argument("--no-variants", action="store_true", help="skip the ablations")
     args = parser.parse_args()
     path = davidson_path()
     if path is None:
@@ -288,7 +351,7 @@ def main() -> None:
     emb, embed_info = _embed(rows["tweet"].astype(str).tolist())
     out: dict[str, Any] = {}
     run_active(emb, rows, out, seeds=tuple(int(s) for s in args.seeds.split(",")),
-               max_labels=args.max_labels)
+               max_labels=args.max_labels, variants={} if args.no_variants else None)
     out["timings"]["embed"] = embed_info
     print(json.dumps(out, indent=2))
 
