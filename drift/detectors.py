@@ -154,6 +154,15 @@ def _finite_1d(values: np.ndarray, what: str) -> tuple[np.ndarray, int]:
     return arr[keep], int(arr.size - keep.sum())
 
 
+def _two_samples(reference: np.ndarray, window: np.ndarray, test: str
+                 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Both samples' finite values, and the sizes every result's detail starts with."""
+    ref, ref_dropped = _finite_1d(reference, f"{test}: reference")
+    win, win_dropped = _finite_1d(window, f"{test}: window")
+    return ref, win, {"n_reference": ref.size, "n_window": win.size,
+                      "dropped_non_finite": ref_dropped + win_dropped}
+
+
 def _too_few(n_reference: int, n_window: int) -> str | None:
     if n_reference < MIN_SAMPLES or n_window < MIN_SAMPLES:
         return (
@@ -382,13 +391,7 @@ def ks_test(
         below that point, i.e. it moved up).
     """
     _check_rate(p_threshold, "ks_test: p_threshold")
-    ref, ref_dropped = _finite_1d(reference, "ks_test: reference")
-    win, win_dropped = _finite_1d(window, "ks_test: window")
-    base: dict[str, Any] = {
-        "n_reference": ref.size,
-        "n_window": win.size,
-        "dropped_non_finite": ref_dropped + win_dropped,
-    }
+    ref, win, base = _two_samples(reference, window, "ks_test")
     reason = _too_few(ref.size, win.size)
     if reason:
         return _skipped(name, p_threshold, reason, **base)
@@ -457,13 +460,7 @@ def psi(
         raise ValueError(f"psi: bins must be >= 2, got {bins}")
     if threshold is not None and not threshold >= 0.0:
         raise ValueError(f"psi: threshold must be >= 0, got {threshold}")
-    ref, ref_dropped = _finite_1d(reference, "psi: reference")
-    win, win_dropped = _finite_1d(window, "psi: window")
-    base: dict[str, Any] = {
-        "n_reference": ref.size,
-        "n_window": win.size,
-        "dropped_non_finite": ref_dropped + win_dropped,
-    }
+    ref, win, base = _two_samples(reference, window, "psi")
     reason = _too_few(ref.size, win.size)
     if reason:
         return _skipped(name, threshold if threshold is not None else 0.0, reason, **base)
