@@ -8,6 +8,7 @@ running replicas instead of restarting them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -59,5 +60,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         num_replicas=sv.ingress_replicas,
         max_ongoing_requests=sv.ingress_max_ongoing_requests,
     ).bind(scorer, str(events_db_path(args.state_dir)), args.limits.model_dump(), args.keys_file,
-           args.review_db_url or f"sqlite:///{Path(args.state_dir).resolve() / 'review.db'}",
+           # a RayService's pods get the URL from their environment (BASTION_REVIEW_DB_URL)
+           args.review_db_url or os.environ.get("BASTION_REVIEW_DB_URL")
+           or f"sqlite:///{Path(args.state_dir).resolve() / 'review.db'}",
            str(labels_db_path(args.state_dir)))
