@@ -11,7 +11,8 @@ categories' ``severity`` and its ``review`` section):
   reliability is the Beta(1, 1) posterior mean of their earlier reports confirmed by
   moderators (confirmed + 1) / (resolved + 2), so a new reporter counts 0.5.
 - **session events**: ``1 + sum of event_weights`` of its mutes, leaves, blocks.
-- **deprioritized phrases**: ``deprioritized_factor`` when any item contains one.
+- **deprioritized phrases**: ``deprioritized_factor`` when a flagged item (not the session's
+  context) contains one.
 
 Every factor goes into the task's ``reasons``, so a moderator sees why a task ranks where it
 does.
@@ -116,6 +117,8 @@ def task_priority(
                         "kinds": sorted({e.kind for e in events}), "n": len(events),
                         "value": round(factor, 4)})
     for item in items:
+        if item.source == "context":  # the session's other messages do not soften a flag
+            continue
         phrase = _has_phrase(item.text, policy.deprioritized_phrases)
         if phrase is not None:
             priority *= rp.deprioritized_factor

@@ -78,3 +78,12 @@ def test_reviewer_keys_are_scoped_and_kept_private(tmp_path: Path) -> None:
         add_reviewer(path, "bob", "boss", ["acme"])
     with pytest.raises(ConfigError, match="at least one tenant"):
         add_reviewer(path, "bob", "moderator", [])
+
+
+def test_banter_in_the_sessions_context_does_not_soften_a_flag() -> None:
+    flagged = item({"hate": 0.8})
+    chatter = ReviewItem(**{**item({"hate": 0.01}, text="gg", item_id="c").__dict__,
+                            "source": "context"})
+    alone, _ = task_priority([flagged], [], [], POLICY)
+    with_context, reasons = task_priority([flagged, chatter], [], [], POLICY)
+    assert with_context == alone and all(r["factor"] != "deprioritized phrase" for r in reasons)
