@@ -1,0 +1,168 @@
+"""One drift check: a window of a tenant's traffic against the reference its champion was
+trained on, as a report a machine reads (JSON) and one a person reads (HTML with plots).
+
+The window is validated with the reference's great-expectations suite (``drift.validation``)
+and tested for drift (``drift.detectors``): MMD on the shared embedding, and per category KS
+and calibrated PSI on the scores and Fisher's test on the flag rate (score at or above the
+block threshold). The family of tests of one window keeps the stated false-alarm rate: half of
+it goes to the embedding test, the other half is split evenly (Bonferroni) across the
+per-category tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from drift.detectors import DriftResult, MMDDetector, flag_rate_test, ks_test, psi
+from drift.validation import build_suite, reference_frame_from_texts, validate, window_frame
+
+__all__ = ["Reference", "DriftReport", "check_window", "render_html"]
+
+
+@dataclass
+class Reference:
+    """What the champion was trained on, as the monitor compares against it."""
+
+    texts: list[str]
+    embeddings: np.ndarray  # (n, d)
+    scores: dict[str, np.ndarray]  # category -> (n,) scores of the champion
+    thresholds: dict[str, float]  # category -> block threshold
+    model_version: str | None = None
+    suite: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.suite:
+            cats = sorted(self.scores)
+            frame = reference_frame_from_texts(
+                self.texts, np.stack([self.scores[c] for c in cats], axis=1) if cats else None,
+                cats or None)
+            self.suite = build_suite(frame, name=f"reference-{self.model_version}",
+                                     categories=cats)
+
+
+@dataclass
+class DriftReport:
+    tenant: str
+    n_window: int
+    window_start: float | None
+    window_end: float | None
+    validation: dict[str, Any]
+    tests: list[dict[str, Any]]
+    drift: bool
+    failed: list[str]
+    false_alarm_rate: float
+    model_version: str | None
+    created_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _window_arrays(rows: list[Mapping[str, Any]], categories: list[str]
+                   ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+    embs = [r["embedding"] for r in rows if r.get("embedding") is not None]
+    emb = np.stack(embs).astype(np.float32) if embs else None
+    scores = {c: np.array([float(r.get("scores", {}).get(c, np.nan)) for r in rows])
+              for c in categories}
+    return emb, scores
+
+
+def check_window(reference: Reference, rows: Iterable[Mapping[str, Any]], *, tenant: str,
+                 false_alarm_rate: float = 0.01, n_permutations: int | None = None,
+                 seed: int = 0) -> DriftReport:
+    """Validate and test one window of event-log rows against the reference."""
+    rows = list(rows)
+    cats = sorted(reference.scores)
+    emb, win_scores = _window_arrays(rows, cats)
+    val = validate(window_frame(rows), reference.suite)
+    per_category = false_alarm_rate / 2 / max(1, 3 * len(cats))
+    results: list[DriftResult] = []
+    if emb is not None:
+        p = false_alarm_rate / 2
+        perms = n_permutations or int(np.ceil(2 / p))
+        mmd = MMDDetector(reference.embeddings, p_threshold=p, n_permutations=perms, seed=seed)
+        results.append(mmd.test(emb))
+    for c in cats:
+        ref_s, win_s = reference.scores[c], win_scores[c]
+        results.append(ks_test(ref_s, win_s, p_threshold=per_category, name=f"score_ks:{c}"))
+        results.append(psi(ref_s, win_s, name=f"score_psi:{c}", false_alarm=per_category,
+                           seed=seed))
+        t = reference.thresholds.get(c, 0.5)
+        ok = np.isfinite(win_s)
+        results.append(flag_rate_test(ref_s >= t, win_s[ok] >= t, p_threshold=per_category,
+                                      name=f"flag_rate:{c}"))
+    tests = [asdict(r) for r in results]
+    failed = [r.name for r in results if r.drift]
+    if not val.success:
+        failed.append("validation")
+    ts = [float(r["ts"]) for r in rows if r.get("ts") is not None]
+    return DriftReport(
+        tenant=tenant, n_window=len(rows), window_start=min(ts) if ts else None,
+        window_end=max(ts) if ts else None,
+        validation={"success": val.success, "failures": val.failures,
+                    "suite_version": val.suite_version, "n_rows": val.n_rows},
+        tests=tests, drift=any(r.drift for r in results), failed=failed,
+        false_alarm_rate=false_alarm_rate, model_version=reference.model_version)
+
+
+def _histograms(reference: Reference, rows: list[Mapping[str, Any]]) -> str:
+    """Score distributions, reference against window, one panel per category (PNG, base64)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cats = sorted(reference.scores)
+    if not cats:
+        return ""
+    _, win = _window_arrays(rows, cats)
+    fig, axes = plt.subplots(1, len(cats), figsize=(3.2 * len(cats), 2.6), squeeze=False)
+    bins = np.linspace(0, 1, 21)
+    for ax, c in zip(axes[0], cats, strict=True):
+        ax.hist(reference.scores[c], bins=bins, density=True, alpha=0.5, label="reference")
+        w = win[c][np.isfinite(win[c])]
+        ax.hist(w, bins=bins, density=True, alpha=0.5, label="window")
+        ax.axvline(reference.thresholds.get(c, 0.5), color="k", lw=0.8, ls="--")
+        ax.set_title(c, fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def render_html(report: DriftReport, reference: Reference,
+                rows: Iterable[Mapping[str, Any]]) -> str:
+    """A self-contained HTML page: verdict, failed checks, every test, score histograms."""
+    esc = html.escape
+    png = _histograms(reference, list(rows))
+    verdict = "DRIFT" if report.drift else ("INVALID DATA" if "validation" in report.failed
+                                            else "no drift")
+    def test_row(t: dict[str, Any]) -> str:
+        p = "" if t["p_value"] is None else f"{t['p_value']:.3g}"
+        return (f"<tr><td>{esc(t['name'])}</td><td>{t['statistic']:.4g}</td><td>{p}</td>"
+                f"<td>{t['threshold']:.3g}</td><td>{'yes' if t['drift'] else ''}</td></tr>")
+
+    rows_html = "".join(test_row(t) for t in report.tests)
+    fails = "".join(
+        f"<li>{esc(str(f.get('expectation')))} on {esc(str(f.get('column')))}: "
+        f"{f.get('unexpected_count')} unexpected</li>" for f in report.validation["failures"])
+    return (
+        "<!doctype html><meta charset=utf-8><title>Bastion drift report</title>"
+        f"<h1>{esc(report.tenant)}: {verdict}</h1>"
+        f"<p>{report.n_window} items; model version {esc(str(report.model_version))}; "
+        f"family false-alarm rate {report.false_alarm_rate}</p>"
+        f"<h2>Failed</h2><p>{esc(', '.join(report.failed) or 'nothing')}</p>"
+        f"<h2>Data validation</h2><ul>{fails or '<li>all expectations met</li>'}</ul>"
+        "<h2>Tests</h2><table border=1 cellpadding=3><tr><th>test</th><th>statistic</th>"
+        f"<th>p</th><th>threshold</th><th>drift</th></tr>{rows_html}</table>"
+        + (f"<h2>Scores</h2><img src='data:image/png;base64,{png}'>" if png else ""))

@@ -1,0 +1,49 @@
+"""A drift check end to end on real texts (the packaged SMS collection), with embeddings and
+scores drawn so that the answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from drift.monitor import Reference, check_window, render_html
+from training.datasets import load_sms_spam
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    data = load_sms_spam(limit=1500, seed=0)
+    return [t for t in data.texts if t.strip()]
+
+
+def rows(texts: list[str], emb: np.ndarray, spam: np.ndarray) -> list[dict]:
+    return [{"ts": float(i), "item_id": f"i{i}", "text": t, "decision": "allow",
+             "scores": {"spam": float(s)}, "embedding": e}
+            for i, (t, e, s) in enumerate(zip(texts, emb, spam, strict=True))]
+
+
+def test_no_shift_passes_a_shift_is_caught_and_bad_data_is_named(texts: list[str]) -> None:
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=32)
+    ref_emb = unit(centre + rng.normal(size=(800, 32)))
+    ref = Reference(texts[:800], ref_emb, {"spam": rng.beta(1, 8, 800)}, {"spam": 0.5},
+                    model_version="7")
+    same = rows(texts[800:1100], unit(centre + rng.normal(size=(300, 32))),
+                rng.beta(1, 8, 300))
+    report = check_window(ref, same, tenant="acme", n_permutations=400)
+    assert not report.drift and report.validation["success"], report.failed
+    shifted = rows(texts[800:1100], unit(centre + 2.0 + rng.normal(size=(300, 32))),
+                   rng.beta(3, 4, 300))
+    report = check_window(ref, shifted, tenant="acme", n_permutations=400)
+    assert report.drift
+    assert {"embedding_mmd", "score_ks:spam", "flag_rate:spam"} <= set(report.failed)
+    broken = [dict(r, text="", scores={"spam": 1.7}) for r in same[:40]] + same[40:]
+    report = check_window(ref, broken, tenant="acme", n_permutations=400)
+    assert "validation" in report.failed and report.validation["failures"]
+    page = render_html(report, ref, broken)
+    assert "acme" in page and "<img src='data:image/png;base64," in page
+    assert report.to_json()["model_version"] == "7"
