@@ -572,6 +572,41 @@ def review_moderators(state_dir: Path | None) -> None:
                    f"{r['specificity']:6.3f} {r['n_labels']:7d} {r['n_gold']:5d} {acc:>8}")
 
 
+@cli.group(help="Drift: recent traffic against what the champion was trained on.")
+def drift() -> None:
+    pass
+
+
+@drift.command("check", help="Validate and test each tenant's recent traffic for drift; "
+               "writes JSON and HTML reports under <state-dir>/drift and logs them to MLflow.")
+@_state_dir_option
+@click.option("--tenant", "tenants", multiple=True, help="Only these tenants.")
+@click.option("--hours", type=click.FloatRange(min=0, min_open=True), default=24.0,
+              show_default=True, help="Window: the last HOURS of traffic.")
+@click.option("--min-items", type=click.IntRange(min=10), default=100, show_default=True,
+              help="Fewest items a window needs to be checked.")
+@click.option("--false-alarm-rate", type=click.FloatRange(0.0001, 0.2), default=0.01,
+              show_default=True, help="Of the whole family of tests of one window.")
+@_guard
+def drift_check(state_dir: Path | None, tenants: tuple[str, ...], hours: float,
+                min_items: int, false_alarm_rate: float) -> None:
+    from core.launcher import ensure_policy_file
+    from core.policy import load_policy
+    from drift.check import check_tenants
+
+    settings = _settings(state_dir)
+    pol = load_policy(ensure_policy_file(settings))
+    unknown = sorted(set(tenants) - set(pol.tenants))
+    if unknown:
+        _fail(f"unknown tenant(s) {unknown}; the policy has {sorted(pol.tenants)}")
+    results = check_tenants(settings, pol, tenants=list(tenants) or None, hours=hours,
+                            min_items=min_items, false_alarm_rate=false_alarm_rate)
+    for _report, message in results:
+        click.echo(message)
+    if any(r is not None and r.drift for r, _m in results):
+        sys.exit(1)
+
+
 def main() -> None:
     import os
 
