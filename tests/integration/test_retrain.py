@@ -73,6 +73,12 @@ def import_labels(settings: Settings, tmp: Path, lines: list[dict]) -> None:
 @pytest.fixture(scope="module")
 def labelled(settings: Settings, starter: Starter, dashboard: str,
              tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import shutil
+
+    from training.embcache import embeddings_dir
+
+    # other modules (a drift check) may have cached embeddings: these tests count encodings
+    shutil.rmtree(embeddings_dir(settings.state_dir), ignore_errors=True)
     tmp = tmp_path_factory.mktemp("labels")
     import_labels(settings, tmp, davidson_label_lines(0, 150))
     return tmp
