@@ -47,6 +47,15 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _exit_if_rejected(file: Path, problems: list[str]) -> None:
+    """List the lines of an import file that were rejected ("line N: why") and exit 1."""
+    if problems:
+        click.secho(f"{len(problems)} line(s) of {file} rejected:", fg="red", err=True)
+        for line in problems:
+            click.echo(f"  {line}", err=True)
+        sys.exit(1)
+
+
 @click.group(help="Bastion: Trust & Safety moderation on Ray.")
 def cli() -> None:
     pass
@@ -342,11 +351,7 @@ def labels_import(state_dir: Path | None, file: Path, annotator: str) -> None:
         report = store.import_file(file, default_annotator=annotator)
     click.echo(f"imported {report.items} item(s): {report.labels_added} label(s) added, "
                f"{report.labels_unchanged} unchanged, {report.labels_revised} revised")
-    if report.errors:
-        click.secho(f"{len(report.errors)} line(s) of {file} rejected:", fg="red", err=True)
-        for line in report.errors:
-            click.echo(f"  {line}", err=True)
-        sys.exit(1)
+    _exit_if_rejected(file, report.errors)
 
 
 @labels.command("stats", help="How many items and labels the label store holds, by tenant and "
@@ -551,10 +556,7 @@ def review_gold(state_dir: Path | None, file: Path) -> None:
             except (ValueError, KeyError, TypeError, BastionError) as err:
                 problems.append(f"line {lineno}: {err}")
     click.echo(f"queued {n} gold item(s)")
-    for p in problems:
-        click.echo(p, err=True)
-    if problems:
-        sys.exit(1)
+    _exit_if_rejected(file, problems)
 
 
 @review.command("moderators", help="Each moderator's estimated reliability per category "

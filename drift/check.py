@@ -45,9 +45,10 @@ def _reference_texts(settings: Settings, meta: dict[str, Any], n: int, seed: int
     return [texts[i] for i in sorted(idx)]
 
 
-def champion_reference(settings: Settings, policy: PolicySet, tenant: str, *,
-                       n: int = 2000, seed: int = 0) -> Reference:
-    """The reference of ``tenant`` under the current champion."""
+def champion_reference(settings: Settings, policy: PolicySet, tenants: list[str], *,
+                       n: int = 2000, seed: int = 0) -> dict[str, Reference]:
+    """Each tenant's reference under the current champion: one model load and one embedding
+    pass serve every tenant; only the policy's categories and thresholds differ."""
     from core.decision import resolve_policy
     from core.model import ModerationModel
     from registry.store import CHAMPION, ModelRegistry
@@ -58,7 +59,7 @@ def champion_reference(settings: Settings, policy: PolicySet, tenant: str, *,
     model = ModerationModel.load(registry.download(version),
                                  precision=settings.serving.precision)
     meta = dict(model.metadata, version=version)
-    resolved = resolve_policy(policy, model.head_keys, meta)[tenant]
+    resolved = resolve_policy(policy, model.head_keys, meta)
     texts = _reference_texts(settings, meta, n, seed)
     cache = EmbeddingCache(embeddings_dir(settings.state_dir), model.encoder)
     try:
@@ -66,11 +67,11 @@ def champion_reference(settings: Settings, policy: PolicySet, tenant: str, *,
     finally:
         cache.close()
     scores = model.heads.score(emb)
-    return Reference(
+    return {t: Reference(
         texts=texts, embeddings=emb,
-        scores={c.name: scores[:, c.column] for c in resolved.categories},
-        thresholds={c.name: c.block_threshold for c in resolved.categories},
-        model_version=version)
+        scores={c.name: scores[:, c.column] for c in resolved[t].categories},
+        thresholds={c.name: c.block_threshold for c in resolved[t].categories},
+        model_version=version) for t in tenants}
 
 
 def check_tenants(settings: Settings, policy: PolicySet, *, tenants: list[str] | None = None,
@@ -82,13 +83,17 @@ def check_tenants(settings: Settings, policy: PolicySet, *, tenants: list[str] |
     out: list[tuple[DriftReport | None, str]] = []
     log = EventLog(settings.events_db)
     try:
+        windows: dict[str, list[dict[str, Any]]] = {}
         for tenant in tenants or sorted(policy.tenants):
             rows = list(log.read(tenant=tenant, since=time.time() - hours * 3600))
             if len(rows) < min_items:
                 out.append((None, f"{tenant}: {len(rows)} item(s) in the last {hours:g} h, "
                                   f"fewer than {min_items}: not checked"))
-                continue
-            ref = champion_reference(settings, policy, tenant)
+            else:
+                windows[tenant] = rows
+        refs = champion_reference(settings, policy, list(windows)) if windows else {}
+        for tenant, rows in windows.items():
+            ref = refs[tenant]
             report = check_window(ref, rows, tenant=tenant, false_alarm_rate=false_alarm_rate)
             paths = _write(settings, report, render_html(report, ref, rows))
             if log_mlflow:

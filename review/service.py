@@ -148,15 +148,12 @@ class ReviewService:
         return sub
 
     # -- calibration and active learning ------------------------------------------------------
-    def reviewed(self) -> dict[tuple[str, str], tuple[Any, Any]]:
-        """(tenant, category) -> (model scores, Dawid-Skene labels) of every reviewed item
-        the model scored for that category: the evidence threshold calibration reads."""
-        import numpy as np
-
+    def _votes(self) -> tuple[dict[tuple[str, str], list[Any]], dict[tuple[str, str], float]]:
+        """Every label in the queue as votes per (tenant\\0item, category), and the model's
+        score of each such pair where the decision carried one."""
         from core.labels import Vote
-        from review.aggregation import dawid_skene
 
-        votes: dict[tuple[str, str], list[Vote]] = {}
+        votes: dict[tuple[str, str], list[Any]] = {}
         scored: dict[tuple[str, str], float] = {}
         mark = 0
         while rows := self.queue.labels_since(mark, limit=10000):
@@ -166,6 +163,16 @@ class ReviewService:
                 votes.setdefault(key, []).append(Vote(moderator, value, conf))
                 if category in item.scores:
                     scored[key] = float(item.scores[category])
+        return votes, scored
+
+    def reviewed(self) -> dict[tuple[str, str], tuple[Any, Any]]:
+        """(tenant, category) -> (model scores, Dawid-Skene labels) of every reviewed item
+        the model scored for that category: the evidence threshold calibration reads."""
+        import numpy as np
+
+        from review.aggregation import dawid_skene
+
+        votes, scored = self._votes()
         agg = dawid_skene(votes).labels if votes else {}
         out: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
         for (item_key, category), (soft, _w) in agg.items():
@@ -205,16 +212,9 @@ class ReviewService:
     def moderators(self) -> list[dict[str, Any]]:
         """Each moderator's estimated reliability per category (Dawid-Skene over every label
         in the queue, gold answers clamped), with their accuracy on gold items."""
-        from core.labels import Vote
         from review.aggregation import dawid_skene
 
-        votes: dict[tuple[str, str], list[Vote]] = {}
-        mark = 0
-        while rows := self.queue.labels_since(mark, limit=10000):
-            for seq, tenant, item, moderator, category, value, conf, _ts in rows:
-                mark = seq
-                votes.setdefault((f"{tenant}\0{item.item_id}", category), []).append(
-                    Vote(moderator, value, conf))
+        votes, _scored = self._votes()
         gold = {(f"{t}\0{i}", c): v for (t, i), labels in self.queue.gold_items().items()
                 for c, v in labels.items()}
         if not votes:
@@ -305,7 +305,7 @@ class ReviewService:
                         if not item.text:  # the policy kept no text: nothing to learn from
                             continue
                         store.add_item(item_id=f"{tenant}:{item.item_id}", tenant=tenant,
-                                       text=item.text or "", session_id=item.session_id,
+                                       text=item.text, session_id=item.session_id,
                                        user_id=item.user_id, source="review", ts=item.ts)
                         store.add_label(item_id=f"{tenant}:{item.item_id}",
                                         annotator=moderator, category=category, value=value,

@@ -67,6 +67,20 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+def _bearer(request: Request) -> str:
+    auth = request.headers.get("authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+
+
+def _holder(by_hash: dict[str, Any], key: str) -> Any:
+    """Whom a key belongs to, by its SHA-256 (compared in constant time), or None."""
+    digest, found = key_hash(key), None
+    for h, who in by_hash.items():
+        if hmac.compare_digest(h, digest):
+            found = who
+    return found
+
+
 def _validation_messages(err: ValidationError) -> list[str]:
     out = []
     for e in err.errors():
@@ -196,16 +210,10 @@ class Ingress:
         state = self._policy
         if state is None:
             raise ApiError(503, "no policy loaded yet; retry shortly")
-        auth = request.headers.get("authorization", "")
-        key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-        key = key or request.headers.get("x-api-key", "").strip()
+        key = _bearer(request) or request.headers.get("x-api-key", "").strip()
         if not key:
             raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'")
-        owner = None
-        digest = key_hash(key)
-        for h, t in state.key_to_tenant.items():
-            if hmac.compare_digest(h, digest):
-                owner = t
+        owner = _holder(state.key_to_tenant, key)
         if owner is None or owner != tenant:
             raise ApiError(401, f"the API key is not valid for tenant {tenant!r}")
         if tenant not in state.policy.tenants:
@@ -378,16 +386,11 @@ class Ingress:
         state = self._policy
         if state is None:
             raise ApiError(503, "no policy loaded yet; retry shortly")
-        auth = request.headers.get("authorization", "")
-        key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        key = _bearer(request)
         if not key:
             raise ApiError(401, "missing reviewer key: send 'Authorization: Bearer <key>' "
                                 "(issue one with 'bastion review keys add')")
-        digest = key_hash(key)
-        found = None
-        for h, who in state.reviewers.items():
-            if hmac.compare_digest(h, digest):
-                found = who
+        found = _holder(state.reviewers, key)
         if found is None:
             raise ApiError(401, "the key is not a reviewer key")
         if found["role"] not in roles:

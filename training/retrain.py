@@ -251,10 +251,9 @@ def _train_full(settings: Settings, snap: Snapshot, keys: list[str], base_path: 
     return res.encoder_dir, heads, res.history, res.restarts
 
 
-def _sync_review_labels(settings: Settings) -> int:
+def _sync_review_labels(settings: Settings, policy: PolicySet) -> int:
     """Labels moderators submitted in the review queue, into the label store (idempotent)."""
     from core.labels import labels_db_path
-    from core.policy import load_policy
     from review.queue import ReviewQueue
     from review.service import ReviewService
 
@@ -262,8 +261,7 @@ def _sync_review_labels(settings: Settings) -> int:
         return 0
     queue = ReviewQueue(settings.review_url)
     try:
-        svc = ReviewService(queue, lambda: load_policy(settings.resolved_policy_file),
-                            labels_db=labels_db_path(settings.state_dir))
+        svc = ReviewService(queue, lambda: policy, labels_db=labels_db_path(settings.state_dir))
         return svc.sync_labels()
     finally:
         queue.close()
@@ -293,7 +291,7 @@ def retrain(settings: Settings, policy: PolicySet, opts: RetrainOptions,
 
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
-    synced = _sync_review_labels(settings)
+    synced = _sync_review_labels(settings, policy)
     if synced:
         say(f"Handed {synced} new review label(s) to the label store.")
     say("Building the training snapshot (seed data + human labels)...")
