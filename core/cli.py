@@ -283,12 +283,15 @@ def rollback(state_dir: Path | None, reason: str | None) -> None:
               help="Tokens per text in a full run (default 128).")
 @click.option("--max-failures", type=click.IntRange(min=-1), default=None,
               help="Worker failures a run recovers from, from its latest checkpoint (default 2).")
+@click.option("--reason", default=None,
+              help="Why this run starts (the drift monitor passes its trigger); kept on the "
+              "MLflow run and the registered version.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_guard
 def retrain(state_dir: Path | None, mode: str | None, workers: int | None, epochs: int | None,
             use_gpu: bool | None, seed_data: bool | None, davidson_limit: int | None,
             promote: bool | None, batch_size: int | None, max_length: int | None,
-            max_failures: int | None, as_json: bool) -> None:
+            max_failures: int | None, reason: str | None, as_json: bool) -> None:
     from dataclasses import asdict, replace
 
     from core.launcher import ensure_policy_file
@@ -302,7 +305,7 @@ def retrain(state_dir: Path | None, mode: str | None, workers: int | None, epoch
     opts = options_from_policy(pol, mode=mode, workers=workers, epochs=epochs,
                                use_gpu=use_gpu, seed_data=seed_data,
                                davidson_limit=davidson_limit, promote=promote,
-                               max_failures=max_failures)
+                               max_failures=max_failures, reason=reason)
     ft = {k: v for k, v in {"batch_size": batch_size, "max_length": max_length}.items()
           if v is not None}
     if ft:
@@ -579,34 +582,91 @@ def drift() -> None:
     pass
 
 
+def _platform_dashboard(settings: Any) -> str | None:
+    """The Ray dashboard of the running ``bastion up`` of this state directory, if any."""
+    import os
+
+    if not settings.server_file.exists():
+        return None
+    try:
+        info = json.loads(settings.server_file.read_text())
+        os.kill(int(info["pid"]), 0)
+    except (ValueError, KeyError, OSError):
+        return None
+    dash = info.get("dashboard")
+    return str(dash) if dash else None
+
+
 @drift.command("check", help="Validate and test each tenant's recent traffic for drift; "
-               "writes JSON and HTML reports under <state-dir>/drift and logs them to MLflow.")
+               "writes JSON and HTML reports under <state-dir>/drift and logs them to MLflow. "
+               "While 'bastion up' runs, the policy's trigger rules may start a retraining "
+               "job on its Ray cluster. Window, size and rate default to the policy's 'drift' "
+               "section. Exits 1 when a tenant drifted.")
 @_state_dir_option
 @click.option("--tenant", "tenants", multiple=True, help="Only these tenants.")
-@click.option("--hours", type=click.FloatRange(min=0, min_open=True), default=24.0,
-              show_default=True, help="Window: the last HOURS of traffic.")
-@click.option("--min-items", type=click.IntRange(min=10), default=100, show_default=True,
-              help="Fewest items a window needs to be checked.")
-@click.option("--false-alarm-rate", type=click.FloatRange(0.0001, 0.2), default=0.01,
-              show_default=True, help="Of the whole family of tests of one window.")
+@click.option("--hours", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Window: the last HOURS of traffic (policy default: 24).")
+@click.option("--min-items", type=click.IntRange(min=10), default=None,
+              help="Fewest items a window needs to be checked (policy default: 100).")
+@click.option("--false-alarm-rate", type=click.FloatRange(0.0001, 0.2), default=None,
+              help="Of the whole family of tests of one window (policy default: 0.01).")
+@click.option("--trigger/--no-trigger", default=True, show_default=True,
+              help="Evaluate the policy's retraining triggers (needs 'bastion up' running).")
 @_guard
-def drift_check(state_dir: Path | None, tenants: tuple[str, ...], hours: float,
-                min_items: int, false_alarm_rate: float) -> None:
+def drift_check(state_dir: Path | None, tenants: tuple[str, ...], hours: float | None,
+                min_items: int | None, false_alarm_rate: float | None, trigger: bool) -> None:
     from core.launcher import ensure_policy_file
     from core.policy import load_policy
-    from drift.check import check_tenants
+    from drift.check import monitor_pass
 
     settings = _settings(state_dir)
     pol = load_policy(ensure_policy_file(settings))
     unknown = sorted(set(tenants) - set(pol.tenants))
     if unknown:
         _fail(f"unknown tenant(s) {unknown}; the policy has {sorted(pol.tenants)}")
-    results = check_tenants(settings, pol, tenants=list(tenants) or None, hours=hours,
-                            min_items=min_items, false_alarm_rate=false_alarm_rate)
-    for _report, message in results:
-        click.echo(message)
+    dashboard = _platform_dashboard(settings) if trigger else None
+    results, signals, outcome = monitor_pass(
+        settings, pol, dashboard_url=dashboard, tenants=list(tenants) or None, hours=hours,
+        min_items=min_items, false_alarm_rate=false_alarm_rate, say=click.echo)
+    if trigger and outcome is None:
+        from drift.triggers import fired
+
+        hits = fired(pol.retraining.triggers.rules, signals)
+        if hits:
+            click.echo(f"Trigger {hits[0][0]} fires ({'; '.join(hits[0][1])}), but no "
+                       "'bastion up' runs for this state directory: start it, or run "
+                       "'bastion retrain'.")
+    elif outcome is not None and outcome.action == "none":
+        click.echo("No retraining trigger fired.")
     if any(r is not None and r.drift for r, _m in results):
         sys.exit(1)
+
+
+@drift.command("triggers", help="Recent retraining-trigger decisions: what fired, why, and "
+               "whether a job was submitted or skipped (cooldown, a job still running).")
+@_state_dir_option
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_guard
+def drift_triggers(state_dir: Path | None, limit: int, as_json: bool) -> None:
+    from drift.triggers import TriggerLog, triggers_db_path
+
+    settings = _settings(state_dir)
+    path = triggers_db_path(settings.state_dir)
+    if not path.exists():
+        click.echo("No trigger has fired yet.")
+        return
+    log = TriggerLog(path)
+    try:
+        rows = log.recent(limit)
+    finally:
+        log.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["at"]))
+        click.echo(f"{when}Z  {r['action']:<9} {r['rule']:<20} {r['message']}")
 
 
 def main() -> None:

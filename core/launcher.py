@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -27,6 +28,7 @@ __all__ = [
     "deploy",
     "reload_policy",
     "run_platform",
+    "DriftSchedule",
 ]
 
 Say = Callable[[str], None]
@@ -89,6 +91,54 @@ def reload_policy(settings: Settings, policy_path: Path, dashboard_url: str,
     say("Policy reloaded: " + ", ".join(
         f"{t}={policy.tenant_version(t)}" for t in sorted(policy.tenants)))
     return policy
+
+
+class DriftSchedule(threading.Thread):
+    """The drift monitor inside ``bastion up``: every ``drift.every_minutes`` of the policy in
+    force (re-read each time, so edits apply), one :func:`drift.check.monitor_pass` over every
+    tenant, whose trigger rules may submit a retraining job to this Ray cluster. A pass that
+    fails is reported and retried at the next slot; it never stops the platform."""
+
+    def __init__(self, settings: Settings, policy: Callable[[], PolicySet], dashboard_url: str,
+                 say: Say, run_pass: Callable[..., Any] | None = None, tick_s: float = 5.0
+                 ) -> None:
+        super().__init__(name="drift-monitor", daemon=True)
+        self._settings = settings
+        self._policy = policy
+        self._dashboard = dashboard_url
+        self._say = say
+        self._run_pass = run_pass
+        self._tick_s = tick_s
+        self._stop = threading.Event()
+        self.passes = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        started = time.monotonic()
+        last: float | None = None
+        while not self._stop.wait(self._tick_s):
+            every_s = self._policy().drift.every_minutes * 60.0
+            if every_s <= 0:
+                continue
+            if time.monotonic() - (last if last is not None else started) < every_s:
+                continue
+            last = time.monotonic()
+            self.run_once()
+
+    def run_once(self) -> None:
+        from drift.check import monitor_pass
+
+        run_pass = self._run_pass or monitor_pass
+        def say(m: str) -> None:
+            self._say(f"Drift monitor: {m}")
+
+        try:
+            run_pass(self._settings, self._policy(), dashboard_url=self._dashboard, say=say)
+        except Exception as err:  # noqa: BLE001 - the platform keeps serving
+            say(f"the check failed ({type(err).__name__}: {err}); retrying at the next slot")
+        self.passes += 1
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -166,13 +216,15 @@ def run_platform(
         stopping["flag"] = True
 
     old_term = signal.signal(signal.SIGTERM, _stop)
+    monitor: DriftSchedule | None = None
     try:
         say("Starting Ray and the Serve application ...")
         dashboard_url = start_ray(settings)
         deploy(settings, policy, keys, dashboard_url)
         url = f"http://{settings.host}:{settings.port}"
         settings.server_file.write_text(json.dumps(
-            {"url": url, "pid": os.getpid(), "started_at": time.time()}))
+            {"url": url, "pid": os.getpid(), "started_at": time.time(),
+             "dashboard": dashboard_url}))
         say(f"Bastion serves on {url}  (POST /v1/moderate, docs at {url}/docs). "
             f"Model version {meta['version']}. Ctrl-C stops.")
         from core.keys import reviewers_path
@@ -182,6 +234,14 @@ def run_platform(
         def _mtime(p: Path) -> int:
             return p.stat().st_mtime_ns if p.exists() else 0
 
+        current = {"policy": policy}
+        monitor = DriftSchedule(settings, lambda: current["policy"], dashboard_url, say)
+        monitor.start()
+        every = policy.drift.every_minutes
+        say(f"Drift monitor: every {every:g} min over the last {policy.drift.window_hours:g} h "
+            "(policy 'drift' section)" if every > 0 else
+            "Drift monitor: scheduled checks off (drift.every_minutes: 0); "
+            "'bastion drift check' runs one")
         mtime, rev_mtime = policy_path.stat().st_mtime_ns, _mtime(rev_path)
         started = time.monotonic()
         while not stopping["flag"]:
@@ -196,6 +256,7 @@ def run_platform(
                 mtime = now
                 applied = reload_policy(settings, policy_path, dashboard_url, say)
                 policy = applied or policy
+                current["policy"] = policy
                 rev_mtime = _mtime(rev_path)
             elif _mtime(rev_path) != rev_mtime:  # 'bastion review keys add' issued a key
                 rev_mtime = _mtime(rev_path)
@@ -208,6 +269,9 @@ def run_platform(
         # A second Ctrl-C must not cut the clean shutdown short (and leave Ray running).
         old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if monitor is not None:
+            monitor.stop()
+            monitor.join(timeout=30)
         say("Shutting down Serve and Ray ...")
         settings.server_file.unlink(missing_ok=True)
         stop_ray()

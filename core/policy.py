@@ -23,11 +23,14 @@ __all__ = [
     "Action",
     "CategoryPolicy",
     "GateDefaults",
+    "DriftPolicy",
     "RetrainingPolicy",
     "ReviewPolicy",
     "GateRule",
     "KeywordRule",
     "TenantPolicy",
+    "TriggerPolicy",
+    "TriggerRule",
     "PolicySet",
     "load_policy",
     "parse_policy",
@@ -224,6 +227,46 @@ class TenantPolicy(_Frozen):
         return self
 
 
+class TriggerRule(_Frozen):
+    """One rule that starts a retraining run: it fires when every condition it sets holds
+    (unset conditions are ignored). Rules are alternatives: any rule firing is enough."""
+
+    name: str = Field(..., pattern=SLUG, description="Recorded as the reason of the run.")
+    drift: bool | None = Field(
+        None, description="true: some tenant's traffic drifted (embedding, scores or flag "
+        "rates) at the monitor's false-alarm rate.")
+    performance: bool | None = Field(
+        None, description="true: precision measured on reviewed items fell below what the "
+        "champion showed on held-out data, for some tenant and category.")
+    validation_failures: int | None = Field(
+        None, ge=1, description="At least this many failed data-validation expectations in "
+        "one tenant's window.")
+    new_labels: int | None = Field(
+        None, ge=1, description="At least this many human labels arrived since the champion's "
+        "training data was cut.")
+    every_hours: float | None = Field(
+        None, gt=0, description="The champion is at least this old (a schedule).")
+
+    @model_validator(mode="after")
+    def _some_condition(self) -> TriggerRule:
+        if all(getattr(self, f) is None for f in
+               ("drift", "performance", "validation_failures", "new_labels", "every_hours")):
+            raise ValueError(f"trigger rule {self.name!r} sets no condition; give at least one "
+                             "of drift, performance, validation_failures, new_labels, "
+                             "every_hours")
+        return self
+
+
+class TriggerPolicy(_Frozen):
+    """When the drift monitor starts ``bastion retrain`` (a Ray job) on its own."""
+
+    rules: list[TriggerRule] = Field(
+        default_factory=list, description="Alternatives; an empty list never retrains.")
+    cooldown_hours: float = Field(
+        6.0, ge=0, description="After a triggered run starts, no other starts for this long "
+        "(one drift must not start ten runs); a run still going also blocks a new one.")
+
+
 class RetrainingPolicy(_Frozen):
     """How ``bastion retrain`` trains when its flags do not say: one model serves every
     tenant, so this is set once per file."""
@@ -239,6 +282,22 @@ class RetrainingPolicy(_Frozen):
                             "human labels.")
     auto_promote: bool = Field(True, description="Promote a retrained version that passes the "
                                "gate; if false it stays @challenger for a person to promote.")
+    triggers: TriggerPolicy = Field(
+        default_factory=TriggerPolicy, description="Rules under which the drift monitor starts "
+        "a retraining run by itself.")
+
+
+class DriftPolicy(_Frozen):
+    """The drift monitor inside ``bastion up`` (``bastion drift check`` uses the same
+    window and rate unless its flags say otherwise)."""
+
+    every_minutes: float = Field(
+        60.0, ge=0, description="How often the monitor checks every tenant; 0 turns the "
+        "schedule off (checks then run only on demand).")
+    window_hours: float = Field(24.0, gt=0, description="The window: the last N hours.")
+    min_items: int = Field(100, ge=10, description="Fewest items a window needs.")
+    false_alarm_rate: float = Field(
+        0.01, gt=0, lt=0.2, description="Of all the tests of one tenant's window together.")
 
 
 class PolicySet(_Frozen):
@@ -251,6 +310,9 @@ class PolicySet(_Frozen):
     tenants: dict[str, TenantPolicy] = Field(..., min_length=1, description="Policies by tenant.")
     retraining: RetrainingPolicy = Field(
         default_factory=RetrainingPolicy, description="Defaults of 'bastion retrain'."
+    )
+    drift: DriftPolicy = Field(
+        default_factory=DriftPolicy, description="The drift monitor's schedule and window."
     )
 
     @model_validator(mode="after")

@@ -8,8 +8,11 @@ embedding cache) and scored by its heads under the tenant's policy. Reports go u
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +22,10 @@ from core.policy import PolicySet
 from core.settings import Settings
 from drift.monitor import DriftReport, Reference, check_window, render_html
 
-__all__ = ["champion_reference", "check_tenants", "drift_dir"]
+__all__ = ["champion_reference", "check_tenants", "drift_dir", "monitor_pass"]
 
 EXPERIMENT = "bastion-drift"
+log = logging.getLogger(__name__)
 
 
 def drift_dir(state_dir: Path) -> Path:
@@ -45,17 +49,46 @@ def _reference_texts(settings: Settings, meta: dict[str, Any], n: int, seed: int
     return [texts[i] for i in sorted(idx)]
 
 
+def _suite_for(settings: Settings, registry: Any, version: str, run_id: str | None,
+               tenant: str, ref: Reference) -> dict[str, Any]:
+    """The tenant's expectation suite for this model version: built once, from the reference,
+    then kept beside the drift reports and with the version's MLflow run (``drift/``), so
+    every later check of the same champion validates against the very same suite."""
+    from drift.validation import suite_version
+
+    cats = "-".join(sorted(ref.scores))
+    digest = hashlib.sha256(cats.encode()).hexdigest()[:8]
+    path = drift_dir(settings.state_dir) / "suites" / f"v{version}-{tenant}-{digest}.json"
+    if path.exists():
+        stored: dict[str, Any] = json.loads(path.read_text())
+        return stored
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(ref.suite, indent=1, default=str))
+    tmp.replace(path)
+    if run_id:
+        try:
+            registry.client.log_artifact(run_id, str(path), "drift")
+            registry.client.set_model_version_tag(
+                registry.name, version, f"bastion.drift_suite.{tenant}", suite_version(ref.suite))
+        except Exception as err:  # noqa: BLE001 - the suite on disk is what checks use
+            log.warning("could not keep the drift suite with MLflow run %s: %s", run_id, err)
+    return ref.suite
+
+
 def champion_reference(settings: Settings, policy: PolicySet, tenants: list[str], *,
                        n: int = 2000, seed: int = 0) -> dict[str, Reference]:
     """Each tenant's reference under the current champion: one model load and one embedding
-    pass serve every tenant; only the policy's categories and thresholds differ."""
+    pass serve every tenant; only the policy's categories and thresholds differ. Each
+    tenant's expectation suite is the one stored with this model version."""
     from core.decision import resolve_policy
     from core.model import ModerationModel
     from registry.store import CHAMPION, ModelRegistry
     from training.embcache import EmbeddingCache, embeddings_dir
 
     registry = ModelRegistry(settings)
-    version = registry.by_alias(CHAMPION).version
+    info = registry.by_alias(CHAMPION)
+    version = info.version
     model = ModerationModel.load(registry.download(version),
                                  precision=settings.serving.precision)
     meta = dict(model.metadata, version=version)
@@ -67,42 +100,85 @@ def champion_reference(settings: Settings, policy: PolicySet, tenants: list[str]
     finally:
         cache.close()
     scores = model.heads.score(emb)
-    return {t: Reference(
-        texts=texts, embeddings=emb,
-        scores={c.name: scores[:, c.column] for c in resolved[t].categories},
-        thresholds={c.name: c.block_threshold for c in resolved[t].categories},
-        model_version=version) for t in tenants}
+    curves = meta.get("curves", {})
+    refs: dict[str, Reference] = {}
+    for t in tenants:
+        cats = resolved[t].categories
+        ref = Reference(
+            texts=texts, embeddings=emb,
+            scores={c.name: scores[:, c.column] for c in cats},
+            thresholds={c.name: c.block_threshold for c in cats},
+            model_version=version,
+            curves={c.name: curves[c.head_key] for c in cats if c.head_key in curves},
+            review_thresholds={c.name: c.review_threshold for c in cats
+                               if c.review_threshold is not None})
+        ref.suite = _suite_for(settings, registry, version, info.run_id, t, ref)
+        refs[t] = ref
+    return refs
+
+
+def _reviewed_evidence(settings: Settings, policy: PolicySet, version: str | None
+                       ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """tenant -> category -> (scores, aggregated labels) of reviewed items ``version`` scored.
+    An unreachable review queue is logged and skipped: the rest of the check still runs."""
+    from review.queue import ReviewQueue
+    from review.service import ReviewService
+
+    try:
+        queue = ReviewQueue(settings.review_url)
+    except Exception as err:  # noqa: BLE001
+        log.warning("review queue %s unavailable, no precision check: %s",
+                    settings.review_url, err)
+        return {}
+    try:
+        evidence = ReviewService(queue, lambda: policy).reviewed(model_version=version)
+    finally:
+        queue.close()
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for (tenant, category), pair in evidence.items():
+        out.setdefault(tenant, {})[category] = pair
+    return out
 
 
 def check_tenants(settings: Settings, policy: PolicySet, *, tenants: list[str] | None = None,
-                  hours: float = 24.0, min_items: int = 100, false_alarm_rate: float = 0.01,
+                  hours: float | None = None, min_items: int | None = None,
+                  false_alarm_rate: float | None = None,
                   log_mlflow: bool = True) -> list[tuple[DriftReport | None, str]]:
-    """Check each tenant's last ``hours`` of traffic; returns (report or None, message)."""
+    """Check each tenant's last ``hours`` of traffic; returns (report or None, message).
+    Unset window, size and rate come from the policy's ``drift`` section."""
     from core.events import EventLog
 
+    dp = policy.drift
+    hours = dp.window_hours if hours is None else hours
+    min_items = dp.min_items if min_items is None else min_items
+    false_alarm_rate = dp.false_alarm_rate if false_alarm_rate is None else false_alarm_rate
     out: list[tuple[DriftReport | None, str]] = []
-    log = EventLog(settings.events_db)
+    log_ = EventLog(settings.events_db)
     try:
         windows: dict[str, list[dict[str, Any]]] = {}
         for tenant in tenants or sorted(policy.tenants):
-            rows = list(log.read(tenant=tenant, since=time.time() - hours * 3600))
+            rows = list(log_.read(tenant=tenant, since=time.time() - hours * 3600))
             if len(rows) < min_items:
                 out.append((None, f"{tenant}: {len(rows)} item(s) in the last {hours:g} h, "
                                   f"fewer than {min_items}: not checked"))
             else:
                 windows[tenant] = rows
         refs = champion_reference(settings, policy, list(windows)) if windows else {}
+        version = next(iter(refs.values())).model_version if refs else None
+        evidence = _reviewed_evidence(settings, policy, version) if refs else {}
         for tenant, rows in windows.items():
             ref = refs[tenant]
-            report = check_window(ref, rows, tenant=tenant, false_alarm_rate=false_alarm_rate)
+            report = check_window(ref, rows, tenant=tenant, false_alarm_rate=false_alarm_rate,
+                                  reviewed=evidence.get(tenant))
             paths = _write(settings, report, render_html(report, ref, rows))
             if log_mlflow:
                 _log(settings, report, paths)
-            verdict = "DRIFT" if report.drift else "no drift"
+            verdict = ("DRIFT" if report.drift else
+                       "PRECISION DROP" if report.performance_drop else "no drift")
             out.append((report, f"{tenant}: {verdict} over {len(rows)} item(s); failed: "
                                 f"{', '.join(report.failed) or 'nothing'}; report {paths[1]}"))
     finally:
-        log.close()
+        log_.close()
     return out
 
 
@@ -130,6 +206,28 @@ def _log(settings: Settings, report: DriftReport, paths: tuple[Path, Path]) -> N
     client.log_metric(rid, "drift", float(report.drift))
     client.log_metric(rid, "n_window", float(report.n_window))
     client.log_metric(rid, "validation_failures", float(len(report.validation["failures"])))
+    client.log_metric(rid, "performance_drop", float(report.performance_drop))
     for p in paths:
         client.log_artifact(rid, str(p), "drift")
     client.set_terminated(rid)
+
+
+def monitor_pass(settings: Settings, policy: PolicySet, *, dashboard_url: str | None,
+                 tenants: list[str] | None = None, hours: float | None = None,
+                 min_items: int | None = None, false_alarm_rate: float | None = None,
+                 say: Callable[[str], None] = lambda _m: None) -> tuple[
+                     list[tuple[DriftReport | None, str]], Any, Any]:
+    """One pass of the monitor: check every tenant, gather the trigger signals and, where a
+    Ray cluster runs (``dashboard_url``), let the policy's rules start a retraining job.
+    Returns (results, signals, trigger outcome or None when no cluster was given)."""
+    from drift.triggers import gather_signals, maybe_retrain
+
+    results = check_tenants(settings, policy, tenants=tenants, hours=hours,
+                            min_items=min_items, false_alarm_rate=false_alarm_rate)
+    for _r, message in results:
+        say(message)
+    signals = gather_signals(settings, [r for r, _m in results])
+    outcome = None
+    if dashboard_url is not None:
+        outcome = maybe_retrain(settings, policy, signals, dashboard_url, say=say)
+    return results, signals, outcome

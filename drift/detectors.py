@@ -20,6 +20,10 @@ probability of ``drift=True`` when nothing changed), never picked by eye:
   here the threshold is *calibrated* by a bootstrap of the PSI's null distribution (below).
 - :func:`flag_rate_test`, **one category's block rate**: Fisher's exact test of the window's
   share of ``score >= block threshold`` against the reference's; the number moderators feel.
+- :func:`precision_test`, **performance** where human labels exist: of the reviewed items the
+  model flagged (score at or above the review threshold), are fewer confirmed by moderators
+  than the champion's held-out precision at those very scores predicts? An exact one-sided
+  test against the Poisson-binomial count the held-out curve implies.
 
 How the false-alarm rate is controlled:
 
@@ -72,6 +76,7 @@ __all__ = [
     "bonferroni",
     "flag_rate_test",
     "ks_test",
+    "precision_test",
     "psi",
 ]
 
@@ -547,3 +552,113 @@ def _flags(values: np.ndarray, what: str) -> np.ndarray:
     if arr.dtype.kind == "f":
         arr = arr[np.isfinite(arr)]
     return arr.astype(bool)
+
+
+# --------------------------------------------------------------------------------------------
+# Performance: precision on reviewed items
+
+# Held-out items per segment of the curve from which an expected precision is read: fewer make
+# the per-score expectation noise, more blur where precision changes with the score.
+_SEGMENT_MIN = 25
+
+
+def expected_precision(curve: dict[str, list[float]], scores: np.ndarray) -> np.ndarray:
+    """The champion's held-out probability that an item scored ``s`` is positive, per score.
+
+    Read from the held-out precision/recall curve (``training.heads.pr_curve``: ascending
+    thresholds with the precision and the number of items at or above each): the curve's
+    cumulative true positives ``precision * n_pred`` differenced over segments of at least
+    :data:`_SEGMENT_MIN` held-out items give the precision of each score band.
+    """
+    thr = np.asarray(curve["threshold"], dtype=np.float64)
+    n_pred = np.asarray(curve["n_pred"], dtype=np.float64)
+    tp = np.asarray(curve["precision"], dtype=np.float64) * n_pred
+    # keep points so that each band between kept points holds >= _SEGMENT_MIN items
+    keep = [len(thr) - 1]  # the highest threshold: the top band
+    for i in range(len(thr) - 2, -1, -1):
+        if n_pred[i] - n_pred[keep[-1]] >= _SEGMENT_MIN:
+            keep.append(i)
+    keep = keep[::-1]  # ascending thresholds
+    k_thr, k_n, k_tp = thr[keep], n_pred[keep], tp[keep]
+    # band j = [k_thr[j], k_thr[j+1]); the last band = scores >= k_thr[-1]
+    band_p = np.empty(len(keep))
+    band_p[:-1] = (k_tp[:-1] - k_tp[1:]) / np.maximum(k_n[:-1] - k_n[1:], 1.0)
+    band_p[-1] = k_tp[-1] / max(k_n[-1], 1.0)
+    idx = np.clip(np.searchsorted(k_thr, np.asarray(scores, dtype=np.float64), side="right") - 1,
+                  0, len(keep) - 1)
+    return np.clip(band_p[idx], 0.0, 1.0)
+
+
+def _poisson_binomial_cdf(probs: np.ndarray, k: int) -> float:
+    """P(X <= k) for X a sum of independent Bernoulli(p_i): exact, by dynamic programming."""
+    dist = np.zeros(len(probs) + 1)
+    dist[0] = 1.0
+    for i, p in enumerate(probs):
+        dist[1:i + 2] = dist[1:i + 2] * (1.0 - p) + dist[:i + 1] * p
+        dist[0] *= 1.0 - p
+    return float(min(1.0, dist[:k + 1].sum()))
+
+
+def precision_test(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    curve: dict[str, list[float]],
+    threshold: float,
+    *,
+    p_threshold: float = 0.01,
+    name: str,
+    max_items: int = 5000,
+) -> DriftResult:
+    """Did precision on reviewed items fall below the champion's held-out precision?
+
+    Of the reviewed items the champion scored at or above ``threshold`` (what it flags), count
+    those moderators confirmed (aggregated label >= 0.5). If the champion is as precise on this
+    traffic as on its held-out data, that count is a sum of independent Bernoulli variables
+    with the held-out precision at each item's score (:func:`expected_precision`): the test is
+    exact against that Poisson-binomial law and one-sided (only a drop is drift). Conditioning
+    on the score makes it fair to items reviewed *because* of their score (the review band),
+    which a plain comparison of precisions would not be.
+
+    Limits: the held-out curve is itself an estimate (a few hundred items per category), so the
+    test is somewhat anti-conservative when held-out data were few; a reviewed item's label is
+    the moderators' aggregate, not the truth.
+
+    Args:
+        scores: the champion's scores of reviewed items, 1-d.
+        labels: their aggregated labels in [0, 1], 1-d.
+        curve: the champion's held-out curve for this category (``threshold``, ``precision``,
+            ``n_pred`` lists).
+        threshold: items scored at or above it are the flagged ones (the review threshold).
+        p_threshold: alarm when the p-value is at most this.
+        name: result name, e.g. ``"precision:hate"``.
+        max_items: the most recent this many flagged items are used (bounds the O(n^2) exact
+            computation).
+
+    Returns:
+        ``statistic`` = observed minus expected precision (negative: worse than held-out);
+        ``detail`` holds the counts and both precisions.
+    """
+    _check_rate(p_threshold, "precision_test: p_threshold")
+    s, _ = _finite_1d(scores, "precision_test: scores")
+    y = np.asarray(labels, dtype=np.float64)
+    if y.shape != np.asarray(scores).shape:
+        raise ValueError("precision_test: scores and labels must have the same shape")
+    y = y[np.isfinite(np.asarray(scores, dtype=np.float64))]
+    flagged = s >= threshold
+    s, y = s[flagged][-max_items:], y[flagged][-max_items:]
+    base: dict[str, Any] = {"n_flagged_reviewed": int(s.size), "threshold": threshold}
+    if s.size < MIN_SAMPLES:
+        return _skipped(name, p_threshold,
+                        f"{s.size} reviewed item(s) scored at or above {threshold:g}; the test "
+                        f"needs at least {MIN_SAMPLES}", **base)
+    if not curve.get("threshold"):
+        return _skipped(name, p_threshold, "the champion has no held-out curve for it", **base)
+    expected = expected_precision(curve, s)
+    k = int((y >= 0.5).sum())
+    p_value = _poisson_binomial_cdf(expected, k)
+    observed = k / s.size
+    return DriftResult(
+        name, observed - float(expected.mean()), p_value, p_threshold, p_value <= p_threshold,
+        {**base, "confirmed": k, "observed_precision": observed,
+         "expected_precision": float(expected.mean())},
+    )

@@ -21,7 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from drift.detectors import DriftResult, MMDDetector, flag_rate_test, ks_test, psi
+from drift.detectors import (
+    DriftResult,
+    MMDDetector,
+    flag_rate_test,
+    ks_test,
+    precision_test,
+    psi,
+)
 from drift.validation import build_suite, reference_frame_from_texts, validate, window_frame
 
 __all__ = ["Reference", "DriftReport", "check_window", "render_html"]
@@ -37,6 +44,10 @@ class Reference:
     thresholds: dict[str, float]  # category -> block threshold
     model_version: str | None = None
     suite: dict[str, Any] = field(default_factory=dict)
+    # For the precision check on reviewed items: the champion's held-out curve and the review
+    # threshold (where "flagged" starts) per category.
+    curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    review_thresholds: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.suite:
@@ -61,6 +72,9 @@ class DriftReport:
     false_alarm_rate: float
     model_version: str | None
     created_at: float = field(default_factory=time.time)
+    # precision on reviewed items fell below held-out (kept apart from distribution drift:
+    # trigger rules may treat them differently)
+    performance_drop: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,13 +91,21 @@ def _window_arrays(rows: list[Mapping[str, Any]], categories: list[str]
 
 def check_window(reference: Reference, rows: Iterable[Mapping[str, Any]], *, tenant: str,
                  false_alarm_rate: float = 0.01, n_permutations: int | None = None,
-                 seed: int = 0) -> DriftReport:
-    """Validate and test one window of event-log rows against the reference."""
+                 seed: int = 0,
+                 reviewed: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
+                 ) -> DriftReport:
+    """Validate and test one window of event-log rows against the reference.
+
+    ``reviewed``: per category, the champion's scores and the moderators' aggregated labels of
+    reviewed items; each category with a held-out curve adds a precision test to the family.
+    """
     rows = list(rows)
     cats = sorted(reference.scores)
     emb, win_scores = _window_arrays(rows, cats)
     val = validate(window_frame(rows), reference.suite)
-    per_category = false_alarm_rate / 2 / max(1, 3 * len(cats))
+    perf = {c: v for c, v in (reviewed or {}).items()
+            if c in reference.scores and c in reference.curves}
+    per_category = false_alarm_rate / 2 / max(1, 3 * len(cats) + len(perf))
     results: list[DriftResult] = []
     if emb is not None:
         p = false_alarm_rate / 2
@@ -99,6 +121,12 @@ def check_window(reference: Reference, rows: Iterable[Mapping[str, Any]], *, ten
         ok = np.isfinite(win_s)
         results.append(flag_rate_test(ref_s >= t, win_s[ok] >= t, p_threshold=per_category,
                                       name=f"flag_rate:{c}"))
+        if c in perf:
+            r_scores, r_labels = perf[c]
+            results.append(precision_test(
+                r_scores, r_labels, reference.curves[c],
+                reference.review_thresholds.get(c, t), p_threshold=per_category,
+                name=f"precision:{c}"))
     tests = [asdict(r) for r in results]
     failed = [r.name for r in results if r.drift]
     if not val.success:
@@ -109,7 +137,9 @@ def check_window(reference: Reference, rows: Iterable[Mapping[str, Any]], *, ten
         window_end=max(ts) if ts else None,
         validation={"success": val.success, "failures": val.failures,
                     "suite_version": val.suite_version, "n_rows": val.n_rows},
-        tests=tests, drift=any(r.drift for r in results), failed=failed,
+        tests=tests, drift=any(r.drift for r in results if not r.name.startswith("precision:")),
+        failed=failed,
+        performance_drop=any(r.drift for r in results if r.name.startswith("precision:")),
         false_alarm_rate=false_alarm_rate, model_version=reference.model_version)
 
 
@@ -133,6 +163,12 @@ def _histograms(reference: Reference, rows: list[Mapping[str, Any]]) -> str:
         ax.axvline(reference.thresholds.get(c, 0.5), color="k", lw=0.8, ls="--")
         ax.set_title(c, fontsize=9)
     axes[0][0].legend(fontsize=7)
+    return _png(fig)
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
@@ -140,13 +176,50 @@ def _histograms(reference: Reference, rows: list[Mapping[str, Any]]) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def _flag_rates_over_time(reference: Reference, rows: list[Mapping[str, Any]],
+                          n_bins: int = 12) -> str:
+    """Each category's flag rate (score >= block threshold) in equal time slices of the
+    window, against the reference's rate (dashed) (PNG, base64)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cats = sorted(reference.scores)
+    ts = np.array([float(r["ts"]) if r.get("ts") is not None else np.nan for r in rows])
+    ok_ts = np.isfinite(ts)
+    if not cats or ok_ts.sum() < 2 or np.ptp(ts[ok_ts]) <= 0:
+        return ""
+    _, win = _window_arrays(rows, cats)
+    edges = np.linspace(ts[ok_ts].min(), ts[ok_ts].max(), n_bins + 1)
+    slot = np.clip(np.searchsorted(edges, ts, side="right") - 1, 0, n_bins - 1)
+    mids = (edges[:-1] + edges[1:]) / 2
+    hours = (mids - edges[-1]) / 3600.0
+    fig, ax = plt.subplots(figsize=(6.4, 2.8))
+    for k, c in enumerate(cats):
+        t = reference.thresholds.get(c, 0.5)
+        rates = []
+        for b in range(n_bins):
+            sel = ok_ts & (slot == b) & np.isfinite(win[c])
+            rates.append(float((win[c][sel] >= t).mean()) if sel.any() else np.nan)
+        color = f"C{k % 10}"
+        ax.plot(hours, rates, marker="o", ms=3, color=color, label=c)
+        ax.axhline(float((reference.scores[c] >= t).mean()), color=color, ls="--", lw=0.8)
+    ax.set_xlabel("hours before the window's end")
+    ax.set_ylabel("flag rate")
+    ax.legend(fontsize=7, ncol=min(len(cats), 4))
+    return _png(fig)
+
+
 def render_html(report: DriftReport, reference: Reference,
                 rows: Iterable[Mapping[str, Any]]) -> str:
     """A self-contained HTML page: verdict, failed checks, every test, score histograms."""
     esc = html.escape
-    png = _histograms(reference, list(rows))
-    verdict = "DRIFT" if report.drift else ("INVALID DATA" if "validation" in report.failed
-                                            else "no drift")
+    rows = list(rows)
+    png = _histograms(reference, rows)
+    rates_png = _flag_rates_over_time(reference, rows)
+    verdict = ("DRIFT" if report.drift else "PRECISION DROP" if report.performance_drop
+               else "INVALID DATA" if "validation" in report.failed else "no drift")
     def test_row(t: dict[str, Any]) -> str:
         p = "" if t["p_value"] is None else f"{t['p_value']:.3g}"
         return (f"<tr><td>{esc(t['name'])}</td><td>{t['statistic']:.4g}</td><td>{p}</td>"
@@ -165,4 +238,6 @@ def render_html(report: DriftReport, reference: Reference,
         f"<h2>Data validation</h2><ul>{fails or '<li>all expectations met</li>'}</ul>"
         "<h2>Tests</h2><table border=1 cellpadding=3><tr><th>test</th><th>statistic</th>"
         f"<th>p</th><th>threshold</th><th>drift</th></tr>{rows_html}</table>"
-        + (f"<h2>Scores</h2><img src='data:image/png;base64,{png}'>" if png else ""))
+        + (f"<h2>Scores</h2><img src='data:image/png;base64,{png}'>" if png else "")
+        + (f"<h2>Flag rates over time</h2><p>dashed: the reference's rate</p>"
+           f"<img src='data:image/png;base64,{rates_png}'>" if rates_png else ""))

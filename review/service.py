@@ -148,9 +148,11 @@ class ReviewService:
         return sub
 
     # -- calibration and active learning ------------------------------------------------------
-    def _votes(self) -> tuple[dict[tuple[str, str], list[Any]], dict[tuple[str, str], float]]:
+    def _votes(self, model_version: str | None = None
+               ) -> tuple[dict[tuple[str, str], list[Any]], dict[tuple[str, str], float]]:
         """Every label in the queue as votes per (tenant\\0item, category), and the model's
-        score of each such pair where the decision carried one."""
+        score of each such pair where the decision carried one (scored by ``model_version``
+        only, when given)."""
         from core.labels import Vote
 
         votes: dict[tuple[str, str], list[Any]] = {}
@@ -161,18 +163,21 @@ class ReviewService:
                 mark = seq
                 key = (f"{tenant}\0{item.item_id}", category)
                 votes.setdefault(key, []).append(Vote(moderator, value, conf))
-                if category in item.scores:
+                if category in item.scores and (model_version is None
+                                                or item.model_version == model_version):
                     scored[key] = float(item.scores[category])
         return votes, scored
 
-    def reviewed(self) -> dict[tuple[str, str], tuple[Any, Any]]:
+    def reviewed(self, model_version: str | None = None
+                 ) -> dict[tuple[str, str], tuple[Any, Any]]:
         """(tenant, category) -> (model scores, Dawid-Skene labels) of every reviewed item
-        the model scored for that category: the evidence threshold calibration reads."""
+        the model scored for that category: the evidence threshold calibration reads, and the
+        drift monitor's precision check (``model_version``: only items that version scored)."""
         import numpy as np
 
         from review.aggregation import dawid_skene
 
-        votes, scored = self._votes()
+        votes, scored = self._votes(model_version)
         agg = dawid_skene(votes).labels if votes else {}
         out: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
         for (item_key, category), (soft, _w) in agg.items():

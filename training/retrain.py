@@ -62,9 +62,11 @@ class RetrainOptions:
     heads: FitConfig = field(default_factory=FitConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     run_name: str | None = None  # default: derived from data + config (re-running resumes)
+    reason: str | None = None  # why the run started (a drift trigger's rule); an MLflow tag
 
     def config_digest(self) -> str:
-        cfg = {k: v for k, v in asdict(self).items() if k not in ("promote", "run_name")}
+        cfg = {k: v for k, v in asdict(self).items()
+               if k not in ("promote", "run_name", "reason")}
         return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()
                               ).hexdigest()[:8]
 
@@ -326,7 +328,7 @@ def retrain(settings: Settings, policy: PolicySet, opts: RetrainOptions,
         registry.fail_run(stale.info.run_id, "the driver stopped; resumed by a later run")
     run_id = registry.start_run(run_name, tags={
         "bastion.kind": f"retrain-{opts.mode}", "bastion.data_fingerprint": snap.fingerprint,
-        "bastion.train_run": run_name})
+        "bastion.train_run": run_name, "bastion.reason": opts.reason or "manual"})
     registry.client.log_dict(run_id, summary, "data/snapshot.json")
     registry.client.log_dict(run_id, asdict(opts), "retrain_options.json")
     say(f"MLflow run {run_id} ({run_name}): per-epoch progress is logged there live.")
@@ -404,7 +406,8 @@ def retrain(settings: Settings, policy: PolicySet, opts: RetrainOptions,
                 tags={"bastion.kind": f"retrain-{opts.mode}",
                       "bastion.data_fingerprint": snap.fingerprint,
                       "bastion.encoder_fingerprint": encoder.identity["fingerprint"],
-                      "bastion.train_run": run_name},
+                      "bastion.train_run": run_name,
+                      "bastion.reason": opts.reason or "manual"},
                 alias=CHALLENGER,
                 policy=policy.model_dump(mode="json", exclude_none=True),
                 extra_metrics=tenant_metrics(model, test, scores, policy),

@@ -1,0 +1,324 @@
+"""Retraining triggers: the policy's rules over what the drift monitor saw, and the Ray job
+they start.
+
+After each check the monitor gathers :class:`Signals` (which tenants drifted, whose precision
+on reviewed items fell, how many data-validation expectations failed, how many human labels
+arrived since the champion's training data was cut, how old the champion is) and evaluates
+``retraining.triggers.rules``: a rule fires when every condition it sets holds, and any rule
+firing is enough. :func:`maybe_retrain` then submits ``bastion retrain`` through the Ray Jobs
+API, the same entry point as the Kubernetes RayJob (``k8s/base/retrain``), unless
+
+- a retraining job Bastion submitted is still pending or running (dedupe), or
+- a triggered run started less than ``cooldown_hours`` ago (one drift must not start ten
+  runs: the retrained champion needs traffic before the next check can judge it).
+
+Every decision, a submission or a skip, is recorded with its rule and reasons in
+``<state_dir>/drift/triggers.db`` (``bastion drift triggers`` lists it); the job carries the
+reason to the MLflow run (``--reason``, tag ``bastion.reason``). The record is written in one
+SQLite ``BEGIN IMMEDIATE`` transaction around the check and the submission, so two monitors
+(``bastion up``'s and an on-demand ``bastion drift check``) cannot both submit.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import shlex
+import shutil
+import sqlite3
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.policy import PolicySet, TriggerRule
+from core.settings import Settings
+from drift.monitor import DriftReport
+
+__all__ = [
+    "Signals",
+    "TriggerOutcome",
+    "TriggerLog",
+    "fired",
+    "gather_signals",
+    "maybe_retrain",
+    "retrain_entrypoint",
+    "triggers_db_path",
+]
+
+Say = Callable[[str], None]
+
+# Ray job metadata that marks Bastion's retraining jobs (dedupe looks for it).
+JOB_KIND = {"bastion": "retrain"}
+_ACTIVE = {"PENDING", "RUNNING"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS triggers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    action TEXT NOT NULL,          -- submitted | cooldown | running | failed
+    rule TEXT NOT NULL,
+    reasons TEXT NOT NULL,         -- JSON list
+    job_id TEXT,
+    model_version TEXT,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS triggers_action_at ON triggers (action, at);
+"""
+
+
+def triggers_db_path(state_dir: Path) -> Path:
+    return state_dir / "drift" / "triggers.db"
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What one monitor pass saw, in the terms trigger rules use."""
+
+    drifted: list[str] = field(default_factory=list)  # tenants
+    precision_drops: list[str] = field(default_factory=list)  # "tenant/category"
+    validation_failures: dict[str, int] = field(default_factory=dict)  # tenant -> failed
+    new_labels: int = 0
+    champion_age_hours: float | None = None
+    model_version: str | None = None
+
+
+def _champion_age_hours(meta: dict[str, Any], now: float) -> float | None:
+    created = meta.get("created_at")
+    if not created:
+        return None
+    try:
+        t = calendar.timegm(time.strptime(str(created), "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return None
+    return max(0.0, (now - t) / 3600.0)
+
+
+def gather_signals(settings: Settings, reports: Sequence[DriftReport | None],
+                   now: float | None = None) -> Signals:
+    """Signals from one pass's reports, the label store and the champion's metadata."""
+    from core.labels import LabelStore, labels_db_path
+    from registry.store import CHALLENGER, CHAMPION, ModelRegistry, RegistryEmptyError
+
+    now = time.time() if now is None else now
+    done = [r for r in reports if r is not None]
+    registry = ModelRegistry(settings)
+    metas: dict[str, dict[str, Any]] = {}
+    for alias in (CHAMPION, CHALLENGER):
+        try:
+            metas[alias] = registry.metadata(registry.by_alias(alias).version)
+        except RegistryEmptyError:
+            pass
+    meta = metas.get(CHAMPION, {})
+    # New labels: since the newest training data cut, the champion's or a challenger's that
+    # did not pass the gate (retraining on the very same labels again would learn nothing).
+    cuts = [m.get("data", {}).get("labels_through") for m in metas.values()]
+    since = max((float(c) for c in cuts if c is not None), default=None)
+    store = LabelStore(labels_db_path(settings.state_dir))
+    try:
+        new_labels = store.count_labels(since=since)
+    finally:
+        store.close()
+    drops = [f"{r.tenant}/{t['name'].split(':', 1)[1]}" for r in done for t in r.tests
+             if t["name"].startswith("precision:") and t["drift"]]
+    return Signals(
+        drifted=[r.tenant for r in done if r.drift],
+        precision_drops=drops,
+        validation_failures={r.tenant: len(r.validation["failures"]) for r in done
+                             if r.validation["failures"]},
+        new_labels=new_labels,
+        champion_age_hours=_champion_age_hours(meta, now),
+        model_version=meta.get("version"),
+    )
+
+
+def _reasons(rule: TriggerRule, s: Signals) -> list[str] | None:
+    """Why the rule fires (one reason per condition), or None if some condition fails."""
+    why: list[str] = []
+    if rule.drift is not None:
+        if bool(s.drifted) != rule.drift:
+            return None
+        why.append(f"drift in {', '.join(s.drifted)}" if rule.drift else "no drift")
+    if rule.performance is not None:
+        if bool(s.precision_drops) != rule.performance:
+            return None
+        why.append(f"precision on reviewed items fell for {', '.join(s.precision_drops)}"
+                   if rule.performance else "precision holds")
+    if rule.validation_failures is not None:
+        bad = {t: n for t, n in s.validation_failures.items() if n >= rule.validation_failures}
+        if not bad:
+            return None
+        why.append("failed data validation: " + ", ".join(
+            f"{t} ({n} expectation(s))" for t, n in sorted(bad.items())))
+    if rule.new_labels is not None:
+        if s.new_labels < rule.new_labels:
+            return None
+        why.append(f"{s.new_labels} new label(s) (rule: {rule.new_labels})")
+    if rule.every_hours is not None:
+        if s.champion_age_hours is None or s.champion_age_hours < rule.every_hours:
+            return None
+        why.append(f"champion is {s.champion_age_hours:.1f} h old (rule: every "
+                   f"{rule.every_hours:g} h)")
+    return why
+
+
+def fired(rules: Sequence[TriggerRule], signals: Signals) -> list[tuple[str, list[str]]]:
+    """The rules that fire on these signals, each with its reasons, in the policy's order."""
+    out = []
+    for rule in rules:
+        why = _reasons(rule, signals)
+        if why is not None:
+            out.append((rule.name, why))
+    return out
+
+
+@dataclass(frozen=True)
+class TriggerOutcome:
+    """What one evaluation did: ``none`` (no rule fired), ``submitted``, or a skip:
+    ``running`` (a retraining job is still going), ``cooldown``; ``failed`` when the
+    submission itself failed."""
+
+    action: str
+    rule: str | None
+    reasons: list[str]
+    message: str
+    job_id: str | None = None
+    at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TriggerLog:
+    """The record of every trigger decision (SQLite under the state directory)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._conn = sqlite3.connect(path, timeout=60, isolation_level=None)
+        self._conn.executescript(_SCHEMA)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[sqlite3.Connection]:
+        """One writer at a time across processes, for the check-then-submit."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def last_submitted(self) -> tuple[float, str | None] | None:
+        row = self._conn.execute(
+            "SELECT at, job_id FROM triggers WHERE action = 'submitted' "
+            "ORDER BY at DESC LIMIT 1").fetchone()
+        return (float(row[0]), row[1]) if row else None
+
+    def record(self, outcome: TriggerOutcome, model_version: str | None) -> None:
+        self._conn.execute(
+            "INSERT INTO triggers (at, action, rule, reasons, job_id, model_version, message) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (outcome.at, outcome.action, outcome.rule or "", json.dumps(outcome.reasons),
+             outcome.job_id, model_version, outcome.message))
+
+    def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self._conn.execute(
+            "SELECT at, action, rule, reasons, job_id, model_version, message FROM triggers "
+            "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [{"at": r[0], "action": r[1], "rule": r[2], "reasons": json.loads(r[3]),
+                 "job_id": r[4], "model_version": r[5], "message": r[6]} for r in rows]
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def retrain_entrypoint(settings: Settings, reason: str) -> str:
+    """``bastion retrain`` for this state directory: the command the Kubernetes RayJob runs,
+    from the same installation as the running platform."""
+    exe = Path(sys.executable).with_name("bastion")
+    cmd = str(exe) if exe.exists() else (shutil.which("bastion") or "bastion")
+    return shlex.join([cmd, "retrain", "--state-dir", str(settings.state_dir),
+                       "--reason", reason])
+
+
+def _job_env() -> dict[str, str]:
+    """Settings the job's driver must see as the platform does (endpoints and locations)."""
+    from core.runtime import ray_env
+
+    env = {k: v for k, v in os.environ.items()
+           if k.startswith("BASTION_") or k in ("MLFLOW_TRACKING_URI",)}
+    return {**ray_env(), **env}
+
+
+def _active_jobs(client: Any) -> list[str]:
+    out = []
+    for job in client.list_jobs():
+        meta = job.metadata or {}
+        if meta.get("bastion") == JOB_KIND["bastion"] and str(job.status) in _ACTIVE:
+            out.append(job.submission_id or job.job_id or "?")
+    return out
+
+
+def maybe_retrain(settings: Settings, policy: PolicySet, signals: Signals, dashboard_url: str,
+                  *, now: float | None = None, say: Say = lambda _m: None,
+                  client: Any = None) -> TriggerOutcome:
+    """Evaluate the policy's trigger rules and, if one fires, submit ``bastion retrain`` as a
+    Ray job unless a retraining job is still going or the cooldown holds. The outcome is
+    recorded (except ``none``) and returned."""
+    rules = policy.retraining.triggers.rules
+    hits = fired(rules, signals)
+    if not hits:
+        return TriggerOutcome("none", None, [], "no trigger rule fired")
+    rule, reasons = hits[0]
+    reason = f"trigger {rule}: " + "; ".join(reasons)
+    cooldown_s = policy.retraining.triggers.cooldown_hours * 3600.0
+    if client is None:
+        from ray.job_submission import JobSubmissionClient
+
+        client = JobSubmissionClient(dashboard_url)
+    log = TriggerLog(triggers_db_path(settings.state_dir))
+    try:
+        with log.exclusive():
+            now_ = time.time() if now is None else now
+            active = _active_jobs(client)
+            last = log.last_submitted()
+            if active:
+                outcome = TriggerOutcome(
+                    "running", rule, reasons,
+                    f"{reason}; not submitted: retraining job {', '.join(active)} is still "
+                    "running", at=now_)
+            elif last is not None and now_ - last[0] < cooldown_s:
+                left = (cooldown_s - (now_ - last[0])) / 3600.0
+                outcome = TriggerOutcome(
+                    "cooldown", rule, reasons,
+                    f"{reason}; not submitted: job {last[1]} started "
+                    f"{(now_ - last[0]) / 3600.0:.2f} h ago, cooldown "
+                    f"{policy.retraining.triggers.cooldown_hours:g} h ({left:.2f} h left)",
+                    at=now_)
+            else:
+                sub_id = f"bastion-retrain-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now_))}" \
+                         f"-{uuid.uuid4().hex[:6]}"
+                try:
+                    job_id = client.submit_job(
+                        entrypoint=retrain_entrypoint(settings, reason),
+                        submission_id=sub_id,
+                        runtime_env={"env_vars": _job_env()},
+                        metadata={**JOB_KIND, "rule": rule},
+                    )
+                    outcome = TriggerOutcome("submitted", rule, reasons,
+                                             f"{reason}; submitted Ray job {job_id}",
+                                             job_id=job_id, at=now_)
+                except Exception as err:  # noqa: BLE001 - recorded and retried next pass
+                    outcome = TriggerOutcome("failed", rule, reasons,
+                                             f"{reason}; submission failed: {err}", at=now_)
+            log.record(outcome, signals.model_version)
+    finally:
+        log.close()
+    say(outcome.message)
+    return outcome
