@@ -109,16 +109,16 @@ class DriftSchedule(threading.Thread):
         self._say = say
         self._run_pass = run_pass
         self._tick_s = tick_s
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.passes = 0
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
         started = time.monotonic()
         last: float | None = None
-        while not self._stop.wait(self._tick_s):
+        while not self._halt.wait(self._tick_s):
             every_s = self._policy().drift.every_minutes * 60.0
             if every_s <= 0:
                 continue

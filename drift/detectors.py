@@ -557,36 +557,29 @@ def _flags(values: np.ndarray, what: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Performance: precision on reviewed items
 
-# Held-out items per segment of the curve from which an expected precision is read: fewer make
-# the per-score expectation noise, more blur where precision changes with the score.
-_SEGMENT_MIN = 25
-
-
 def expected_precision(curve: dict[str, list[float]], scores: np.ndarray) -> np.ndarray:
     """The champion's held-out probability that an item scored ``s`` is positive, per score.
 
     Read from the held-out precision/recall curve (``training.heads.pr_curve``: ascending
-    thresholds with the precision and the number of items at or above each): the curve's
-    cumulative true positives ``precision * n_pred`` differenced over segments of at least
-    :data:`_SEGMENT_MIN` held-out items give the precision of each score band.
+    thresholds with the precision and the number of items at or above each): differencing the
+    cumulative true positives ``precision * n_pred`` gives each score band's share of
+    positives, and an isotonic fit (weighted by the band's items; a head's probability of a
+    positive does not fall as its score rises) turns the noisy bands into a curve.
     """
+    from sklearn.isotonic import IsotonicRegression
+
     thr = np.asarray(curve["threshold"], dtype=np.float64)
     n_pred = np.asarray(curve["n_pred"], dtype=np.float64)
     tp = np.asarray(curve["precision"], dtype=np.float64) * n_pred
-    # keep points so that each band between kept points holds >= _SEGMENT_MIN items
-    keep = [len(thr) - 1]  # the highest threshold: the top band
-    for i in range(len(thr) - 2, -1, -1):
-        if n_pred[i] - n_pred[keep[-1]] >= _SEGMENT_MIN:
-            keep.append(i)
-    keep = keep[::-1]  # ascending thresholds
-    k_thr, k_n, k_tp = thr[keep], n_pred[keep], tp[keep]
-    # band j = [k_thr[j], k_thr[j+1]); the last band = scores >= k_thr[-1]
-    band_p = np.empty(len(keep))
-    band_p[:-1] = (k_tp[:-1] - k_tp[1:]) / np.maximum(k_n[:-1] - k_n[1:], 1.0)
-    band_p[-1] = k_tp[-1] / max(k_n[-1], 1.0)
-    idx = np.clip(np.searchsorted(k_thr, np.asarray(scores, dtype=np.float64), side="right") - 1,
-                  0, len(keep) - 1)
-    return np.clip(band_p[idx], 0.0, 1.0)
+    n_band = n_pred - np.r_[n_pred[1:], 0.0]  # items in [thr[i], thr[i+1])
+    tp_band = tp - np.r_[tp[1:], 0.0]
+    mid = (thr + np.r_[thr[1:], thr[-1]]) / 2.0  # a band's middle stands for its scores
+    ok = n_band > 0
+    if not ok.any():
+        return np.full(np.shape(scores), float(tp[0] / max(n_pred[0], 1.0)))
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
+    iso.fit(mid[ok], tp_band[ok] / n_band[ok], sample_weight=n_band[ok])
+    return np.asarray(iso.predict(np.asarray(scores, dtype=np.float64)), dtype=np.float64)
 
 
 def _poisson_binomial_cdf(probs: np.ndarray, k: int) -> float:
@@ -646,7 +639,7 @@ def precision_test(
     y = y[np.isfinite(np.asarray(scores, dtype=np.float64))]
     flagged = s >= threshold
     s, y = s[flagged][-max_items:], y[flagged][-max_items:]
-    base: dict[str, Any] = {"n_flagged_reviewed": int(s.size), "threshold": threshold}
+    base: dict[str, Any] = {"n_flagged_reviewed": int(s.size), "flag_threshold": threshold}
     if s.size < MIN_SAMPLES:
         return _skipped(name, p_threshold,
                         f"{s.size} reviewed item(s) scored at or above {threshold:g}; the test "

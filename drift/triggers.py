@@ -281,7 +281,8 @@ def maybe_retrain(settings: Settings, policy: PolicySet, signals: Signals, dashb
     if client is None:
         from ray.job_submission import JobSubmissionClient
 
-        client = JobSubmissionClient(dashboard_url)
+        url = dashboard_url if "://" in dashboard_url else f"http://{dashboard_url}"
+        client = JobSubmissionClient(url)
     log = TriggerLog(triggers_db_path(settings.state_dir))
     try:
         with log.exclusive():

@@ -1,0 +1,243 @@
+"""Trigger rules, dedupe and cooldown, the precision-on-reviewed-items test, and the monitor's
+schedule. The Ray Jobs client is a fake here (unit tests); tests/integration/test_triggers.py
+submits a real job."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from core.errors import PolicyError
+from core.policy import PolicySet, parse_policy
+from core.settings import load_settings
+from drift.detectors import expected_precision, precision_test
+from drift.triggers import JOB_KIND, Signals, TriggerLog, fired, maybe_retrain, triggers_db_path
+from training.heads import pr_curve
+
+TENANTS = {"acme": {"categories": {"hate": {"block_threshold": 0.8}}}}
+
+
+def policy(rules: list[dict[str, Any]], cooldown: float = 6.0, **extra: Any) -> PolicySet:
+    return parse_policy({"tenants": TENANTS, **extra,
+                         "retraining": {"triggers": {"cooldown_hours": cooldown,
+                                                     "rules": rules}}})
+
+
+# -- rules ---------------------------------------------------------------------------------------
+
+
+def test_a_rule_fires_only_when_all_its_conditions_hold() -> None:
+    rules = policy([{"name": "drift-labels", "drift": True, "new_labels": 100},
+                    {"name": "weekly", "every_hours": 168}]).retraining.triggers.rules
+    assert fired(rules, Signals(drifted=["acme"], new_labels=99)) == []
+    hits = fired(rules, Signals(drifted=["acme"], new_labels=100))
+    assert [h[0] for h in hits] == ["drift-labels"]
+    assert hits[0][1] == ["drift in acme", "100 new label(s) (rule: 100)"]
+    assert [h[0] for h in fired(rules, Signals(champion_age_hours=200.0))] == ["weekly"]
+    assert fired(rules, Signals(champion_age_hours=None)) == []
+
+
+def test_validation_and_performance_conditions() -> None:
+    rules = policy([{"name": "bad-data", "validation_failures": 3},
+                    {"name": "precision", "performance": True}]).retraining.triggers.rules
+    assert fired(rules, Signals(validation_failures={"acme": 2})) == []
+    hits = fired(rules, Signals(validation_failures={"acme": 3},
+                                precision_drops=["acme/hate"]))
+    assert [h[0] for h in hits] == ["bad-data", "precision"]
+    assert "acme (3 expectation(s))" in hits[0][1][0]
+    assert "acme/hate" in hits[1][1][0]
+
+
+def test_a_rule_without_conditions_is_a_policy_error_that_says_what_to_set() -> None:
+    with pytest.raises(PolicyError, match="sets no condition"):
+        policy([{"name": "always"}])
+    with pytest.raises(PolicyError, match="cooldown_hours"):
+        policy([{"name": "x", "new_labels": 1}], cooldown=-1)
+
+
+# -- dedupe and cooldown ---------------------------------------------------------------------
+
+
+@dataclass
+class FakeJob:
+    submission_id: str
+    status: str
+    metadata: dict[str, str]
+    job_id: str | None = None
+
+
+@dataclass
+class FakeJobs:
+    """The part of ray.job_submission.JobSubmissionClient that maybe_retrain uses."""
+
+    jobs: list[FakeJob] = field(default_factory=list)
+    fail: bool = False
+    submitted: list[dict[str, Any]] = field(default_factory=list)
+
+    def list_jobs(self) -> list[FakeJob]:
+        return list(self.jobs)
+
+    def submit_job(self, **kw: Any) -> str:
+        if self.fail:
+            raise ConnectionError("dashboard unreachable")
+        self.submitted.append(kw)
+        self.jobs.append(FakeJob(kw["submission_id"], "PENDING", kw["metadata"]))
+        return str(kw["submission_id"])
+
+    def finish_all(self) -> None:
+        for j in self.jobs:
+            j.status = "SUCCEEDED"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Any:
+    return load_settings(tmp_path / "state")
+
+
+def test_one_drift_starts_one_job_then_running_then_cooldown_then_again(settings: Any) -> None:
+    pol = policy([{"name": "labels", "new_labels": 10}], cooldown=6)
+    sig = Signals(new_labels=50, model_version="3")
+    jobs = FakeJobs()
+    t0 = 1_000_000.0
+    first = maybe_retrain(settings, pol, sig, "127.0.0.1:8265", now=t0, client=jobs)
+    assert first.action == "submitted" and first.job_id
+    sub = jobs.submitted[0]
+    assert sub["metadata"] == {**JOB_KIND, "rule": "labels"}
+    assert " retrain --state-dir " in sub["entrypoint"]
+    assert "--reason 'trigger labels: 50 new label(s) (rule: 10)'" in sub["entrypoint"]
+    assert sub["runtime_env"]["env_vars"]["RAY_USAGE_STATS_ENABLED"] == "0"
+
+    assert maybe_retrain(settings, pol, sig, "x", now=t0 + 60, client=jobs).action == "running"
+    jobs.finish_all()
+    cool = maybe_retrain(settings, pol, sig, "x", now=t0 + 3600, client=jobs)
+    assert cool.action == "cooldown" and "5.00 h left" in cool.message
+    again = maybe_retrain(settings, pol, sig, "x", now=t0 + 6 * 3600 + 1, client=jobs)
+    assert again.action == "submitted"
+    assert len(jobs.submitted) == 2
+
+    log = TriggerLog(triggers_db_path(settings.state_dir))
+    try:
+        rows = log.recent()
+    finally:
+        log.close()
+    assert [r["action"] for r in rows][::-1] == ["submitted", "running", "cooldown",
+                                                  "submitted"]
+    assert all(r["model_version"] == "3" and r["rule"] == "labels" for r in rows)
+
+
+def test_nothing_fires_nothing_is_recorded_and_a_failed_submission_is_retried(
+        settings: Any) -> None:
+    pol = policy([{"name": "labels", "new_labels": 10}])
+    jobs = FakeJobs(fail=True)
+    assert maybe_retrain(settings, pol, Signals(new_labels=1), "x", client=jobs).action == "none"
+    assert not triggers_db_path(settings.state_dir).exists()
+    failed = maybe_retrain(settings, pol, Signals(new_labels=20), "x", client=jobs)
+    assert failed.action == "failed" and "dashboard unreachable" in failed.message
+    jobs.fail = False  # a failed submission starts no cooldown
+    assert maybe_retrain(settings, pol, Signals(new_labels=20), "x",
+                         client=jobs).action == "submitted"
+
+
+def test_two_monitors_at_once_submit_one_job(settings: Any) -> None:
+    pol = policy([{"name": "labels", "new_labels": 10}])
+    jobs = FakeJobs()
+    slow_submit = jobs.submit_job
+
+    def submit(**kw: Any) -> str:
+        time.sleep(0.3)  # the other monitor arrives while this one submits
+        return slow_submit(**kw)
+
+    jobs.submit_job = submit  # type: ignore[method-assign]
+    outcomes: list[str] = []
+    threads = [threading.Thread(target=lambda: outcomes.append(maybe_retrain(
+        settings, pol, Signals(new_labels=20), "x", client=jobs).action)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["running", "submitted"]
+    assert len(jobs.submitted) == 1
+
+
+# -- precision on reviewed items -----------------------------------------------------------------
+
+
+def heldout(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and labels where P(positive | score) = score (a calibrated head)."""
+    rng = np.random.default_rng(seed)
+    s = rng.beta(0.7, 1.5, size=n)
+    return s, (rng.random(n) < s).astype(float)
+
+
+def test_expected_precision_reads_the_held_out_curve_per_score_band() -> None:
+    s, y = heldout(20000, 0)
+    exp = expected_precision(pr_curve(y, s), np.array([0.1, 0.5, 0.9, 0.999]))
+    assert np.allclose(exp, [0.1, 0.5, 0.9, 0.97], atol=0.06)
+
+
+def test_precision_test_keeps_its_false_alarm_rate_on_review_band_items() -> None:
+    s_h, y_h = heldout(20000, 0)
+    curve = pr_curve(y_h, s_h)
+    alarms = 0
+    runs = 400
+    for seed in range(runs):
+        s, y = heldout(3000, seed + 1)
+        band = (s >= 0.4) & (s < 0.8)  # reviewed because they scored in the review band
+        r = precision_test(s[band][:150], y[band][:150], curve, 0.4, p_threshold=0.05,
+                           name="precision:hate")
+        alarms += r.drift
+    assert alarms / runs <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / runs)
+
+
+def test_precision_test_catches_a_drop_and_skips_when_few_were_reviewed() -> None:
+    s_h, y_h = heldout(20000, 0)
+    curve = pr_curve(y_h, s_h)
+    rng = np.random.default_rng(5)
+    s = rng.uniform(0.5, 0.9, size=200)
+    y = (rng.random(200) < s - 0.2).astype(float)  # 20 points less precise than held-out
+    r = precision_test(s, y, curve, 0.5, p_threshold=0.01, name="precision:hate")
+    assert r.drift and r.statistic < -0.1 and r.p_value is not None and r.p_value < 0.001
+    assert r.detail["n_flagged_reviewed"] == 200
+    few = precision_test(s[:5], y[:5], curve, 0.5, name="precision:hate")
+    assert few.skipped and not few.drift and "at least" in few.detail["skipped"]
+    below = precision_test(s, y, curve, 0.95, name="precision:hate")
+    assert below.skipped  # nothing reviewed was scored that high
+
+
+# -- the schedule inside 'bastion up' -------------------------------------------------------------
+
+
+def test_the_schedule_runs_passes_at_the_policy_interval_and_survives_a_failure(
+        settings: Any) -> None:
+    from core.launcher import DriftSchedule
+
+    calls: list[float] = []
+
+    def run_pass(_settings: Any, _policy: Any, **_kw: Any) -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise RuntimeError("MLflow is down")
+
+    said: list[str] = []
+    pol = {"p": parse_policy({"tenants": TENANTS, "drift": {"every_minutes": 0.005}})}
+    sched = DriftSchedule(settings, lambda: pol["p"], "x", said.append, run_pass=run_pass,
+                          tick_s=0.05)
+    sched.start()
+    deadline = time.monotonic() + 10
+    while len(calls) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pol["p"] = parse_policy({"tenants": TENANTS, "drift": {"every_minutes": 0}})  # turned off
+    time.sleep(0.2)
+    n = len(calls)
+    time.sleep(0.6)
+    sched.stop()
+    sched.join(5)
+    assert n >= 3 and len(calls) == n
+    assert all(b - a >= 0.25 for a, b in zip(calls, calls[1:], strict=False))
+    assert any("MLflow is down" in m and m.startswith("Drift monitor:") for m in said)
