@@ -44,6 +44,21 @@ def test_a_window_of_real_traffic_is_checked_and_reported(served: Served) -> Non
                                        "tags.`bastion.tenant` = 'studio'")
     assert runs and {a.path for a in registry.client.list_artifacts(
         runs[0].info.run_id, "drift")} >= {f"drift/{saved[-1].name}"}
+    # the expectation suite is kept with the model version and reused by the next check
+    from registry.store import CHAMPION
+
+    champion = registry.by_alias(CHAMPION)
+    suites = list((served.settings.state_dir / "drift" / "suites").glob(
+        f"v{champion.version}-studio-*.json"))
+    assert len(suites) == 1
+    tag = registry.client.get_model_version(registry.name, champion.version).tags
+    assert tag["bastion.drift_suite.studio"] == report.validation["suite_version"]
+    assert f"drift/{suites[0].name}" in {
+        a.path for a in registry.client.list_artifacts(champion.run_id, "drift")}
+    ((again, _m),) = check_tenants(served.settings, served.policy, tenants=["studio"],
+                                   hours=1, min_items=100, log_mlflow=False)
+    assert again is not None
+    assert again.validation["suite_version"] == report.validation["suite_version"]
     # too little traffic is reported, not checked
     ((none, why),) = check_tenants(served.settings, served.policy, tenants=["acme"],
                                    hours=1e-6, min_items=100)
