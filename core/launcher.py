@@ -220,6 +220,9 @@ def run_platform(
     try:
         say("Starting Ray and the Serve application ...")
         dashboard_url = start_ray(settings)
+        # ray.init installs its own SIGTERM handler (it logs and kills the driver, leaving
+        # Ray's agents behind): ours must come after it, so SIGTERM shuts down in order.
+        signal.signal(signal.SIGTERM, _stop)
         deploy(settings, policy, keys, dashboard_url)
         url = f"http://{settings.host}:{settings.port}"
         settings.server_file.write_text(json.dumps(
