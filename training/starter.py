@@ -43,12 +43,15 @@ def build_starter_model(
     encoder: Encoder,
     progress: ProgressFn | None = None,
     fit: FitConfig | None = None,
+    embed: Callable[[list[str], ProgressFn | None], np.ndarray] | None = None,
 ) -> tuple[ModerationModel, LabelledSet, np.ndarray]:
-    """Encode, split by group, fit the stacked heads on train, measure them on test.
+    """Encode (through ``embed`` when given, e.g. the embedding cache), split by group, fit the
+    stacked heads on train, measure them on test.
 
     Returns the model, the held-out split and the model's scores on it."""
     t0 = time.perf_counter()
-    emb = encode_with_progress(encoder, data.texts, progress)
+    emb = (embed(data.texts, progress) if embed is not None
+           else encode_with_progress(encoder, data.texts, progress))
     t_encode = time.perf_counter() - t0
     test = group_split(data.groups)
     specs = [HeadSpec(c) for c in data.categories]
@@ -116,7 +119,16 @@ def train_starter(
 
     data = load_starter_data(limit_per_source=limit_per_source, davidson_limit=davidson_limit)
     encoder = encoder or create_encoder("minilm", precision=settings.serving.precision)
-    model, heldout, heldout_scores = build_starter_model(data, encoder, progress)
+    from training.embcache import EmbeddingCache, embeddings_dir
+
+    # Through the embedding cache: the first heads-only retraining then encodes only the
+    # human-labelled texts, not the seed data again.
+    cache = EmbeddingCache(embeddings_dir(settings.state_dir), encoder)
+    try:
+        model, heldout, heldout_scores = build_starter_model(
+            data, encoder, progress, embed=lambda texts, prog: cache.embed(texts, prog)[0])
+    finally:
+        cache.close()
     registry = ModelRegistry(settings)
     with tempfile.TemporaryDirectory(prefix="bastion-model-") as tmp:
         path = model.save(Path(tmp) / "bastion")
