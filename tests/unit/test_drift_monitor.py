@@ -47,3 +47,24 @@ def test_no_shift_passes_a_shift_is_caught_and_bad_data_is_named(texts: list[str
     page = render_html(report, ref, broken)
     assert "acme" in page and "<img src='data:image/png;base64," in page
     assert report.to_json()["model_version"] == "7"
+
+
+def test_longer_texts_are_drift_and_psi_is_shown_but_does_not_count(texts: list[str]) -> None:
+    rng = np.random.default_rng(1)
+    centre = rng.normal(size=32)
+    ref = Reference(texts[:800], unit(centre + rng.normal(size=(800, 32))),
+                    {"spam": rng.beta(1, 8, 800)}, {"spam": 0.5})
+    by_len = sorted(texts[800:], key=len)
+    longest = by_len[-250:]  # real texts, only longer: embeddings and scores unchanged
+    window = rows(longest, unit(centre + rng.normal(size=(250, 32))), rng.beta(1, 8, 250))
+    report = check_window(ref, window, tenant="acme", n_permutations=400)
+    assert report.drift and "text_len_ks" in report.failed
+    counted = {t["name"]: t["counts"] for t in report.tests}
+    assert counted["text_len_ks"] and counted["score_ks:spam"]
+    assert counted["score_psi:spam"] is False
+    # the event log keeps text_len where the policy keeps no text: lengths still count
+    hidden = [dict(r, text=None, text_len=len(r["text"])) for r in window]
+    assert "text_len_ks" in check_window(ref, hidden, tenant="acme",
+                                         n_permutations=400).failed
+    page = render_html(report, ref, window)
+    assert "shown only" in page and "Flag rates over time" in page
