@@ -25,6 +25,7 @@ import numpy as np
 from drift.detectors import (
     DriftResult,
     MMDDetector,
+    cauchy_combination,
     flag_rate_test,
     ks_test,
     precision_test,
@@ -121,38 +122,54 @@ def check_window(reference: Reference, rows: Iterable[Mapping[str, Any]], *, ten
     val = validate(window_frame(rows), reference.suite)
     perf = {c: v for c, v in (reviewed or {}).items()
             if c in reference.scores and c in reference.curves}
-    # The family that decides: MMD (half the rate), text length KS, and per category the score
-    # KS, the flag rate and (with reviewed items) precision, sharing the other half evenly.
-    # PSI is shown, at its calibrated threshold, but does not count: it tests the very scores
-    # the KS test does, so counting both would spend the budget twice on one question.
-    per_category = false_alarm_rate / 2 / max(1, 1 + 2 * len(cats) + len(perf))
+    # Distribution drift: MMD on the embeddings (weight one half), KS on the text lengths, and
+    # per category KS on the scores and Fisher's test on the flag rate (the other half, evenly),
+    # combined into one p-value by the Cauchy combination (valid under their dependence), which
+    # decides at the stated rate. Each test's own flag uses its weighted Bonferroni share
+    # (rate x weight), to name what moved. PSI is shown at its calibrated threshold but does not
+    # count: it asks what the score KS asks. Precision on reviewed items is a family of its own
+    # (``performance_drop``) at the same rate, split evenly across its categories.
+    share = false_alarm_rate / 2 / (1 + 2 * len(cats))
+    mmd_p = false_alarm_rate / 2
     results: list[DriftResult] = []
     info: list[DriftResult] = []
     if emb is not None:
-        p = false_alarm_rate / 2
-        perms = n_permutations or int(np.ceil(2 / p))
-        mmd = MMDDetector(reference.embeddings, p_threshold=p, n_permutations=perms, seed=seed)
+        perms = n_permutations or int(np.ceil(2 / mmd_p))
+        mmd = MMDDetector(reference.embeddings, p_threshold=mmd_p, n_permutations=perms,
+                          seed=seed)
         results.append(mmd.test(emb))
     results.append(ks_test(np.array([len(t) for t in reference.texts], dtype=np.float64),
-                           _text_lengths(rows), p_threshold=per_category, name="text_len_ks"))
+                           _text_lengths(rows), p_threshold=share, name="text_len_ks"))
+    precision: list[DriftResult] = []
     for c in cats:
         ref_s, win_s = reference.scores[c], win_scores[c]
-        results.append(ks_test(ref_s, win_s, p_threshold=per_category, name=f"score_ks:{c}"))
-        info.append(psi(ref_s, win_s, name=f"score_psi:{c}", false_alarm=per_category,
-                        seed=seed))
+        results.append(ks_test(ref_s, win_s, p_threshold=share, name=f"score_ks:{c}"))
+        info.append(psi(ref_s, win_s, name=f"score_psi:{c}", false_alarm=share, seed=seed))
         t = reference.thresholds.get(c, 0.5)
         ok = np.isfinite(win_s)
-        results.append(flag_rate_test(ref_s >= t, win_s[ok] >= t, p_threshold=per_category,
+        results.append(flag_rate_test(ref_s >= t, win_s[ok] >= t, p_threshold=share,
                                       name=f"flag_rate:{c}"))
         if c in perf:
             r_scores, r_labels = perf[c]
-            results.append(precision_test(
+            precision.append(precision_test(
                 r_scores, r_labels, reference.curves[c],
-                reference.review_thresholds.get(c, t), p_threshold=per_category,
-                name=f"precision:{c}"))
-    tests = [asdict(r) | {"counts": True} for r in results] + \
+                reference.review_thresholds.get(c, t),
+                p_threshold=false_alarm_rate / len(perf), name=f"precision:{c}"))
+    usable = [r for r in results if r.p_value is not None]
+    weights = np.array([0.5 if r.name == MMDDetector.name else 0.5 / (1 + 2 * len(cats))
+                        for r in usable])
+    combined_p = (cauchy_combination(np.array([r.p_value for r in usable]), weights)
+                  if usable else 1.0)
+    drift = combined_p <= false_alarm_rate
+    combined = DriftResult(
+        "combined", combined_p, combined_p, false_alarm_rate, drift,
+        {"method": "Cauchy combination (Liu & Xie 2020)",
+         "weights": {r.name: round(float(w / weights.sum()), 4)
+                     for r, w in zip(usable, weights, strict=True)}})
+    tests = [asdict(r) | {"counts": True} for r in [combined, *results, *precision]] + \
         [asdict(r) | {"counts": False} for r in info]
-    failed = [r.name for r in results if r.drift]
+    failed = ["combined"] if drift else []
+    failed += [r.name for r in results + precision if r.drift]
     if not val.success:
         failed.append("validation")
     ts = [float(r["ts"]) for r in rows if r.get("ts") is not None]
@@ -161,9 +178,8 @@ def check_window(reference: Reference, rows: Iterable[Mapping[str, Any]], *, ten
         window_end=max(ts) if ts else None,
         validation={"success": val.success, "failures": val.failures,
                     "suite_version": val.suite_version, "n_rows": val.n_rows},
-        tests=tests, drift=any(r.drift for r in results if not r.name.startswith("precision:")),
-        failed=failed,
-        performance_drop=any(r.drift for r in results if r.name.startswith("precision:")),
+        tests=tests, drift=drift, failed=failed,
+        performance_drop=any(r.drift for r in precision),
         false_alarm_rate=false_alarm_rate, model_version=reference.model_version)
 
 

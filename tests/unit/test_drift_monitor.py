@@ -68,3 +68,27 @@ def test_longer_texts_are_drift_and_psi_is_shown_but_does_not_count(texts: list[
                                          n_permutations=400).failed
     page = render_html(report, ref, window)
     assert "shown only" in page and "Flag rates over time" in page
+
+
+def test_no_shift_windows_pass_at_the_stated_family_rate(texts: list[str]) -> None:
+    """The whole family (MMD, lengths, score KS, flag rate, combined) on windows drawn like the
+    reference: alarms at about the stated rate, not at the sum of its tests' rates."""
+    rng = np.random.default_rng(7)
+    centre = rng.normal(size=16)
+    pool = texts[:1200]
+
+    def draw(n: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+        idx = rng.choice(len(pool), size=n, replace=False)
+        return ([pool[i] for i in idx], unit(centre + rng.normal(size=(n, 16))),
+                rng.beta(1, 8, n))
+
+    ref_t, ref_e, ref_s = draw(600)
+    ref = Reference(ref_t, ref_e, {"spam": ref_s}, {"spam": 0.3})
+    n_windows, rate = 50, 0.05
+    alarms = 0
+    for k in range(n_windows):
+        t, e, s = draw(100)
+        alarms += check_window(ref, rows(t, e, s), tenant="acme", false_alarm_rate=rate,
+                               seed=k).drift
+    # Binomial(50, 0.05): mean 2.5; more than 8 has probability < 0.002
+    assert alarms <= 8, alarms
