@@ -661,12 +661,25 @@ def drift_triggers(state_dir: Path | None, limit: int, as_json: bool) -> None:
         rows = log.recent(limit)
     finally:
         log.close()
+    dashboard = _platform_dashboard(settings)
+    if dashboard is not None:  # the platform runs: say how each submitted job ended
+        from ray.job_submission import JobSubmissionClient
+
+        try:
+            client = JobSubmissionClient(
+                dashboard if "://" in dashboard else f"http://{dashboard}")
+            for r in rows:
+                if r["job_id"]:
+                    r["job_status"] = str(client.get_job_status(r["job_id"]))
+        except Exception as err:  # noqa: BLE001 - the record is still worth showing
+            click.echo(f"(job states unavailable: {err})", err=True)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["at"]))
-        click.echo(f"{when}Z  {r['action']:<9} {r['rule']:<20} {r['message']}")
+        state = f" [{r['job_status']}]" if r.get("job_status") else ""
+        click.echo(f"{when}Z  {r['action']:<9} {r['rule']:<20} {r['message']}{state}")
 
 
 def main() -> None:

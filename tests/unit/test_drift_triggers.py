@@ -4,6 +4,7 @@ submits a real job."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -241,3 +242,24 @@ def test_the_schedule_runs_passes_at_the_policy_interval_and_survives_a_failure(
     assert n >= 3 and len(calls) == n
     assert all(b - a >= 0.25 for a, b in zip(calls, calls[1:], strict=False))
     assert any("MLflow is down" in m and m.startswith("Drift monitor:") for m in said)
+
+
+def test_the_triggers_command_lists_what_fired_and_why(settings: Any) -> None:
+    from click.testing import CliRunner
+
+    from core.cli import cli
+
+    state = str(settings.state_dir)
+    empty = CliRunner().invoke(cli, ["drift", "triggers", "--state-dir", state])
+    assert empty.exit_code == 0 and "No trigger has fired yet" in empty.output
+    pol = policy([{"name": "labels", "new_labels": 10}])
+    maybe_retrain(settings, pol, Signals(new_labels=20), "x", client=FakeJobs())
+    maybe_retrain(settings, pol, Signals(new_labels=20), "x", client=FakeJobs(
+        jobs=[FakeJob("bastion-retrain-1", "RUNNING", dict(JOB_KIND))]))
+    out = CliRunner().invoke(cli, ["drift", "triggers", "--state-dir", state])
+    assert out.exit_code == 0, out.output
+    lines = out.output.strip().splitlines()
+    assert "running" in lines[0] and "still running" in lines[0]
+    assert "submitted" in lines[1] and "20 new label(s)" in lines[1]
+    js = CliRunner().invoke(cli, ["drift", "triggers", "--state-dir", state, "--json"])
+    assert [r["action"] for r in json.loads(js.output)] == ["running", "submitted"]
