@@ -665,9 +665,10 @@ def drift_triggers(state_dir: Path | None, limit: int, as_json: bool) -> None:
     if dashboard is not None:  # the platform runs: say how each submitted job ended
         from ray.job_submission import JobSubmissionClient
 
+        from core.runtime import dashboard_http
+
         try:
-            client = JobSubmissionClient(
-                dashboard if "://" in dashboard else f"http://{dashboard}")
+            client = JobSubmissionClient(dashboard_http(dashboard))
             for r in rows:
                 if r["job_id"]:
                     r["job_status"] = str(client.get_job_status(r["job_id"]))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from core.settings import Settings
 
-__all__ = ["ray_env", "start_ray", "stop_ray", "ray_temp_dir"]
+__all__ = ["dashboard_http", "ray_env", "start_ray", "stop_ray", "ray_temp_dir"]
 
 _BOOTSTRAP = """\
 # Written by Bastion. Its presence stops Ray's dashboard from probing cloud metadata
@@ -58,6 +58,12 @@ def ray_env() -> dict[str, str]:
         "TOKENIZERS_PARALLELISM": "false",
         "DO_NOT_TRACK": "1",
     }
+
+
+def dashboard_http(dashboard_url: str) -> str:
+    """The dashboard address as the Serve and Jobs REST clients want it: ``ray.init`` gives
+    ``host:port``; a bare address would be taken for a GCS address."""
+    return dashboard_url if "://" in dashboard_url else f"http://{dashboard_url}"
 
 
 def ray_temp_dir(state_dir: Path) -> str:

@@ -281,8 +281,9 @@ def maybe_retrain(settings: Settings, policy: PolicySet, signals: Signals, dashb
     if client is None:
         from ray.job_submission import JobSubmissionClient
 
-        url = dashboard_url if "://" in dashboard_url else f"http://{dashboard_url}"
-        client = JobSubmissionClient(url)
+        from core.runtime import dashboard_http
+
+        client = JobSubmissionClient(dashboard_http(dashboard_url))
     log = TriggerLog(triggers_db_path(settings.state_dir))
     try:
         with log.exclusive():

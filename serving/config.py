@@ -75,9 +75,9 @@ def deploy_config(config: dict[str, Any], dashboard_url: str) -> None:
     """Submit a Serve config to a running cluster (what ``serve deploy`` does)."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-    if not dashboard_url.startswith("http"):
-        dashboard_url = "http://" + dashboard_url
-    ServeSubmissionClient(dashboard_url).deploy_applications(config)
+    from core.runtime import dashboard_http
+
+    ServeSubmissionClient(dashboard_http(dashboard_url)).deploy_applications(config)
 
 
 def wait_until_running(
@@ -87,10 +87,9 @@ def wait_until_running(
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
     from core.errors import BastionError
+    from core.runtime import dashboard_http
 
-    if not dashboard_url.startswith("http"):
-        dashboard_url = "http://" + dashboard_url
-    client = ServeSubmissionClient(dashboard_url)
+    client = ServeSubmissionClient(dashboard_http(dashboard_url))
     deadline = time.monotonic() + timeout_s
     last: dict[str, Any] = {}
     while time.monotonic() < deadline:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from core.policy import load_policy
+from core.runtime import dashboard_http
 from drift.triggers import JOB_KIND, TriggerLog, gather_signals, maybe_retrain, triggers_db_path
 from registry.store import ModelRegistry
 
@@ -51,7 +52,7 @@ def test_a_trigger_starts_one_real_retraining_job_not_two_within_the_cooldown(
         signals = gather_signals(settings, [])
         assert signals.new_labels >= 100 and not signals.drifted
 
-        client = JobSubmissionClient(f"http://{served.dashboard}")
+        client = JobSubmissionClient(dashboard_http(served.dashboard))
         assert not _bastion_jobs(client)
         first = maybe_retrain(settings, policy, signals, served.dashboard)
         assert first.action == "submitted", first.message
