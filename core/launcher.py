@@ -110,19 +110,15 @@ class DriftSchedule(threading.Thread):
         self._run_pass = run_pass
         self._tick_s = tick_s
         self._halt = threading.Event()
-        self.passes = 0
 
     def stop(self) -> None:
         self._halt.set()
 
     def run(self) -> None:
-        started = time.monotonic()
-        last: float | None = None
+        last = time.monotonic()  # the first pass comes one interval after the start
         while not self._halt.wait(self._tick_s):
             every_s = self._policy().drift.every_minutes * 60.0
-            if every_s <= 0:
-                continue
-            if time.monotonic() - (last if last is not None else started) < every_s:
+            if every_s <= 0 or time.monotonic() - last < every_s:
                 continue
             last = time.monotonic()
             self.run_once()
@@ -131,6 +127,7 @@ class DriftSchedule(threading.Thread):
         from drift.check import monitor_pass
 
         run_pass = self._run_pass or monitor_pass
+
         def say(m: str) -> None:
             self._say(f"Drift monitor: {m}")
 
@@ -138,7 +135,6 @@ class DriftSchedule(threading.Thread):
             run_pass(self._settings, self._policy(), dashboard_url=self._dashboard, say=say)
         except Exception as err:  # noqa: BLE001 - the platform keeps serving
             say(f"the check failed ({type(err).__name__}: {err}); retrying at the next slot")
-        self.passes += 1
 
 
 def _port_free(host: str, port: int) -> bool:
