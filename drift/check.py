@@ -49,31 +49,30 @@ def _reference_texts(settings: Settings, meta: dict[str, Any], n: int, seed: int
     return [texts[i] for i in sorted(idx)]
 
 
-def _suite_for(settings: Settings, registry: Any, version: str, run_id: str | None,
-               tenant: str, ref: Reference) -> dict[str, Any]:
-    """The tenant's expectation suite for this model version: built once, from the reference,
-    then kept beside the drift reports and with the version's MLflow run (``drift/``), so
-    every later check of the same champion validates against the very same suite."""
+def _suite_path(settings: Settings, version: str, tenant: str, categories: list[str]) -> Path:
+    """Where the tenant's expectation suite for this model version is kept."""
+    digest = hashlib.sha256("-".join(sorted(categories)).encode()).hexdigest()[:8]
+    return drift_dir(settings.state_dir) / "suites" / f"v{version}-{tenant}-{digest}.json"
+
+
+def _keep_suite(path: Path, registry: Any, version: str, run_id: str | None, tenant: str,
+                suite: dict[str, Any]) -> None:
+    """Store a newly built suite beside the drift reports and with the version's MLflow run
+    (``drift/``), so every later check of the same champion validates against the very same
+    suite."""
     from drift.validation import suite_version
 
-    cats = "-".join(sorted(ref.scores))
-    digest = hashlib.sha256(cats.encode()).hexdigest()[:8]
-    path = drift_dir(settings.state_dir) / "suites" / f"v{version}-{tenant}-{digest}.json"
-    if path.exists():
-        stored: dict[str, Any] = json.loads(path.read_text())
-        return stored
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(ref.suite, indent=1, default=str))
+    tmp.write_text(json.dumps(suite, indent=1, default=str))
     tmp.replace(path)
     if run_id:
         try:
             registry.client.log_artifact(run_id, str(path), "drift")
             registry.client.set_model_version_tag(
-                registry.name, version, f"bastion.drift_suite.{tenant}", suite_version(ref.suite))
+                registry.name, version, f"bastion.drift_suite.{tenant}", suite_version(suite))
         except Exception as err:  # noqa: BLE001 - the suite on disk is what checks use
             log.warning("could not keep the drift suite with MLflow run %s: %s", run_id, err)
-    return ref.suite
 
 
 def champion_reference(settings: Settings, policy: PolicySet, tenants: list[str], *,
@@ -104,15 +103,18 @@ def champion_reference(settings: Settings, policy: PolicySet, tenants: list[str]
     refs: dict[str, Reference] = {}
     for t in tenants:
         cats = resolved[t].categories
-        ref = Reference(
+        path = _suite_path(settings, version, t, [c.name for c in cats])
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        ref = Reference(  # builds the suite only when none is stored for this version
             texts=texts, embeddings=emb,
             scores={c.name: scores[:, c.column] for c in cats},
             thresholds={c.name: c.block_threshold for c in cats},
-            model_version=version,
+            model_version=version, suite=stored,
             curves={c.name: curves[c.head_key] for c in cats if c.head_key in curves},
             review_thresholds={c.name: c.review_threshold for c in cats
                                if c.review_threshold is not None})
-        ref.suite = _suite_for(settings, registry, version, info.run_id, t, ref)
+        if not stored:
+            _keep_suite(path, registry, version, info.run_id, t, ref.suite)
         refs[t] = ref
     return refs
 
