@@ -127,6 +127,7 @@ def policy() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @_guard
 def policy_validate(state_dir: Path | None, file: Path) -> None:
+    from core.decision import fit_problems
     from core.launcher import champion_metadata, check_policy
     from core.policy import load_policy
 
@@ -143,12 +144,19 @@ def policy_validate(state_dir: Path | None, file: Path) -> None:
         click.echo(f"Not checked against a model: {err}")
         return
     resolved = check_policy(pol, meta)
-    click.echo(f"Fits model version {meta['version']}:")
+    problems = fit_problems(resolved)
+    click.echo(f"Fits model version {meta['version']}" + (
+        f", with {len(problems)} category(ies) served otherwise than written:" if problems
+        else ":"))
+    for line in problems:
+        click.echo(f"  ! {line}")
     for t, rt in resolved.items():
         click.echo(f"  {t} (policy version {rt.version})")
         for c in rt.categories:
             rev = "-" if c.review_threshold is None else f"{c.review_threshold:.3f}"
-            click.echo(f"    {c.name:<15} block>={c.block_threshold:.3f} review>={rev} "
+            block = ("never (review only)" if c.block_threshold is None
+                     else f"{c.block_threshold:.3f}")
+            click.echo(f"    {c.name:<15} block>={block} review>={rev} "
                        f"action={c.action.value} ({c.source})")
 
 
@@ -212,11 +220,100 @@ def models_show(state_dir: Path | None, version: str) -> None:
                f"{', '.join('@' + a for a in info.aliases) or '-'}  run: {info.run_id}")
     for k, v in sorted(info.tags.items()):
         click.echo(f"  {k}: {v}")
+    from training.starter_report import category_lines
+
+    meta = lc.registry.metadata(info.version)
+    click.echo("\nCategories (held-out, from the version's metadata):")
+    for line in category_lines(meta):
+        click.echo(f"  {line}")
     try:
         text = lc.client.download_artifacts(info.run_id, "gate/latest.txt")
         click.echo("\nLatest gate report:\n" + Path(text).read_text())
     except (MlflowException, OSError):
         click.echo("\nNo gate report yet: run 'bastion promote " + info.version + "'.")
+
+
+@cli.group(help="The starter model shipped with Bastion: build it, document it, look at it.")
+def starter() -> None:
+    pass
+
+
+@starter.command("build", help="Train the starter heads on every labelled source this machine "
+                 "has (packaged ones, and the development data in ../shared/data or --data), "
+                 "measure them and write the artifact (default training/starter_model/).")
+@_state_dir_option
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, exists=True,
+              path_type=Path), default=None,
+              help="Folder of the development data sets (default ../shared/data).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write the artifact (default: the shipped one).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Embedding cache folder (default <state-dir>/embeddings).")
+@click.option("--source", "sources", multiple=True,
+              help="Only these sources (repeatable; default every available one).")
+@click.option("--no-cross-source", is_flag=True, help="Skip the leave-one-source-out heads.")
+@_guard
+def starter_build(state_dir: Path | None, data_dir: Path | None, out: Path | None,
+                  cache_dir: Path | None, sources: tuple[str, ...],
+                  no_cross_source: bool) -> None:
+    import os
+
+    from training.datasets import available_sources
+    from training.starter import SHIPPED_DIR, build_from_sources, write_starter
+    from training.starter_report import category_lines
+
+    if data_dir is not None:
+        os.environ["BASTION_DEV_DATA"] = str(data_dir.resolve())
+    names = list(sources) or available_sources()
+    click.echo(f"Sources: {', '.join(names)}")
+    last: dict[str, int] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if done == total or done - last.get(stage, 0) >= max(total // 10, 1):
+            last[stage] = done
+            click.echo(f"  {stage}: {done}/{total}")
+
+    model = build_from_sources(_settings(state_dir), sources=names, cache_dir=cache_dir,
+                               progress=progress, cross_source=not no_cross_source)
+    path = write_starter(model, out or SHIPPED_DIR)
+    for line in category_lines(model.metadata):
+        click.echo(f"  {line}")
+    click.echo(f"Wrote {path} (run 'bastion starter docs' to regenerate "
+               "docs/starter-model.md).")
+
+
+@starter.command("docs", help="Write docs/starter-model.md from the shipped artifact.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Default docs/starter-model.md of this checkout.")
+@_guard
+def starter_docs(out: Path | None) -> None:
+    from training.starter import SHIPPED_DIR, artifact_digest
+    from training.starter_report import render_markdown
+
+    meta = json.loads((SHIPPED_DIR / "metadata.json").read_text())
+    extra = ""
+    cases = Path(__file__).resolve().parents[1] / "bench/results/starter.json"
+    if cases.exists():
+        from training.starter_report import plain_cases_section
+
+        extra = plain_cases_section(json.loads(cases.read_text()))
+    target = out or Path(__file__).resolve().parents[1] / "docs/starter-model.md"
+    target.write_text(render_markdown(meta, artifact_digest(), extra))
+    click.echo(f"Wrote {target}")
+
+
+@starter.command("show", help="The shipped starter's categories, metrics and weak spots.")
+@_guard
+def starter_show() -> None:
+    from training.starter import SHIPPED_DIR, shipped_starter
+    from training.starter_report import category_lines
+
+    if shipped_starter() is None:
+        _fail(f"no starter artifact in {SHIPPED_DIR}; run 'bastion starter build'")
+    meta = json.loads((SHIPPED_DIR / "metadata.json").read_text())
+    click.echo(f"Starter built {meta.get('created_at')} by {meta.get('command')}")
+    for line in category_lines(meta):
+        click.echo(f"  {line}")
 
 
 @models.command("audit", help="Who promoted, forced, was refused or rolled back, when, why.")

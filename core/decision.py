@@ -24,6 +24,8 @@ __all__ = [
     "KeywordMatcher",
     "normalize_text",
     "resolve_policy",
+    "fit_problems",
+    "FALLBACK_REVIEW",
     "head_key_for",
     "decide",
     "threshold_for_precision",
@@ -89,11 +91,12 @@ class ResolvedCategory:
     name: str
     head_key: str
     column: int
-    block_threshold: float
+    block_threshold: float | None  # None: review only, the model never decides alone
     review_threshold: float | None
     action: Action
     severity: float
     source: str  # how the thresholds were set, shown in reasons
+    fallback: str | None = None  # why it runs review-only although the policy asked for more
 
 
 @dataclass
@@ -103,6 +106,8 @@ class ResolvedTenant:
     categories: list[ResolvedCategory]
     matcher: KeywordMatcher
     store_raw_text: bool
+    # categories this model cannot score at all (no head), with why: left out, never a 503
+    unavailable: dict[str, str] = field(default_factory=dict)
     columns: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -110,6 +115,22 @@ class ResolvedTenant:
 
     def category(self, name: str) -> ResolvedCategory | None:
         return next((c for c in self.categories if c.name == name), None)
+
+    def problems(self) -> list[str]:
+        """What of the tenant's policy this model cannot do as written, one line each."""
+        out = [f"tenants.{self.name}.categories.{c.name}: {c.fallback}"
+               for c in self.categories if c.fallback]
+        out += [f"tenants.{self.name}.categories.{n}: {why}"
+                for n, why in self.unavailable.items()]
+        return out
+
+
+FALLBACK_REVIEW = 0.5  # review threshold of a fallback category with no curve to derive one
+
+
+def fit_problems(resolved: dict[str, ResolvedTenant]) -> list[str]:
+    """Every tenant's :meth:`ResolvedTenant.problems`, in tenant order."""
+    return [p for t in resolved.values() for p in t.problems()]
 
 
 def _curve(meta: dict[str, Any], head_key: str) -> dict[str, list[float]] | None:
@@ -150,64 +171,74 @@ def head_key_for(tenant: str, category: str, cpol: CategoryPolicy,
 
 
 def resolve_policy(
-    policy: PolicySet, head_keys: Sequence[str], model_meta: dict[str, Any]
+    policy: PolicySet, head_keys: Sequence[str], model_meta: dict[str, Any],
+    strict: bool = False,
 ) -> dict[str, ResolvedTenant]:
     """Bind every tenant's categories to the model's heads and concrete thresholds.
 
+    A category the model cannot serve as written never stops the others: one whose
+    ``target_precision`` the model's held-out curve never reaches falls back to review-only
+    (review from its ``review_threshold``, else the held-out ``review_recall`` point, else
+    ``FALLBACK_REVIEW``), with the reason in ``fallback``; one with no head is left out and
+    listed in ``unavailable``. ``ResolvedTenant.problems`` says what happened.
+
     Raises:
-        PolicyError: a category has no head in this model, or a target precision the model's
-            held-out curve never reaches.
+        PolicyError: with ``strict``, if any category falls back or is left out.
     """
     index = {k: i for i, k in enumerate(head_keys)}
     version = model_meta.get("version", "?")
     out: dict[str, ResolvedTenant] = {}
-    problems: list[str] = []
     for tname, tpol in policy.tenants.items():
         cats: list[ResolvedCategory] = []
+        unavailable: dict[str, str] = {}
         for cname, cpol in tpol.categories.items():
             key = head_key_for(tname, cname, cpol, head_keys)
             if "/" in key and not key.startswith(f"{tname}/"):
-                problems.append(
-                    f"tenants.{tname}.categories.{cname}.head: {key!r} belongs to another tenant"
-                )
+                unavailable[cname] = f"head {key!r} belongs to another tenant; not scored"
                 continue
             if key not in index:
                 known = ", ".join(k for k in head_keys if "/" not in k or k.startswith(tname + "/"))
-                problems.append(
-                    f"tenants.{tname}.categories.{cname}: model version {version} has no head "
-                    f"{key!r}; known heads: {known}"
-                )
+                unavailable[cname] = (f"model version {version} has no head {key!r} (known "
+                                      f"heads: {known}); not scored")
                 continue
+            curve = _curve(model_meta, key)
+            fallback = None
+            block: float | None
+            review = cpol.review_threshold
             if cpol.target_precision is not None:
-                curve = _curve(model_meta, key)
                 block = threshold_for_precision(curve, cpol.target_precision) if curve else None
-                if block is None:
-                    problems.append(
-                        f"tenants.{tname}.categories.{cname}.target_precision: the model's "
-                        f"held-out precision for {key!r} never reaches {cpol.target_precision}; "
-                        "lower it or set block_threshold"
-                    )
-                    continue
-                review = cpol.review_threshold
                 if review is None and curve:
                     review = threshold_for_recall(curve, cpol.review_recall)
-                review = min(review, block) if review is not None else None
-                source = (
-                    f"target precision {cpol.target_precision} on model v{version} held-out data"
-                )
+                if block is None:
+                    review = FALLBACK_REVIEW if review is None else review
+                    fallback = (
+                        f"target_precision {cpol.target_precision}: the held-out precision of "
+                        f"model v{version} for {key!r} never reaches it, so this category is "
+                        f"review-only (review from {round(review, 4)}); lower the target or "
+                        "set block_threshold")
+                    source = f"review-only fallback on model v{version}"
+                else:
+                    source = (f"target precision {cpol.target_precision} on model v{version} "
+                              "held-out data")
+                review = min(review, block) if review is not None and block is not None \
+                    else review
+            elif cpol.block_threshold is not None:
+                block, source = cpol.block_threshold, "policy"
             else:
-                assert cpol.block_threshold is not None
-                block, review, source = cpol.block_threshold, cpol.review_threshold, "policy"
+                block, source = None, "policy (review only)"
             cats.append(ResolvedCategory(
-                name=cname, head_key=key, column=index[key], block_threshold=round(block, 6),
+                name=cname, head_key=key, column=index[key],
+                block_threshold=None if block is None else round(block, 6),
                 review_threshold=None if review is None else round(review, 6),
-                action=cpol.action, severity=cpol.severity, source=source,
+                action=cpol.action, severity=cpol.severity, source=source, fallback=fallback,
             ))
         out[tname] = ResolvedTenant(
             name=tname, version=policy.tenant_version(tname), categories=cats,
             matcher=KeywordMatcher(tpol), store_raw_text=tpol.store_raw_text,
+            unavailable=unavailable,
         )
-    if problems:
+    problems = fit_problems(out)
+    if strict and problems:
         raise PolicyError("policy does not fit the model:\n  " + "\n  ".join(problems))
     return out
 
@@ -234,14 +265,17 @@ def decide(
     reasons.extend(hits)
     for c in cats:
         s = out_scores[c.name]
-        if s >= c.block_threshold:
+        if c.block_threshold is not None and s >= c.block_threshold:
             reasons.append({"kind": "model", "category": c.name, "score": s,
                             "threshold": c.block_threshold, "band": "block",
                             "action": c.action.value, "threshold_source": c.source})
         elif c.review_threshold is not None and s >= c.review_threshold:
-            reasons.append({"kind": "model", "category": c.name, "score": s,
-                            "threshold": c.review_threshold, "band": "review",
-                            "action": Action.review.value, "threshold_source": c.source})
+            reason = {"kind": "model", "category": c.name, "score": s,
+                      "threshold": c.review_threshold, "band": "review",
+                      "action": Action.review.value, "threshold_source": c.source}
+            if c.fallback:
+                reason["fallback"] = c.fallback
+            reasons.append(reason)
     reasons.sort(key=lambda r: (-Action(r["action"]).severity, -r.get("score", 2.0)))
     decision = reasons[0]["action"] if reasons else Action.allow.value
     return {"decision": decision, "scores": out_scores, "reasons": reasons,

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from core.decision import ResolvedTenant, resolve_policy
+from core.decision import ResolvedTenant, fit_problems, resolve_policy
 from core.errors import ConfigError, PolicyError
 from core.keys import ensure_keys
 from core.policy import PolicySet, load_policy
@@ -55,8 +55,19 @@ def champion_metadata(settings: Settings) -> dict[str, Any]:
 
 
 def check_policy(policy: PolicySet, meta: dict[str, Any]) -> dict[str, ResolvedTenant]:
-    """Resolve the policy against a model; raises PolicyError naming what does not fit."""
+    """Resolve the policy against a model. Never raises for a category the model cannot
+    serve as written: see :func:`core.decision.fit_problems` for what falls back."""
     return resolve_policy(policy, meta["heads"]["keys"], meta)
+
+
+def say_fit(resolved: dict[str, ResolvedTenant], version: str, say: Say) -> None:
+    """Tell the operator which categories run otherwise than the policy says, and why."""
+    problems = fit_problems(resolved)
+    if problems:
+        say(f"Policy on model version {version}: {len(problems)} category(ies) served "
+            "otherwise than written (see /readyz):")
+        for line in problems:
+            say(f"  - {line}")
 
 
 def deploy(settings: Settings, policy: PolicySet, keys: dict[str, str],
@@ -80,7 +91,8 @@ def reload_policy(settings: Settings, policy_path: Path, dashboard_url: str,
     reported and changes nothing; returns the applied policy, or None."""
     try:
         policy = load_policy(policy_path)
-        check_policy(policy, champion_metadata(settings))
+        meta = champion_metadata(settings)
+        say_fit(check_policy(policy, meta), str(meta["version"]), say)
     except PolicyError as err:
         say(f"Policy edit rejected; the previous policy stays in force:\n{err}")
         return None
@@ -147,29 +159,29 @@ def _port_free(host: str, port: int) -> bool:
             return False
 
 
-def _train_starter_with_progress(settings: Settings, say: Say, policy: PolicySet,
-                                 **kw: Any) -> str:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+def _register_starter(settings: Settings, say: Say, policy: PolicySet, **kw: Any) -> str:
+    """The empty registry's first champion: the shipped starter heads (seconds), or, in a
+    checkout without them, heads trained here from whatever labelled data this machine has."""
+    from training.starter import register_starter, shipped_starter, train_starter
 
-    from training.starter import train_starter
-
-    say("The registry is empty: training the starter model on packaged real data "
-        "(PyRIT harm scores, SMS spam, Davidson tweets where present).")
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
-                  "{task.total}"), TimeRemainingColumn()) as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        version, model = train_starter(settings, progress=progress, policy=policy, **kw)
-    for key, m in model.metadata["metrics"].items():
-        if "auroc" in m:
-            say(f"  {key:<15} held-out AUROC {m['auroc']:.3f}  "
-                f"(n={m['n']}, positives={m['n_pos']})")
-    say(f"Registered {settings.model_name} version {version} as @champion.")
+    t0 = time.perf_counter()
+    if shipped_starter() is not None and not kw:
+        say("The registry is empty: registering the shipped starter model.")
+        version, model = register_starter(settings, policy)
+    else:
+        say("The registry is empty and this checkout ships no starter heads: training them "
+            "here from the labelled data on this machine (minutes).")
+        version, model = train_starter(settings, policy=policy, **kw)
+    meta = model.metadata
+    for key in meta.get("categories", []):
+        m = meta.get("metrics", {}).get(key, {}).get("all", {})
+        auroc = f"AUROC {m['auroc']:.3f} {m.get('auroc_ci')}" if "auroc" in m else "no AUROC"
+        thin = meta.get("thin", {}).get(key)
+        say(f"  {key:<11} held-out {auroc}, {m.get('n_pos', 0)} positives"
+            + (f"  (thin: {thin})" if thin else ""))
+    say(f"Registered {settings.model_name} version {version} as @champion "
+        f"({time.perf_counter() - t0:.1f} s). 'bastion models show {version}' has the "
+        "metrics per source.")
     return version
 
 
@@ -198,9 +210,9 @@ def run_platform(
 
     registry = ModelRegistry(settings)
     if not registry.has_champion():
-        _train_starter_with_progress(settings, say, policy, **(starter_kwargs or {}))
+        _register_starter(settings, say, policy, **(starter_kwargs or {}))
     meta = champion_metadata(settings)
-    check_policy(policy, meta)
+    say_fit(check_policy(policy, meta), str(meta["version"]), say)
     keys, added = ensure_keys(settings.keys_file, policy.tenants)
     for t in sorted(policy.tenants):
         say(f"Tenant {t!r} API key: {keys[t]}" + ("  (new)" if t in added else ""))

@@ -97,7 +97,8 @@ class CategoryPolicy(_Frozen):
         None, ge=0, le=1, description="Score at or above which the category's action applies."
     )
     review_threshold: float | None = Field(
-        None, ge=0, le=1, description="Score at or above which the item goes to human review."
+        None, ge=0, le=1, description="Score at or above which the item goes to human review; "
+        "given alone, the category is review-only (the model never blocks it by itself)."
     )
     target_precision: float | None = Field(
         None, gt=0, le=1,
@@ -125,10 +126,17 @@ class CategoryPolicy(_Frozen):
 
     @model_validator(mode="after")
     def _thresholds(self) -> CategoryPolicy:
-        if (self.block_threshold is None) == (self.target_precision is None):
+        if self.block_threshold is not None and self.target_precision is not None:
             raise ValueError(
-                "give exactly one of block_threshold (a score in [0, 1]) or target_precision "
-                "(e.g. 0.9, to derive the threshold from the model's held-out curve)"
+                "give one of block_threshold (a score in [0, 1]) or target_precision (e.g. "
+                "0.9, to derive the threshold from the model's held-out curve), not both"
+            )
+        if (self.block_threshold is None and self.target_precision is None
+                and self.review_threshold is None):
+            raise ValueError(
+                "give block_threshold (a score in [0, 1]), target_precision (e.g. 0.9, to "
+                "derive it from the model's held-out curve), or review_threshold alone for a "
+                "review-only category"
             )
         if (
             self.block_threshold is not None
@@ -140,6 +148,11 @@ class CategoryPolicy(_Frozen):
                 f"{self.block_threshold}: the review band lies below the block threshold"
             )
         return self
+
+    @property
+    def review_only(self) -> bool:
+        """Only a review_threshold: the model sends items to people, never decides alone."""
+        return self.block_threshold is None and self.target_precision is None
 
 
 class KeywordRule(_Frozen):

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from core.decision import head_key_for, resolve_policy
-from core.errors import PolicyError
 from core.policy import CategoryPolicy, PolicySet
 
 __all__ = [
@@ -39,7 +38,11 @@ CATEGORY_PRESENT = "category_present"
 PRECISION = "precision_at_block"
 RECALL = "recall_vs_champion"
 CALIBRATION = "calibration_ece"
+AUROC = "auroc_vs_champion"
+EVIDENCE = "quality_evidence"
 LATENCY = "p99_latency"
+QUALITY = (PRECISION, RECALL, CALIBRATION, AUROC)  # what counts as evidence of quality
+AUROC_TOLERANCE = 0.02  # how far held-out AUROC may fall below the champion's
 
 
 # -- evaluation of one version ---------------------------------------------------------------
@@ -134,27 +137,14 @@ def _resolve_one(
     policy: PolicySet, tenant: str, category: str, head_keys: Sequence[str],
     model_meta: dict[str, Any],
 ) -> tuple[str | None, int | None, float | None, str | None]:
-    """(head key, score column, block threshold, why not) of one category, as serving would.
-
-    ``resolve_policy`` fails the whole policy on the first unfit category; a policy holding
-    only this category keeps one missing head from hiding the others, and thresholds stay
-    exactly what serving resolves (same function, same curves).
-    """
-    tpol = policy.tenants[tenant]
-    cpol = tpol.categories[category]
-    single = policy.model_copy(update={
-        "tenants": {tenant: tpol.model_copy(update={"categories": {category: cpol}})},
-    })
-    key = _head_key(tenant, category, cpol, head_keys)
-    try:
-        resolved = resolve_policy(single, head_keys, model_meta)[tenant].categories[0]
-    except PolicyError as err:
-        reason = str(err).removeprefix("policy does not fit the model:").strip()
-        owned = "/" not in key or key.startswith(f"{tenant}/")
-        if key in head_keys and owned:
-            return key, head_keys.index(key), None, reason
-        return None, None, None, reason
-    return resolved.head_key, resolved.column, resolved.block_threshold, None
+    """(head key, score column, block threshold, why not) of one category, exactly as
+    serving resolves it (same function, same curves). The block threshold is None for a
+    review-only category; the note says why when the policy asked for more."""
+    resolved = resolve_policy(policy, head_keys, model_meta)[tenant]
+    rc = resolved.category(category)
+    if rc is None:
+        return None, None, None, resolved.unavailable.get(category, "not resolved")
+    return rc.head_key, rc.column, rc.block_threshold, rc.fallback
 
 
 def evaluate_version(
@@ -257,9 +247,9 @@ class Check:
 
 
 def _measured(checks: Sequence[Check]) -> bool:
-    """Whether any quality check was measured. A present head says nothing about quality, so
-    a report whose only measured checks are ``category_present`` does not pass."""
-    return any(c.passed is not None and c.name != CATEGORY_PRESENT for c in checks)
+    """Whether any quality check was measured. Neither a present head nor the latency says
+    anything about the quality of decisions, so they never count."""
+    return any(c.passed is not None and c.name in QUALITY for c in checks)
 
 
 def _where(check: Check) -> str:
@@ -432,13 +422,18 @@ def _too_few_positives(pair: Pair, check: str, what: str, value: float | None,
                  f"min_positives {rule.min_positives}; label more held-out items")
 
 
-def _precision_check(pair: Pair, cand: CategoryEvaluation, rule: _Rule) -> Check:
+def _precision_check(pair: Pair, cand: CategoryEvaluation, champ: CategoryEvaluation | None,
+                     rule: _Rule) -> Check:
     t, c = pair
     need = rule.min_precision
     if cand.block_threshold is None:
-        return Check(t, c, PRECISION, False, None, need,
-                     f"{t}/{c}: no block threshold for head {cand.head_key!r} ({cand.note}); "
-                     f"serving could not run this version with the policy")
+        if champ is not None and champ.block_threshold is not None and cand.note:
+            return Check(t, c, PRECISION, False, None, need,
+                         f"{t}/{c}: the candidate would serve it review-only ({cand.note}) "
+                         f"where the champion decides alone at {_num(champ.block_threshold)}")
+        why = cand.note or "the policy makes it review-only"
+        return Check(t, c, PRECISION, None, None, need,
+                     f"{t}/{c}: no block threshold, so no precision to check ({why})")
     if cand.n_pos < rule.min_positives:
         return _too_few_positives(pair, PRECISION, "precision", cand.precision_at_block, need,
                                   cand.n_pos, rule)
@@ -514,6 +509,42 @@ def _calibration_check(pair: Pair, cand: CategoryEvaluation, rule: _Rule) -> Che
                  f"{_num(rule.max_ece)} (n={cand.n})")
 
 
+def _auroc_check(pair: Pair, cand: CategoryEvaluation, champ: CategoryEvaluation | None,
+                 champion: str | None, rule: _Rule) -> Check:
+    """Ranking quality must not fall more than ``AUROC_TOLERANCE`` below the champion's on
+    the same held-out items: retraining that forgets what the champion knew fails here."""
+    t, c = pair
+    if cand.auroc is None or min(cand.n_pos, cand.n - cand.n_pos) < rule.min_positives:
+        return Check(t, c, AUROC, None, cand.auroc, None,
+                     f"{t}/{c}: AUROC not measurable: {cand.n_pos} positive(s) among {cand.n} "
+                     f"held-out item(s), fewer than min_positives {rule.min_positives} of a "
+                     "class; label more held-out items")
+    if champion is None or champ is None or champ.auroc is None:
+        return Check(t, c, AUROC, None, cand.auroc, None,
+                     f"{t}/{c}: AUROC {_num(cand.auroc)} not compared: no champion score for "
+                     "this category")
+    need = round(max(champ.auroc - AUROC_TOLERANCE, 0.0), 6)
+    ok = _meets("auroc", cand.auroc, need, greater_is_better=True)
+    op = ">=" if ok else "<"
+    return Check(t, c, AUROC, ok, cand.auroc, need,
+                 f"{t}/{c}: held-out AUROC {_num(cand.auroc)} {op} champion v{champion}'s "
+                 f"{_num(champ.auroc)} - {AUROC_TOLERANCE} (n_pos={cand.n_pos})")
+
+
+def _evidence_check(pair: Pair, checks: Sequence[Check], cand: CategoryEvaluation) -> Check:
+    """A gated category needs at least one measured quality check: a candidate is never
+    promoted on no evidence about a category it would decide."""
+    t, c = pair
+    measured = [ch.name for ch in checks if ch.passed is not None and ch.name in QUALITY]
+    if measured:
+        return Check(t, c, EVIDENCE, True, float(len(measured)), 1.0,
+                     f"{t}/{c}: measured on held-out labels ({', '.join(measured)})")
+    return Check(t, c, EVIDENCE, False, 0.0, 1.0,
+                 f"{t}/{c}: no quality check was measurable ({cand.n} held-out labelled "
+                 f"item(s), {cand.n_pos} positive(s)): a candidate is not promoted without "
+                 "evidence; label held-out items for this category")
+
+
 def _latency_check(candidate: VersionEvaluation, budget: float) -> Check:
     p99 = candidate.p99_ms
     if p99 is None:
@@ -565,9 +596,11 @@ def run_gate(
             continue
         assert cand is not None
         rule = _rule(policy, t, c)
-        checks.append(_precision_check(pair, cand, rule))
-        checks.append(_recall_check(pair, cand, champ, champ_name, rule))
-        checks.append(_calibration_check(pair, cand, rule))
+        quality = [_precision_check(pair, cand, champ, rule),
+                   _recall_check(pair, cand, champ, champ_name, rule),
+                   _calibration_check(pair, cand, rule),
+                   _auroc_check(pair, cand, champ, champ_name, rule)]
+        checks += quality + [_evidence_check(pair, quality, cand)]
     checks.append(_latency_check(candidate, policy.gate.max_p99_ms))
     failed = any(ch.passed is False for ch in checks)
     return GateReport(

@@ -25,8 +25,7 @@ from core.policy import PolicySet
 from core.settings import Settings
 from registry.gate import Check, GateReport, VersionEvaluation, evaluate_version, run_gate
 from registry.store import CHALLENGER, CHAMPION, ModelRegistry
-from training.datasets import LabelledSet, load_starter_data
-from training.heads import group_split
+from training.datasets import LabelledSet
 
 __all__ = ["Lifecycle", "PromotionResult", "heldout_data", "GateRefused"]
 
@@ -38,12 +37,14 @@ class GateRefused(BastionError):
     """The gate rejected a version and it was not forced."""
 
 
-def heldout_data(limit_per_source: int | None = None,
-                 davidson_limit: int | None = 8000) -> LabelledSet:
-    """The held-out split of the packaged human-labelled data (the same split the starter
-    model's metrics use: no version trained by Bastion has seen these items)."""
-    data = load_starter_data(limit_per_source=limit_per_source, davidson_limit=davidson_limit)
-    return data.subset(np.nonzero(group_split(data.groups))[0])
+def heldout_data(settings: Settings) -> LabelledSet:
+    """The one evaluation set of every way a version reaches the gate (``bastion promote``,
+    ``bastion retrain``, a drift trigger's run): the test split of the training snapshot,
+    i.e. the seed data's held-out split plus the held-out human labels of this state
+    directory. No version trained by Bastion has seen these items."""
+    from training.snapshot import build_snapshot
+
+    return build_snapshot(settings, save=False).part("test")
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class Lifecycle:
     @property
     def eval_data(self) -> LabelledSet:
         if self._eval_data is None:
-            self._eval_data = heldout_data()
+            self._eval_data = heldout_data(self.settings)
         return self._eval_data
 
     # -- evaluation ----------------------------------------------------------------------
@@ -94,7 +95,13 @@ class Lifecycle:
         fp = model.encoder.identity["fingerprint"]
         data = self.eval_data
         if fp not in self._embeddings:
-            self._embeddings[fp] = model.encoder.encode(data.texts)
+            from training.embcache import EmbeddingCache, embeddings_dir
+
+            cache = EmbeddingCache(embeddings_dir(self.settings.state_dir), model.encoder)
+            try:
+                self._embeddings[fp] = cache.embed(data.texts)[0]
+            finally:
+                cache.close()
         scores = model.heads.score(self._embeddings[fp])
         latencies = []
         for text in data.texts[: self._latency_items]:
@@ -191,7 +198,6 @@ class Lifecycle:
         if not report.passed and any(c.name == "artifact_loads" for c in report.failures()):
             raise GateRefused(f"version {version} cannot be loaded, even forced:\n"
                               f"{report.to_table()}")
-        self._check_serves_policy(version)
         history = self.history()
         self._set_champion(version, [*history, version])
         self.client.delete_registered_model_alias(self.name, CHALLENGER)
@@ -200,21 +206,6 @@ class Lifecycle:
         self._audit("forced" if force and not report.passed else "promoted", version=version,
                     previous=previous, actor=actor, reason=reason, gate_passed=report.passed)
         return PromotionResult(version, True, force and not report.passed, previous, report)
-
-    def _check_serves_policy(self, version: str) -> None:
-        """Refuse (even forced) a version serving could not run under the current policy:
-        every request of the tenant would fail. The same resolution serving does."""
-        from core.decision import resolve_policy
-        from core.errors import PolicyError
-
-        meta = self.registry.metadata(version)
-        try:
-            resolve_policy(self.policy, meta["heads"]["keys"], meta)
-        except PolicyError as err:
-            raise GateRefused(
-                f"version {version} cannot serve the current policy, even forced ({err}); "
-                "edit the policy first (e.g. a fixed block_threshold instead of a "
-                "target_precision this version never reaches)") from None
 
     def rollback(self, *, actor: str | None = None, reason: str | None = None) -> tuple[str, str]:
         """Move ``@champion`` back to the champion before the current one: (from, to)."""

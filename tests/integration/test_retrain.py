@@ -24,7 +24,7 @@ from core.policy import load_policy, parse_policy
 from core.settings import Settings
 from registry.lifecycle import GateRefused, Lifecycle, heldout_data
 from registry.store import CHALLENGER, CHAMPION, ModelRegistry
-from training.datasets import davidson_path
+from tests._requires import dev_data
 from training.finetune import FinetuneConfig
 from training.heads import FitConfig
 from training.retrain import RetrainError, RetrainOptions, retrain
@@ -40,8 +40,8 @@ SEED = {"limit_per_source": 300, "davidson_limit": 1500}  # the starter fixture'
 def davidson_label_lines(start: int, n: int) -> list[dict]:
     """JSONL records from Davidson rows far from the starter's sample: per row, one record per
     annotator (hate / offensive / neither votes), three rows per chat session."""
-    path = davidson_path()
-    assert path is not None, "the Davidson data (../shared/data) is needed for these tests"
+    path = dev_data("davidson-hate-offensive/labeled_data.csv") / \
+        "davidson-hate-offensive/labeled_data.csv"
     df = pd.read_csv(path, index_col=0).iloc[::-1].iloc[start:start + n]
     lines = []
     for k, (idx, row) in enumerate(df.iterrows()):

@@ -19,7 +19,7 @@ from .conftest import Served
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.model]
 
-# acme's 'offensive' has action review: a clearly offensive text is decided "review"
+# acme's 'harassment' has action review: a clearly offensive text is decided "review"
 OFFENSIVE = "you are a stupid bitch and everyone hates you"
 
 
@@ -94,8 +94,8 @@ def test_review_loop_end_to_end(served: Served, reviewers: dict[str, str]) -> No
     got = call(served, reviewers["ann"], "POST", "/v1/review/claim").json()
     assert got["claim"]["task_id"] == task_id
     token = got["claim"]["token"]
-    labels = [{"item_id": f"{session}-1", "category": "offensive", "value": 1.0},
-              {"item_id": f"{session}-2", "category": "offensive", "value": 0.0}]
+    labels = [{"item_id": f"{session}-1", "category": "harassment", "value": 1.0},
+              {"item_id": f"{session}-2", "category": "harassment", "value": 0.0}]
     # another moderator cannot submit on ann's claim
     r = call(served, reviewers["bob"], "POST", "/v1/review/submit",
              json={"token": token, "submission_id": "x", "labels": labels})

@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.engine import URL
 
 from review.queue import LabelIn, LeaseLost, ReviewQueue
+from tests._requires import missing
 from tests.unit.test_review_queue import (
     Clock,
     check_crash,
@@ -39,7 +40,8 @@ def server() -> URL:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except Exception:  # any failure to reach it: refused, timeout, auth, missing database
-        pytest.skip(f"no PostgreSQL on {url.host}:{url.port or 5432}")
+        missing(f"PostgreSQL on {url.host}:{url.port or 5432}",
+                "start a server there or set BASTION_TEST_POSTGRES_URL")
     finally:
         engine.dispose()
     return url

@@ -26,7 +26,7 @@ def test_moderate_returns_scores_decision_reasons_and_versions(served: Served) -
     body = r.json()
     assert body["model_version"] == "1" and body["policy_version"].startswith("t1-")
     abusive, benign = body["results"]
-    assert set(abusive["scores"]) == {"hate", "offensive", "spam"}
+    assert set(abusive["scores"]) == {"hate", "harassment", "spam"}
     assert abusive["decision"] in {"block", "review"} and benign["decision"] == "allow"
     fired = abusive["reasons"][0]
     assert {"category", "score", "threshold"} <= set(fired)

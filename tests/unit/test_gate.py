@@ -178,7 +178,7 @@ def test_good_candidate_passes() -> None:
     assert report.failures() == []
     assert {c.name for c in report.checks} == {
         "category_present", "precision_at_block", "recall_vs_champion", "calibration_ece",
-        "p99_latency",
+        "auroc_vs_champion", "quality_evidence", "p99_latency",
     }
     assert all(c.passed is True for c in report.checks)
     assert report.to_table().startswith("PASSED v2 vs champion v1: ")
@@ -251,16 +251,20 @@ def test_too_few_positives_is_not_measurable_rather_than_passed() -> None:
         calibration = check(report, tenant, "hate", "calibration_ece")
         assert calibration.passed is None  # 12 items: sampling noise alone would decide
         assert "12 held-out items < 225 needed to judge max_ece 0.1" in calibration.message
-    assert report.passed  # acme/spam and latency were measured and passed
+    # acme/hate and kids/hate have no measured quality check at all: refused for them
+    assert not report.passed
+    failing = {(c.tenant, c.category, c.name) for c in report.failures()}
+    assert failing == {("acme", "hate", "quality_evidence"), ("kids", "hate", "quality_evidence")}
     assert "Not measurable:" in report.to_table()
 
 
 def test_report_with_nothing_measurable_does_not_pass() -> None:
     no_labels = np.zeros_like(DATA.mask)
     report = run_gate(evaluation("1", mask=no_labels, p99=None), None, POLICY)
-    assert report.failures() == []
+    assert {c.name for c in report.failures()} == {"quality_evidence"}
     assert not report.passed
-    assert "no quality check was measurable" in report.to_table().splitlines()[0]
+    assert report.to_table().splitlines()[0] == (
+        "REJECTED v1 (no champion): 3 check(s) failed in acme/hate, acme/spam, kids/hate")
 
 
 def test_first_version_has_no_recall_to_compare() -> None:
@@ -287,18 +291,39 @@ def test_recall_exactly_at_the_tolerance_passes() -> None:
     assert [c.name for c in worse.failures()] == ["recall_vs_champion"]
 
 
-def test_unreachable_target_precision_fails_precision() -> None:
+def test_unreachable_target_precision_fails_where_the_champion_decided_alone() -> None:
     scores = scores_for()
     meta = meta_for("2", scores, HEADS)
-    del meta["curves"]["hate"]  # no held-out curve: serving cannot derive kids/hate's threshold
+    del meta["curves"]["hate"]  # no held-out curve: kids/hate would be review-only
     cand = evaluation("2", meta=meta)
     assert cand.categories[("kids", "hate")].block_threshold is None
     report = run_gate(cand, CHAMPION, POLICY)
     (failure,) = report.failures()
     assert (failure.tenant, failure.category, failure.name) == ("kids", "hate",
                                                                "precision_at_block")
-    assert "never reaches 0.85" in failure.message
-    assert "serving could not run this version" in failure.message
+    assert "would serve it review-only" in failure.message
+    assert "where the champion decides alone" in failure.message
+    # against a champion that was review-only too, the precision check is not measurable
+    both = run_gate(cand, evaluation("1", meta=meta), POLICY)
+    assert check(both, "kids", "hate", "precision_at_block").passed is None
+    assert both.passed  # AUROC and calibration were measured for kids/hate
+
+
+def test_latency_alone_never_counts_as_quality() -> None:
+    no_labels = np.zeros_like(DATA.mask)
+    report = run_gate(evaluation("2", mask=no_labels, p99=5.0), CHAMPION, POLICY)
+    assert check(report, None, None, "p99_latency").passed is True
+    assert not report.passed
+    assert {c.name for c in report.failures()} == {"quality_evidence"}
+    assert "no quality check was measurable" in check(report, "acme", "hate",
+                                                      "quality_evidence").message
+
+
+def test_forgetting_fails_the_auroc_check() -> None:
+    report = run_gate(evaluation("2", noise=0.5), CHAMPION, POLICY)
+    auroc = check(report, "acme", "hate", "auroc_vs_champion")
+    assert auroc.passed is False and "below" not in auroc.message
+    assert "< champion v1's" in auroc.message
 
 
 def test_latency_over_budget_fails() -> None:

@@ -26,11 +26,14 @@ def test_parsed_policy_is_frozen() -> None:
         pol.tenants["acme"].store_raw_text = True  # type: ignore[misc]
 
 
-def test_needs_exactly_one_of_block_threshold_and_target_precision() -> None:
-    with pytest.raises(PolicyError, match=r"tenants\.acme\.categories\.hate: give exactly one"):
-        parse_policy(minimal(review_threshold=0.3))
-    with pytest.raises(PolicyError, match="give exactly one"):
+def test_thresholds_block_target_or_review_only() -> None:
+    with pytest.raises(PolicyError, match=r"tenants\.acme\.categories\.hate: give "
+                                          r"block_threshold .* or review_threshold alone"):
+        parse_policy(minimal(action="block"))
+    with pytest.raises(PolicyError, match="not both"):
         parse_policy(minimal(block_threshold=0.8, target_precision=0.9))
+    review_only = parse_policy(minimal(review_threshold=0.3)).tenants["acme"].categories["hate"]
+    assert review_only.review_only and review_only.block_threshold is None
 
 
 def test_review_threshold_must_lie_below_block() -> None:

@@ -46,7 +46,8 @@ def test_concat_aligns_columns_and_fingerprint_changes_with_weights() -> None:
                        np.ones((1, len(CATEGORIES)), bool), list(CATEGORIES))
     labels = labels_to_set([item("1", "griefing", 1.0, 0.5)])
     both = LabelledSet.concat([seed, labels])
-    assert both.categories == labels.categories and both.targets.shape == (2, 10)
+    assert both.categories == labels.categories
+    assert both.targets.shape == (2, len(CATEGORIES) + 1)
     assert not both.mask[0, -1] and both.loss_weights[1, -1] == pytest.approx(0.5)
     reweighted = labels_to_set([item("1", "griefing", 1.0, 0.9)])
     assert LabelledSet.concat([seed, reweighted]).fingerprint() != both.fingerprint()
