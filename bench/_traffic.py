@@ -95,8 +95,42 @@ def machine() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(), "python": platform.python_version(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "bf16": bf16_supported(), "platform": platform.platform(),
+        "bf16": bf16_supported(), "platform": platform.platform(), **_cpu(), **_commit(),
     }
+
+
+def _cpu() -> dict[str, Any]:
+    """The CPU model and the flags that decide encoder numerics (AVX2/AVX-512/bf16/VNNI/AMX)."""
+    model, flags = platform.processor(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16",
+              "amx_int8")
+    return {"cpu_model": model, "cpu_flags": [f for f in wanted if f in flags]}
+
+
+def _commit() -> dict[str, Any]:
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "-C", root, "status", "--porcelain", "--",
+                                     ".", ":!bench/results"], capture_output=True, text=True,
+                                    check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None}
+    return {"commit": head, "dirty": dirty}
 
 
 def write_results(path: str, results: dict[str, Any]) -> None:

@@ -168,7 +168,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench/results/serving.json"))
     args = ap.parse_args()
     from core.runtime import start_ray, stop_ray
-    from training.starter import train_starter
+    from training.starter import register_starter
 
     texts, source = real_texts(3000)
     results: dict[str, Any] = {"benchmark": "serving", "machine": machine(), "traffic": source,
@@ -185,8 +185,8 @@ def main() -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         settings = load_settings(state, port=port)
-        print("training the starter model (as 'bastion up' does) ...", flush=True)
-        _, starter = train_starter(settings)
+        print("registering the shipped starter model (as 'bastion up' does) ...", flush=True)
+        _, starter = register_starter(settings)
         v1 = register(settings, one_head_model(starter), "bench-1x1")
         v500 = register(settings, many_heads_model(starter, 50, 10), "bench-50x10")
         dashboard = start_ray(settings)

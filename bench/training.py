@@ -108,7 +108,7 @@ def part_heads(sizes: list[int]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with fresh_state("bastion-bench-heads-") as (settings, policy):
         t0 = time.perf_counter()
-        train_starter(settings, limit_per_source=300, davidson_limit=1500, policy=policy)
+        train_starter(settings, limit_per_source=300, policy=policy)
         out["champion_seconds"] = round(time.perf_counter() - t0, 1)
         for n in sizes:
             import_s = fill_label_store(settings, davidson_items(n))

@@ -37,14 +37,15 @@ class GateRefused(BastionError):
     """The gate rejected a version and it was not forced."""
 
 
-def heldout_data(settings: Settings) -> LabelledSet:
+def heldout_data(settings: Settings, **snapshot: Any) -> LabelledSet:
     """The one evaluation set of every way a version reaches the gate (``bastion promote``,
     ``bastion retrain``, a drift trigger's run): the test split of the training snapshot,
     i.e. the seed data's held-out split plus the held-out human labels of this state
-    directory. No version trained by Bastion has seen these items."""
+    directory. No version trained by Bastion has seen these items. ``snapshot`` narrows the
+    seed data (``limit_per_source``, as ``bastion retrain``'s options do)."""
     from training.snapshot import build_snapshot
 
-    return build_snapshot(settings, save=False).part("test")
+    return build_snapshot(settings, save=False, **snapshot).part("test")
 
 
 @dataclass(frozen=True)

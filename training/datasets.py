@@ -432,9 +432,9 @@ def load_toxic_spans_sentences(limit: int | None = None, seed: int = 0,
     if limit is not None and len(rows) > limit:
         rows = [rows[i] for i in sorted(rng.choice(len(rows), limit, replace=False))]
     targets, mask, weak = _empty(len(rows))
-    for i, (_, _, votes, marked) in enumerate(rows):
+    for i, (_, _, counts, marked) in enumerate(rows):
         for span_type, cat in _SPAN_TYPES.items():
-            v = votes.get(span_type, 0)
+            v = counts.get(span_type, 0)
             targets[i, _col(cat)] = 1.0 if v >= 2 else 0.7 if v == 1 else 0.0
             if marked:
                 mask[i, _col(cat)] = True

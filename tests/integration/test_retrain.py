@@ -20,9 +20,9 @@ import pytest
 
 from core.labels import LabelStore, labels_db_path
 from core.model import ModerationModel
-from core.policy import load_policy, parse_policy
+from core.policy import load_policy
 from core.settings import Settings
-from registry.lifecycle import GateRefused, Lifecycle, heldout_data
+from registry.lifecycle import Lifecycle, heldout_data
 from registry.store import CHALLENGER, CHAMPION, ModelRegistry
 from tests._requires import dev_data
 from training.finetune import FinetuneConfig
@@ -34,7 +34,7 @@ from .conftest import POLICY, Served, Starter
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.model]
 
-SEED = {"limit_per_source": 300, "davidson_limit": 1500}  # the starter fixture's seed data
+SEED = {"limit_per_source": 300}  # seed data per source: keeps the runs short
 
 
 def davidson_label_lines(start: int, n: int) -> list[dict]:
@@ -228,33 +228,24 @@ def test_full_finetune_on_two_workers_resumes_after_a_worker_dies_and_serves(
     # (bf16 encoder: other batch neighbours pad differently, a few 1e-3 of score at most)
     np.testing.assert_allclose(scores, np.array(check["scores"]), atol=1e-2)
 
-    # serving loads it and scores as logged. A forced promotion of a version whose curves
-    # miss acme's target precision is refused (serving could not run the policy with it) ...
-    from core.launcher import deploy
-
-    small_eval = heldout_data(limit_per_source=40, davidson_limit=80)
-    with pytest.raises(GateRefused, match="cannot serve the current policy"):
-        Lifecycle(settings, served.policy, latency_items=5, eval_data=small_eval).promote(
-            version, force=True)
-    # ... so serve a policy with fixed thresholds, as an operator would
-    data = served.policy.model_dump(mode="json", exclude_none=True)
-    data["tenants"]["acme"]["categories"]["spam"] = {"block_threshold": 0.9,
-                                                     "review_threshold": 0.5}
-    fixed = parse_policy(data)
-    deploy(settings, fixed, served.keys, served.dashboard)
-    lc = Lifecycle(settings, fixed, latency_items=5, eval_data=small_eval)
+    # serving loads it and scores as logged, under the policy as it is: a category whose
+    # target precision this version's curve misses runs review-only (never a 503)
+    small_eval = heldout_data(settings, limit_per_source=40)
+    lc = Lifecycle(settings, served.policy, latency_items=5, eval_data=small_eval)
     lc.promote(version, force=True, reason="test: serve a fine-tuned version")
     try:
         wait_for_version(served, version)
         body = served.moderate("acme", check["texts"]).json()
         keys = model.head_keys
         for res, logged in zip(body["results"], check["scores"], strict=True):
-            for cat in ("hate", "offensive", "spam"):
+            for cat in ("hate", "harassment", "spam"):
                 assert res["scores"][cat] == pytest.approx(logged[keys.index(cat)], abs=0.02)
+        with served.client() as c:
+            ready = c.get("/readyz").json()
+        assert isinstance(ready.get("policy_fit"), dict)
     finally:
         lc.rollback(reason="test cleanup")
         wait_for_version(served, starter.version)
-        deploy(settings, served.policy, served.keys, served.dashboard)
 
 
 def test_a_failed_run_registers_nothing_and_leaves_the_champion(

@@ -194,18 +194,29 @@ def test_up_reloads_an_edited_policy_file_and_rejects_a_bad_edit(
     assert reload_policy(served.settings, path, served.dashboard, said.append) is None
     assert "Policy edit rejected" in said[-1] and "block_threshold" in said[-1]
     data = json.loads(json.dumps(served.policy.model_dump(mode="json", exclude_none=True)))
+    # a category the model has no head for, and one whose target precision it never
+    # reaches: applied all the same, said loudly, and the rest of the tenant keeps serving
     data["tenants"]["acme"]["categories"]["weapons"] = {"block_threshold": 0.5}
-    path.write_text(yaml.safe_dump(data))
-    assert reload_policy(served.settings, path, served.dashboard, said.append) is None
-    assert "rejected" in said[-1] and "has no head 'weapons'" in said[-1]
+    data["tenants"]["acme"]["categories"]["hate"] = {"target_precision": 0.999}
     data["tenants"]["acme"]["keywords"].append(
         {"name": "fruit", "phrases": ["banana split"], "action": "review"})
-    del data["tenants"]["acme"]["categories"]["weapons"]
     path.write_text(yaml.safe_dump(data))
     try:
         assert reload_policy(served.settings, path, served.dashboard, said.append) is not None
         assert said[-1].startswith("Policy reloaded: acme=")
-        decision = served.moderate("acme", ["banana split"]).json()["results"][0]["decision"]
-        assert decision == "review"
+        told = "\n".join(said)
+        assert "2 category(ies) served otherwise than written" in told
+        assert "acme.categories.weapons: model version 1 has no head 'weapons'" in told
+        assert "acme.categories.hate: target_precision 0.999" in told
+        body = served.moderate("acme", ["banana split", "you are all subhuman vermin"]).json()
+        fruit, hateful = body["results"]
+        assert fruit["decision"] == "review" and "weapons" not in fruit["scores"]
+        assert hateful["decision"] in ("review", "allow")  # hate is review-only now
+        for reason in hateful["reasons"]:
+            if reason.get("category") == "hate":
+                assert "target_precision 0.999" in reason["fallback"]
+        with served.client() as c:
+            fit = c.get("/readyz").json()["policy_fit"]
+        assert any("weapons" in p for p in fit["acme"]) and any("hate" in p for p in fit["acme"])
     finally:
         deploy(served.settings, served.policy, served.keys, served.dashboard)

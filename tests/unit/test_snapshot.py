@@ -78,3 +78,26 @@ def test_retrain_options_come_from_the_policy_and_flags_override() -> None:
     assert (opts.mode, opts.workers, opts.finetune.epochs) == ("heads", 2, 1)
     with pytest.raises(RetrainError, match="unknown mode"):
         options_from_policy(pol, mode="everything")
+
+
+def test_the_gate_reads_the_snapshots_test_split_with_held_out_labels(tmp_path) -> None:  # noqa: ANN001
+    """One evaluation set for promote and retrain: the seed test split plus the held-out
+    human labels of the state directory."""
+    from core.labels import LabelStore, labels_db_path
+    from core.settings import load_settings
+    from registry.lifecycle import heldout_data
+    from training.snapshot import build_snapshot
+
+    settings = load_settings(tmp_path)
+    store = LabelStore(labels_db_path(tmp_path))
+    try:
+        for i in range(200):
+            store.add_item(item_id=f"i{i}", tenant="acme", text=f"labelled message number {i}",
+                           session_id=f"s{i}")
+            store.add_labels(f"i{i}", "ann", {"spam": float(i % 2)})
+    finally:
+        store.close()
+    gate = heldout_data(settings, limit_per_source=100)
+    snap = build_snapshot(settings, save=False, limit_per_source=100)
+    assert gate.texts == snap.part("test").texts
+    assert "labels:acme" in set(gate.sources) and "sms_spam" in set(gate.sources)
