@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,8 @@ EVIDENCE = "quality_evidence"
 LATENCY = "p99_latency"
 QUALITY = (PRECISION, RECALL, CALIBRATION, AUROC)  # what counts as evidence of quality
 AUROC_TOLERANCE = 0.02  # how far held-out AUROC may fall below the champion's
+AGREEMENT = "agreement_with_champion"
+AGREEMENT_TOLERANCE = 0.02  # p99 of |candidate - champion| score on the evaluation items
 
 
 # -- evaluation of one version ---------------------------------------------------------------
@@ -66,6 +68,9 @@ class CategoryEvaluation:
     auroc: float | None
     ece: float | None
     note: str | None = None
+    # the head's scores on every evaluation item, labelled for this category or not: what
+    # the agreement check compares when no label can judge the category
+    scores: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -226,6 +231,7 @@ def evaluate_version(
                 tenant=tenant, category=category, head_key=key, n=n, n_pos=n_pos,
                 block_threshold=block, precision_at_block=precision, recall_at_block=recall,
                 auroc=auroc, ece=calibration, note=note,
+                scores=None if column is None else scores[:, column].astype(np.float32),
             )
     return VersionEvaluation(
         version=str(version), categories=out, p99_ms=p99_ms, head_keys=list(head_keys)
@@ -531,14 +537,39 @@ def _auroc_check(pair: Pair, cand: CategoryEvaluation, champ: CategoryEvaluation
                  f"{_num(champ.auroc)} - {AUROC_TOLERANCE} (n_pos={cand.n_pos})")
 
 
+def _agreement_check(pair: Pair, cand: CategoryEvaluation, champ: CategoryEvaluation | None,
+                     champion: str | None) -> Check | None:
+    """Where no label can judge a category, the candidate may still score it as the (already
+    gated) champion did: the p99 of the score difference on every evaluation item within
+    ``AGREEMENT_TOLERANCE``. A retraining run that never saw data for a category (a machine
+    without the development sets) passes here only if it kept what the champion knew."""
+    if champ is None or champ.scores is None or cand.scores is None or champion is None:
+        return None
+    if len(cand.scores) != len(champ.scores) or not len(cand.scores):
+        return None
+    t, c = pair
+    p99 = float(np.percentile(np.abs(cand.scores - champ.scores), 99))
+    ok = p99 <= AGREEMENT_TOLERANCE
+    op = "<=" if ok else ">"
+    return Check(t, c, AGREEMENT, ok, p99, AGREEMENT_TOLERANCE,
+                 f"{t}/{c}: no held-out label judges it; p99 score difference from champion "
+                 f"v{champion} on {len(cand.scores)} evaluation items {_num(p99)} {op} "
+                 f"{AGREEMENT_TOLERANCE}" + ("" if ok else ": the candidate changed what it "
+                                             "does here with nothing to show it is better"))
+
+
 def _evidence_check(pair: Pair, checks: Sequence[Check], cand: CategoryEvaluation) -> Check:
-    """A gated category needs at least one measured quality check: a candidate is never
-    promoted on no evidence about a category it would decide."""
+    """A gated category needs at least one measured quality check (or, with no label to
+    judge it, scores that agree with the champion's): a candidate is never promoted on no
+    evidence about a category it would decide."""
     t, c = pair
     measured = [ch.name for ch in checks if ch.passed is not None and ch.name in QUALITY]
     if measured:
         return Check(t, c, EVIDENCE, True, float(len(measured)), 1.0,
                      f"{t}/{c}: measured on held-out labels ({', '.join(measured)})")
+    if any(ch.name == AGREEMENT and ch.passed for ch in checks):
+        return Check(t, c, EVIDENCE, True, 1.0, 1.0,
+                     f"{t}/{c}: no held-out labels; scores as the champion did")
     return Check(t, c, EVIDENCE, False, 0.0, 1.0,
                  f"{t}/{c}: no quality check was measurable ({cand.n} held-out labelled "
                  f"item(s), {cand.n_pos} positive(s)): a candidate is not promoted without "
@@ -600,6 +631,10 @@ def run_gate(
                    _recall_check(pair, cand, champ, champ_name, rule),
                    _calibration_check(pair, cand, rule),
                    _auroc_check(pair, cand, champ, champ_name, rule)]
+        if not any(ch.passed is not None for ch in quality):
+            agreement = _agreement_check(pair, cand, champ, champ_name)
+            if agreement is not None:
+                quality.append(agreement)
         checks += quality + [_evidence_check(pair, quality, cand)]
     checks.append(_latency_check(candidate, policy.gate.max_p99_ms))
     failed = any(ch.passed is False for ch in checks)

@@ -251,11 +251,19 @@ def test_too_few_positives_is_not_measurable_rather_than_passed() -> None:
         calibration = check(report, tenant, "hate", "calibration_ece")
         assert calibration.passed is None  # 12 items: sampling noise alone would decide
         assert "12 held-out items < 225 needed to judge max_ece 0.1" in calibration.message
-    # acme/hate and kids/hate have no measured quality check at all: refused for them
-    assert not report.passed
-    failing = {(c.tenant, c.category, c.name) for c in report.failures()}
-    assert failing == {("acme", "hate", "quality_evidence"), ("kids", "hate", "quality_evidence")}
+    # no label judges acme/hate or kids/hate: the candidate scores them as the champion did
+    for tenant in ("acme", "kids"):
+        agreement = check(report, tenant, "hate", "agreement_with_champion")
+        assert agreement.passed is True and agreement.value == 0.0
+        assert check(report, tenant, "hate", "quality_evidence").passed is True
+    assert report.passed
     assert "Not measurable:" in report.to_table()
+    # a candidate that changed those scores with nothing to show for it is refused
+    noisy = run_gate(evaluation("2", mask=mask, noise=0.5), evaluation("1", mask=mask), POLICY)
+    failing = {(c.tenant, c.category, c.name) for c in noisy.failures()}
+    assert ("acme", "hate", "agreement_with_champion") in failing
+    assert ("acme", "hate", "quality_evidence") in failing
+    assert not noisy.passed
 
 
 def test_report_with_nothing_measurable_does_not_pass() -> None:
@@ -313,9 +321,11 @@ def test_latency_alone_never_counts_as_quality() -> None:
     no_labels = np.zeros_like(DATA.mask)
     report = run_gate(evaluation("2", mask=no_labels, p99=5.0), CHAMPION, POLICY)
     assert check(report, None, None, "p99_latency").passed is True
-    assert not report.passed
-    assert {c.name for c in report.failures()} == {"quality_evidence"}
-    assert "no quality check was measurable" in check(report, "acme", "hate",
+    assert not report.passed  # agreeing with the champion everywhere is no evidence either
+    assert "no quality check was measurable" in report.verdict()
+    first = run_gate(evaluation("1", mask=no_labels, p99=5.0), None, POLICY)
+    assert not first.passed
+    assert "no quality check was measurable" in check(first, "acme", "hate",
                                                       "quality_evidence").message
 
 
