@@ -99,7 +99,7 @@ def binary_metrics(y: np.ndarray, s: np.ndarray,
         out["note"] = "no labelled items"
         return out
     out["ece"] = round(expected_calibration_error(s, y), 4)
-    out["ece_ci"] = bootstrap_ci(y, s, expected_calibration_error, n_boot)
+    out["ece_ci"] = bootstrap_ci(y, s, lambda yy, ss: expected_calibration_error(ss, yy), n_boot)
     if min(n_pos, n - n_pos) < MIN_POSITIVES:
         out["note"] = (f"{n_pos} positive(s) and {n - n_pos} negative(s): fewer than "
                        f"{MIN_POSITIVES} of one class, no ranking metrics")

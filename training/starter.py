@@ -60,6 +60,8 @@ ProgressFn = Callable[[str, int, int], None]
 SHIPPED_DIR = Path(__file__).with_name("starter_model")
 BLOCK_PRECISION = 0.9  # the precision a shipped block threshold must reach on held-out data
 THIN_POSITIVES = 100  # fewer held-out positives from user-generated text: the category is thin
+WEAK_AUROC = 0.7  # pooled held-out AUROC below this: the category ranks weakly
+WEAK_CROSS_AUROC = 0.6  # a source left out of training ranked this close to chance: weak
 LLM_SOURCES = {"pyrit"}  # LLM responses: never the only source of a category
 
 
@@ -195,6 +197,19 @@ def build_starter(
     for name in CATEGORIES:
         if name not in keys:
             thin[name] = "no source labels it on this machine: no head"
+    weak: dict[str, str] = {}
+    for key in keys:
+        pooled = metrics[key]["all"].get("auroc")
+        crossed = {s: m["auroc"] for s, m in cross.get(key, {}).items() if "auroc" in m}
+        why = []
+        if pooled is not None and pooled < WEAK_AUROC:
+            why.append(f"held-out AUROC {pooled:.2f}")
+        low = {s: a for s, a in crossed.items() if a < WEAK_CROSS_AUROC}
+        if low:
+            why.append("near chance on a source it did not train on (" + ", ".join(
+                f"{s} {a:.2f}" for s, a in sorted(low.items())) + ")")
+        if why and key not in thin:
+            weak[key] = "; ".join(why)
     src_counts = {s: int(n) for s, n in zip(*np.unique(data.sources, return_counts=True),
                                             strict=True)}
     meta: dict[str, Any] = {
@@ -204,6 +219,7 @@ def build_starter(
         "categories": keys,
         "category_descriptions": {k: CATEGORY_DESCRIPTIONS.get(k, "") for k in keys},
         "thin": thin,
+        "weak": weak,
         "data": {
             "fingerprint": data.fingerprint(),
             "sources": {name: {**(sources or {}).get(name, {}), "n_items": n}

@@ -46,8 +46,10 @@ def category_lines(meta: dict[str, Any]) -> list[str]:
         m = meta.get("metrics", {}).get(key, {}).get("all", {})
         thin = meta.get("thin", {}).get(key)
         auroc = _metric(m, "auroc")
+        weak = meta.get("weak", {}).get(key)
         out.append(f"{key:<11} AUROC {auroc} on {m.get('n', 0)} held-out items "
-                   f"({m.get('n_pos', 0)} positives)" + (f"; THIN: {thin}" if thin else ""))
+                   f"({m.get('n_pos', 0)} positives)" + (f"; THIN: {thin}" if thin else "")
+                   + (f"; WEAK: {weak}" if weak else ""))
     for key, why in meta.get("thin", {}).items():
         if key not in meta.get("categories", []):
             out.append(f"{key:<11} {why}")
@@ -145,6 +147,16 @@ def render_markdown(meta: dict[str, Any], digest: str, extra: str = "") -> str:
     for key, why in meta.get("thin", {}).items():
         lines.append(f"- **{key}** is thin: {why}. The default policy keeps it in the review "
                      "band (the model never blocks it alone); label the tenant's own traffic.")
+    for key, why in meta.get("weak", {}).items():
+        lines.append(f"- **{key}** ranks weakly: {why}. The default policy keeps it in the "
+                     "review band, at a score that leaves benign look-alikes alone, and "
+                     "relies on its keyword rules for plain cases.")
+    lines += [
+        "- Categories measured only against other toxic text (Toxic Spans: every post was "
+        "toxic to begin with) tell types of toxicity apart; that is harder than telling "
+        "abuse from everyday chat, so their AUROC understates the second and says nothing "
+        "about it: no source here labels everyday chat for threats or insults.",
+    ]
     lines += [
         "- Each source is one domain (tweets, news comments, Reddit posts, SMS, e-mail, LLM "
         "answers); chat in a game or a dating app is none of them. The cross-source table "
@@ -170,6 +182,8 @@ def render_markdown(meta: dict[str, Any], digest: str, extra: str = "") -> str:
     ]
     if extra:
         lines += ["", extra.rstrip()]
+    lines += ["", "Generated from the artifact: rebuild it and run `bastion starter docs` "
+              "rather than editing numbers here."]
     return "\n".join(lines) + "\n"
 
 
@@ -189,5 +203,28 @@ def plain_cases_section(results: dict[str, Any]) -> str:
         lines.append(f"| {kind} | {r['n']} | {r['ok']} | {r['ok_model_only']} | "
                      f"{misses or '—'} |")
     lines += ["", "\"model alone\" counts the cases decided right without any keyword rule of "
-              "the policy."]
+              "the policy: the model by itself leaves many plain threats, self-harm statements "
+              "and sextortion attempts below the review band (their categories rank weakly, "
+              "above); the default policy's keyword rules catch them. Missed by the model "
+              "alone:", ""]
+    for m in pc["harmful"].get("misses_model_only", []):
+        top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(m["scores"].items(),
+                                                          key=lambda kv: -kv[1])[:2])
+        lines.append(f"- \"{m['text']}\" ({m['category']}; highest scores {top})")
+    ret = results.get("retention") or {}
+    if "shipped" in ret:
+        lines += ["", "## Retraining without the development data", "",
+                  "What a heads-only retraining on a user's machine keeps: heads fitted again "
+                  "on the packaged sources only (PyRIT, SMS spam), starting from the shipped "
+                  "heads, measured on the development sets' held-out split "
+                  f"(`bench/starter.py`, anchor {ret.get('anchor')}):", "",
+                  "| category | shipped | retrained, anchored (what `bastion retrain` does) "
+                  "| retrained, not anchored |", "| --- | --- | --- | --- |"]
+        for key, m in ret["shipped"].items():
+            a = ret.get("retrained_anchored", {}).get(key, {}).get("auroc")
+            u = ret.get("retrained_unanchored", {}).get(key, {}).get("auroc")
+            lines.append(f"| {key} | {m['auroc']:.3f} | {a if a is None else f'{a:.3f}'} | "
+                         f"{u if u is None else f'{u:.3f}'} |")
+        lines += ["", "The gate's `auroc_vs_champion` and `agreement_with_champion` checks "
+                  "refuse a candidate that forgets (docs/registry.md)."]
     return "\n".join(lines)

@@ -43,12 +43,14 @@ def test_default_policy_fits_the_shipped_starter(model: ModerationModel,
     assert fit_problems(resolved) == []
 
 
-def test_thin_categories_never_block_by_themselves(model: ModerationModel,
-                                                   policy: PolicySet) -> None:
+def test_thin_and_weak_categories_never_block_by_themselves(model: ModerationModel,
+                                                            policy: PolicySet) -> None:
+    shaky = set(model.metadata["thin"]) | set(model.metadata["weak"])
+    assert {"sexual", "self_harm", "violence"} <= shaky  # said, not hidden
     for tname, tenant in resolve_policy(policy, model.head_keys, model.metadata).items():
         for cat in tenant.categories:
-            if cat.head_key in model.metadata["thin"]:
-                assert cat.block_threshold is None, f"{tname}/{cat.name} is thin"
+            if cat.head_key in shaky:
+                assert cat.block_threshold is None, f"{tname}/{cat.name} is thin or weak"
 
 
 @pytest.mark.parametrize("tenant", ["demo"])
