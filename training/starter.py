@@ -354,7 +354,9 @@ def build_from_sources(
     names = sources or available_sources()
     data = load_starter_data(limit_per_source=limit_per_source,
                              davidson_limit=davidson_limit, sources=names)
-    encoder = encoder or create_encoder("minilm", precision=settings.serving.precision)
+    # fp32 whatever the CPU: the shipped heads must not depend on the machine that built them
+    # (serving picks its own numerics when it loads them)
+    encoder = encoder or create_encoder("minilm", precision="fp32")
     cache = EmbeddingCache(cache_dir or embeddings_dir(settings.state_dir), encoder)
     try:
         return build_starter(
