@@ -177,8 +177,9 @@ def _register_starter(settings: Settings, say: Say, policy: PolicySet, **kw: Any
         m = meta.get("metrics", {}).get(key, {}).get("all", {})
         auroc = f"AUROC {m['auroc']:.3f} {m.get('auroc_ci')}" if "auroc" in m else "no AUROC"
         thin = meta.get("thin", {}).get(key)
+        weak = meta.get("weak", {}).get(key)
         say(f"  {key:<11} held-out {auroc}, {m.get('n_pos', 0)} positives"
-            + (f"  (thin: {thin})" if thin else ""))
+            + (f"  (thin: {thin})" if thin else "") + (f"  (weak: {weak})" if weak else ""))
     say(f"Registered {settings.model_name} version {version} as @champion "
         f"({time.perf_counter() - t0:.1f} s). 'bastion models show {version}' has the "
         "metrics per source.")
