@@ -252,10 +252,12 @@ def starter() -> None:
 @click.option("--source", "sources", multiple=True,
               help="Only these sources (repeatable; default every available one).")
 @click.option("--no-cross-source", is_flag=True, help="Skip the leave-one-source-out heads.")
+@click.option("--limit", type=click.IntRange(min=20), default=None,
+              help="At most N items per source (a quick trial build; the shipped one has none).")
 @_guard
 def starter_build(state_dir: Path | None, data_dir: Path | None, out: Path | None,
                   cache_dir: Path | None, sources: tuple[str, ...],
-                  no_cross_source: bool) -> None:
+                  no_cross_source: bool, limit: int | None) -> None:
     import os
 
     from training.datasets import available_sources
@@ -273,8 +275,20 @@ def starter_build(state_dir: Path | None, data_dir: Path | None, out: Path | Non
             last[stage] = done
             click.echo(f"  {stage}: {done}/{total}")
 
+    unknown = [n for n in names if n not in available_sources()]
+    if unknown:
+        _fail(f"source(s) {', '.join(unknown)} not available here; available: "
+              f"{', '.join(available_sources())} (the development sets need ../shared/data "
+              "or --data DIR)")
+    given = {"--state-dir": state_dir, "--data": data_dir, "--out": out, "--cache": cache_dir,
+             "--limit": limit}
+    command = " ".join(["bastion starter build",
+                        *(f"{k} {v}" for k, v in given.items() if v is not None),
+                        *(f"--source {s}" for s in sources),
+                        *(["--no-cross-source"] if no_cross_source else [])])
     model = build_from_sources(_settings(state_dir), sources=names, cache_dir=cache_dir,
-                               progress=progress, cross_source=not no_cross_source)
+                               progress=progress, cross_source=not no_cross_source,
+                               limit_per_source=limit, command=command)
     path = write_starter(model, out or SHIPPED_DIR)
     for line in category_lines(model.metadata):
         click.echo(f"  {line}")

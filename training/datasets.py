@@ -106,7 +106,10 @@ class LabelledSet:
         if self.weights is not None:
             w = w * self.weights.astype(np.float32)
         if self.weak is not None:
-            w = np.where(self.weak & ~self.mask, np.float32(WEAK_WEIGHT), w)
+            # only for a category someone labelled in this data: negatives alone would just
+            # push its head down everywhere
+            weak = self.weak & ~self.mask & self.mask.any(0, keepdims=True)
+            w = np.where(weak, np.float32(WEAK_WEIGHT), w)
         return w.astype(np.float32)
 
     @classmethod

@@ -35,6 +35,7 @@ from core.errors import BastionError
 from core.model import HeadSpec, LinearHeads, ModerationModel
 from core.policy import PolicySet
 from core.settings import Settings
+from training.datasets import LabelledSet
 from training.finetune import FinetuneConfig, run_finetune
 from training.heads import FitConfig, evaluate_heads, fit_heads, pos_weights
 from training.snapshot import Snapshot, build_snapshot
@@ -105,6 +106,32 @@ class RetrainResult:
     timings_s: dict[str, float]
     cache: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def unlabelled_heads(data: LabelledSet, init: LinearHeads) -> list[str]:
+    """The champion's heads that no human label of this snapshot trains (the label store's
+    items, not the seed data): refitting them on seed data alone could only lose what the
+    champion learned, e.g. from development sets this machine does not have."""
+    src = np.asarray(data.sources)
+    human = np.char.startswith(src.astype(str), "labels:")
+    out = []
+    for key in init.keys:
+        if key in data.categories:
+            j = data.categories.index(key)
+            if not (data.mask[:, j] & human).any():
+                out.append(key)
+    return out
+
+
+def keep_heads(heads: LinearHeads, init: LinearHeads, keys: list[str]) -> LinearHeads:
+    """``heads`` with the columns ``keys`` copied from ``init`` exactly."""
+    if not keys:
+        return heads
+    w, b = heads.weight.copy(), heads.bias.copy()
+    for key in keys:
+        j, k = heads.index[key], init.index[key]
+        w[:, j], b[j] = init.weight[:, k], init.bias[k]
+    return LinearHeads(heads.specs, w, b)
 
 
 def _heads_loop(config: dict[str, Any]) -> None:
@@ -346,6 +373,12 @@ def retrain(settings: Settings, policy: PolicySet, opts: RetrainOptions,
                 say("Heads-only training on Ray Train (backbone frozen)...")
                 heads, emb, cache_info, history = _train_heads(
                     settings, snap, keys, encoder, init, opts, run_name, say, timings)
+                if init is not None:
+                    kept = unlabelled_heads(snap.data, init)
+                    heads = keep_heads(heads, init, kept)
+                    if kept:
+                        say(f"Kept the champion's heads for {', '.join(kept)}: no human label "
+                            "of them in this run (the seed data alone would only forget).")
                 test_emb = emb[snap.split == "test"]
                 bundle = bool(base and base.metadata.get("encoder", {}).get("bundled"))
                 gate_emb = {encoder.identity["fingerprint"]: test_emb}

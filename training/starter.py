@@ -363,7 +363,7 @@ def build_from_sources(
         return build_starter(
             data, encoder, embed=lambda texts, prog: cache.embed(texts, prog)[0],
             progress=progress, cross_source=cross_source, sources=describe_sources(names),
-            command=command or " ".join(["bastion", *sys.argv[1:]]))
+            command=command or " ".join(["python", *sys.argv]))
     finally:
         cache.close()
 

@@ -31,9 +31,13 @@ def test_sms_ham_is_a_weak_negative_never_a_strict_one() -> None:
     assert sms.mask[:, col("spam")].all() and not np.delete(sms.mask, col("spam"), 1).any()
     ham = sms.targets[:, col("spam")] == 0
     assert sms.weak is not None and sms.weak[ham][:, col("violence")].all()
-    w = sms.loss_weights
+    # alone, nobody labels violence: its weak negatives would only push the head down
+    assert np.allclose(sms.loss_weights[:, col("violence")], 0.0)
+    both = LabelledSet.concat([sms, load_pyrit()])  # PyRIT's raters label violence
+    w = both.loss_weights[: len(sms)]
     assert np.allclose(w[ham][:, col("violence")], WEAK_WEIGHT)
     assert np.allclose(w[:, col("spam")], 1.0)
+    assert np.allclose(w[:, col("profanity")], 0.0)  # labelled by neither
 
 
 def test_pyrit_labels_only_the_category_the_raters_scored() -> None:

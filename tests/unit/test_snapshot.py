@@ -101,3 +101,23 @@ def test_the_gate_reads_the_snapshots_test_split_with_held_out_labels(tmp_path) 
     snap = build_snapshot(settings, save=False, limit_per_source=100)
     assert gate.texts == snap.part("test").texts
     assert "labels:acme" in set(gate.sources) and "sms_spam" in set(gate.sources)
+
+
+def test_retraining_keeps_the_heads_no_human_label_trains() -> None:
+    from core.model import HeadSpec, LinearHeads
+    from training.retrain import keep_heads, unlabelled_heads
+
+    seed = LabelledSet(["a", "b"], ["g1", "g2"], ["sms_spam", "pyrit"],
+                       np.zeros((2, len(CATEGORIES)), np.float32),
+                       np.ones((2, len(CATEGORIES)), bool), list(CATEGORIES))
+    data = LabelledSet.concat([seed, labels_to_set([item("1", "spam", 1.0)])])
+    specs = [HeadSpec(c) for c in CATEGORIES]
+    init = LinearHeads(specs, np.ones((4, len(specs)), np.float32), np.ones(len(specs)))
+    kept = unlabelled_heads(data, init)
+    assert "spam" not in kept and set(kept) == set(CATEGORIES) - {"spam"}
+    fitted = LinearHeads(specs, np.zeros((4, len(specs)), np.float32), np.zeros(len(specs)))
+    out = keep_heads(fitted, init, kept)
+    spam = CATEGORIES.index("spam")
+    assert (out.weight[:, spam] == 0).all() and out.bias[spam] == 0  # trained
+    hate = CATEGORIES.index("hate")
+    assert (out.weight[:, hate] == 1).all() and out.bias[hate] == 1  # the champion's
