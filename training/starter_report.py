@@ -211,6 +211,26 @@ def plain_cases_section(results: dict[str, Any]) -> str:
         top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(m["scores"].items(),
                                                           key=lambda kv: -kv[1])[:2])
         lines.append(f"- \"{m['text']}\" ({m['category']}; highest scores {top})")
+    enc = results.get("encoder_measured") or {}
+    if "minilm" in enc and len(enc) > 1:
+        names = [n for n in enc if isinstance(enc[n], dict) and "auroc" in enc[n]]
+        cats = list(enc["minilm"]["auroc"])
+        lines += ["", "## Encoders measured", "",
+                  "The same sources, splits and head training on each backbone that installs "
+                  "offline with its weights (`bench/starter.py`; pooled held-out AUROC, and "
+                  "items/s on 1,000 short texts, 2 threads, batch 32):", "",
+                  "| encoder | items/s | " + " | ".join(cats) + " |",
+                  "| --- | --- | " + " | ".join("---" for _ in cats) + " |"]
+        for n in names:
+            au = enc[n]["auroc"]
+            cells = " | ".join("—" if au.get(c) is None else f"{au[c]:.3f}" for c in cats)
+            lines.append(f"| {n} | {enc[n]['items_per_s']} | {cells} |")
+        lines += ["", "The shipped heads stay on MiniLM, the default backbone the design names. "
+                  "By these numbers the multilingual USE (numpy, no torch, a 32 MB wheel) "
+                  "would do as well or better at several times the speed; moving the default "
+                  "is for the serving-numerics work, with its own measurement through the "
+                  "whole serving path. ../shared/notes/encoders.md has more candidates "
+                  "measured on Davidson alone."]
     ret = results.get("retention") or {}
     if "shipped" in ret:
         lines += ["", "## Retraining without the development data", "",
