@@ -227,7 +227,8 @@ def plain_cases_section(results: dict[str, Any]) -> str:
             lines.append(f"| {n} | {enc[n]['items_per_s']} | {cells} |")
         lines += ["", "The shipped heads stay on MiniLM, the default backbone the design names. "
                   "By these numbers the multilingual USE (numpy, no torch, a 32 MB wheel) "
-                  "would do as well or better at several times the speed; moving the default "
+                  "would do as well or better and faster (1.8x in this run, 3.7x in an earlier one: "
+                  "short timings vary here); moving the default "
                   "is for the serving-numerics work, with its own measurement through the "
                   "whole serving path. ../shared/notes/encoders.md has more candidates "
                   "measured on Davidson alone."]
