@@ -225,10 +225,12 @@ def plain_cases_section(results: dict[str, Any]) -> str:
             au = enc[n]["auroc"]
             cells = " | ".join("—" if au.get(c) is None else f"{au[c]:.3f}" for c in cats)
             lines.append(f"| {n} | {enc[n]['items_per_s']} | {cells} |")
+        ratios = ", ".join(f"{n} {enc[n]['items_per_s'] / enc['minilm']['items_per_s']:.1f}x"
+                           for n in names if n != "minilm")
         lines += ["", "The shipped heads stay on MiniLM, the default backbone the design names. "
                   "By these numbers the multilingual USE (numpy, no torch, a 32 MB wheel) "
-                  "would do as well or better and faster (1.8x in this run, 3.7x in an earlier one: "
-                  "short timings vary here); moving the default "
+                  f"would do as well or better and faster ({ratios} MiniLM's items/s in this "
+                  "run; one short timing, and timings vary here); moving the default "
                   "is for the serving-numerics work, with its own measurement through the "
                   "whole serving path. ../shared/notes/encoders.md has more candidates "
                   "measured on Davidson alone."]
