@@ -98,6 +98,13 @@ class ResolvedCategory:
     source: str  # how the thresholds were set, shown in reasons
     fallback: str | None = None  # why it runs review-only although the policy asked for more
 
+    @property
+    def flag_threshold(self) -> float | None:
+        """Where the category's strongest band starts: the block threshold, or the review
+        threshold of a review-only category (what flag rates and uncertainty measure)."""
+        return self.block_threshold if self.block_threshold is not None else \
+            self.review_threshold
+
 
 @dataclass
 class ResolvedTenant:

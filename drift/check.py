@@ -108,9 +108,8 @@ def champion_reference(settings: Settings, policy: PolicySet, tenants: list[str]
         ref = Reference(  # builds the suite only when none is stored for this version
             texts=texts, embeddings=emb,
             scores={c.name: scores[:, c.column] for c in cats},
-            # a review-only category flags at its review threshold
-            thresholds={c.name: c.block_threshold if c.block_threshold is not None
-                        else (c.review_threshold or 0.5) for c in cats},
+            thresholds={c.name: c.flag_threshold if c.flag_threshold is not None else 0.5
+                        for c in cats},
             model_version=version, suite=stored,
             curves={c.name: curves[c.head_key] for c in cats if c.head_key in curves},
             review_thresholds={c.name: c.review_threshold for c in cats

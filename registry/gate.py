@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from core.decision import head_key_for, resolve_policy
+from core.decision import ResolvedTenant, head_key_for, resolve_policy
 from core.policy import CategoryPolicy, PolicySet
 
 __all__ = [
@@ -139,13 +139,11 @@ def _label_column(categories: Sequence[str], category: str, head_key: str) -> in
 
 
 def _resolve_one(
-    policy: PolicySet, tenant: str, category: str, head_keys: Sequence[str],
-    model_meta: dict[str, Any],
+    resolved: ResolvedTenant, category: str,
 ) -> tuple[str | None, int | None, float | None, str | None]:
-    """(head key, score column, block threshold, why not) of one category, exactly as
-    serving resolves it (same function, same curves). The block threshold is None for a
-    review-only category; the note says why when the policy asked for more."""
-    resolved = resolve_policy(policy, head_keys, model_meta)[tenant]
+    """(head key, score column, block threshold, why not) of one category of a tenant
+    resolved exactly as serving resolves it (same function, same curves). The block threshold
+    is None for a review-only category; the note says why when the policy asked for more."""
     rc = resolved.category(category)
     if rc is None:
         return None, None, None, resolved.unavailable.get(category, "not resolved")
@@ -202,10 +200,11 @@ def evaluate_version(
                 "name in categories"
             )
     meta = {"version": version, **model_meta}
+    resolved = resolve_policy(policy, head_keys, meta)
     out: dict[Pair, CategoryEvaluation] = {}
     for tenant, tpol in policy.tenants.items():
         for category, cpol in tpol.categories.items():
-            key, column, block, note = _resolve_one(policy, tenant, category, head_keys, meta)
+            key, column, block, note = _resolve_one(resolved[tenant], category)
             label_col = _label_column(categories, category,
                                       _head_key(tenant, category, cpol, head_keys))
             if label_col is None:

@@ -171,12 +171,8 @@ class Ingress:
         """The block thresholds serving uses now (the newest resolved model version)."""
         for resolved in reversed(list(self._resolved.values())):
             if tenant in resolved:
-                out: dict[str, float] = {}
-                for c in resolved[tenant].categories:
-                    t = c.block_threshold if c.block_threshold is not None else c.review_threshold
-                    if t is not None:  # a review-only category: its review threshold
-                        out[c.name] = t
-                return out
+                return {c.name: c.flag_threshold for c in resolved[tenant].categories
+                        if c.flag_threshold is not None}
         return {}
 
     async def _resolved_for(self, version: str) -> dict[str, ResolvedTenant]:
