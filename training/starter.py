@@ -17,6 +17,7 @@ whatever data this machine has (tests and benchmarks use it).
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import sys
 import tempfile
@@ -258,8 +259,6 @@ def write_starter(model: ModerationModel, out_dir: Path = SHIPPED_DIR) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix="bastion-starter-"))
     try:
         model.save(tmp)
-        import json
-
         meta = json.loads((tmp / "metadata.json").read_text())
         meta["encoder"]["path"] = f"<{meta['encoder']['registry_name']} package>"
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
