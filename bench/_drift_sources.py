@@ -58,7 +58,7 @@ def _dedupe(texts: list[str]) -> list[str]:
 
 def davidson_frame() -> pd.DataFrame:
     """The Davidson tweets (row id as index) with vote shares and text length."""
-    from training.datasets import davidson_path
+    from bastion.training.datasets import davidson_path
 
     path = davidson_path()
     if path is None:

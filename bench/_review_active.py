@@ -39,9 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from core.model import HeadSpec  # noqa: E402
-from review.selection import PREFILTER, select  # noqa: E402
-from training.heads import FitConfig, evaluate_heads, fit_heads, group_split  # noqa: E402
+from bastion.core.model import HeadSpec  # noqa: E402
+from bastion.review.selection import PREFILTER, select  # noqa: E402
+from bastion.training.heads import FitConfig, evaluate_heads, fit_heads, group_split  # noqa: E402
 
 KEYS = ["hate", "offensive"]
 START, STEP, MAX_LABELS = 100, 100, 3000
@@ -320,8 +320,8 @@ def run_active(
 
 
 def _embed(texts: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
-    from core.encoders import create_encoder
-    from training.embcache import EmbeddingCache
+    from bastion.core.encoders import create_encoder
+    from bastion.training.embcache import EmbeddingCache
 
     directory = os.environ.get("BASTION_BENCH_CACHE", "/tmp/bastion-bench-cache")
     cache = EmbeddingCache(directory, create_encoder("minilm"))
@@ -337,7 +337,7 @@ def _embed(texts: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
 def main() -> None:
     import pandas as pd
 
-    from training.datasets import davidson_path
+    from bastion.training.datasets import davidson_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))

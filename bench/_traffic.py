@@ -17,7 +17,7 @@ __all__ = ["real_texts", "load", "machine", "write_results"]
 
 def real_texts(n: int, seed: int = 0) -> tuple[list[str], str]:
     """Real short texts in arrival order: Davidson tweets where present, else SMS messages."""
-    from training.datasets import davidson_path, load_sms_spam
+    from bastion.training.datasets import davidson_path, load_sms_spam
 
     path = davidson_path()
     if path is not None:
@@ -90,7 +90,7 @@ def load(url: str, texts: list[str], tenants: list[tuple[str, str]], items_per_r
 def machine() -> dict[str, Any]:
     import torch
 
-    from core.encoders import bf16_supported
+    from bastion.core.encoders import bf16_supported
 
     return {
         "cpus": os.cpu_count(), "python": platform.python_version(),

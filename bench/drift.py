@@ -275,8 +275,8 @@ def competitors_worker(npz: Path, out: Path, permutations: int, pre_change_windo
 
 def embed(texts: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
     """MiniLM embeddings through the shared embedding cache."""
-    from core.encoders import create_encoder
-    from training.embcache import EmbeddingCache
+    from bastion.core.encoders import create_encoder
+    from bastion.training.embcache import EmbeddingCache
 
     directory = os.environ.get("BASTION_BENCH_CACHE", "/tmp/bastion-bench-cache")
     cache = EmbeddingCache(directory, create_encoder("minilm"))
@@ -316,10 +316,10 @@ class Items:
 
 
 def build_items() -> Items:
+    from bastion.core.decision import threshold_for_precision
+    from bastion.core.model import HeadSpec
+    from bastion.training.heads import FitConfig, evaluate_heads, fit_heads, pr_curve
     from bench import _drift_sources as src
-    from core.decision import threshold_for_precision
-    from core.model import HeadSpec
-    from training.heads import FitConfig, evaluate_heads, fit_heads, pr_curve
 
     df = src.davidson_frame()
     split = src.split_davidson(df, N_TRAIN, N_REFERENCE, N_POOL, SPLIT_SEED)
@@ -433,7 +433,7 @@ def build_streams(items: Items, targets: tuple[str, ...], seeds: tuple[int, ...]
 def ours_detector(items: Items) -> tuple[Detect, float]:
     """``check_window`` on event-log rows of the window's items; seconds to build the
     reference (its great-expectations suite)."""
-    from drift.monitor import Reference, check_window
+    from bastion.drift.monitor import Reference, check_window
 
     t = time.perf_counter()
     reference = Reference(

@@ -61,8 +61,8 @@ def load_rows() -> Any:
     """The Davidson tweets with their crowd labels, groups and held-out mask."""
     import pandas as pd
 
-    from training.datasets import davidson_path
-    from training.heads import group_split
+    from bastion.training.datasets import davidson_path
+    from bastion.training.heads import group_split
 
     path = davidson_path()
     if path is None:
@@ -80,8 +80,8 @@ def load_rows() -> Any:
 
 def embed(texts: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
     """MiniLM embeddings through the shared embedding cache."""
-    from core.encoders import create_encoder
-    from training.embcache import EmbeddingCache
+    from bastion.core.encoders import create_encoder
+    from bastion.training.embcache import EmbeddingCache
 
     directory = os.environ.get("BASTION_BENCH_CACHE", "/tmp/bastion-bench-cache")
     cache = EmbeddingCache(directory, create_encoder("minilm"))
@@ -100,8 +100,8 @@ def embed(texts: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
 def fit_and_score(emb_train: np.ndarray, targets: np.ndarray, weights: np.ndarray | None,
                   emb_eval: np.ndarray) -> np.ndarray:
     """Heads for CATEGORIES fitted on (soft targets, weights); scores of ``emb_eval``."""
-    from core.model import HeadSpec
-    from training.heads import fit_heads
+    from bastion.core.model import HeadSpec
+    from bastion.training.heads import fit_heads
 
     mask = np.ones(targets.shape, dtype=bool)
     heads = fit_heads(emb_train, targets, mask, [HeadSpec(c) for c in CATEGORIES],
@@ -112,7 +112,7 @@ def fit_and_score(emb_train: np.ndarray, targets: np.ndarray, weights: np.ndarra
 def evaluate(scores: np.ndarray, truth: np.ndarray) -> dict[str, dict[str, Any]]:
     from sklearn.metrics import average_precision_score
 
-    from training.heads import evaluate_heads
+    from bastion.training.heads import evaluate_heads
 
     metrics, _ = evaluate_heads(scores, truth, np.ones(truth.shape, dtype=bool), CATEGORIES,
                                 target_precision=TARGET_PRECISION)
@@ -132,7 +132,7 @@ def simulate_votes(truth: np.ndarray, seed: int) -> tuple[dict[tuple[str, str], 
                                                           np.ndarray]:
     """Votes of VOTES_PER_ITEM distinct moderators per (row, category), drawn from their
     confusion given the truth; and the gold mask (GOLD_SHARE of the rows)."""
-    from core.labels import Vote
+    from bastion.core.labels import Vote
 
     rng = np.random.default_rng(seed)
     names = list(MODERATORS)
@@ -152,7 +152,7 @@ def simulate_votes(truth: np.ndarray, seed: int) -> tuple[dict[tuple[str, str], 
 
 
 def part_aggregation(df: Any, emb: np.ndarray, seeds: list[int]) -> dict[str, Any]:
-    from review.aggregation import dawid_skene, majority_vote
+    from bastion.review.aggregation import dawid_skene, majority_vote
 
     train = ~df["test"].to_numpy()
     truth_tr = df.loc[train, CATEGORIES].to_numpy(np.float32)
@@ -277,8 +277,8 @@ def outcome(scores: np.ndarray, truth: np.ndarray, block: float,
 
 
 def part_auto(df: Any, emb: np.ndarray, repeats: int) -> dict[str, Any]:
-    from review.calibration import calibrate
-    from training.heads import group_split
+    from bastion.review.calibration import calibrate
+    from bastion.training.heads import group_split
 
     train = ~df["test"].to_numpy()
     soft_tr = df.loc[train, [f"{c}_share" for c in CATEGORIES]].to_numpy(np.float32)

@@ -29,17 +29,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.runtime import ray_env  # noqa: E402
+from bastion.core.runtime import ray_env  # noqa: E402
 
 for _k, _v in ray_env().items():
     os.environ.setdefault(_k, _v)
 
+from bastion.core.encoders import create_encoder  # noqa: E402
+from bastion.core.keys import ensure_keys  # noqa: E402
+from bastion.core.model import HeadSpec, LinearHeads, ModerationModel  # noqa: E402
+from bastion.core.policy import parse_policy  # noqa: E402
+from bastion.core.settings import Settings, load_settings  # noqa: E402
 from bench._traffic import load, machine, real_texts, write_results  # noqa: E402
-from core.encoders import create_encoder  # noqa: E402
-from core.keys import ensure_keys  # noqa: E402
-from core.model import HeadSpec, LinearHeads, ModerationModel  # noqa: E402
-from core.policy import parse_policy  # noqa: E402
-from core.settings import Settings, load_settings  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -60,7 +60,7 @@ def encoder_ceiling(texts: list[str], batch: int) -> dict[str, Any]:
 
 
 def register(settings: Settings, model: ModerationModel, name: str) -> str:
-    from registry.store import ModelRegistry
+    from bastion.registry.store import ModelRegistry
 
     with tempfile.TemporaryDirectory() as tmp:
         path = model.save(Path(tmp) / "bastion")
@@ -101,9 +101,9 @@ def tenants_policy(tenants: int, categories: int) -> dict[str, Any]:
 def deploy(settings: Settings, dashboard: str, policy: dict[str, Any], version: str | None,
            ) -> dict[str, str]:
     """Deploy ``policy`` on ``version`` (default @champion); returns its tenants' keys."""
-    from core.launcher import check_policy
-    from core.launcher import deploy as deploy_app
-    from registry.store import ModelRegistry
+    from bastion.core.launcher import check_policy
+    from bastion.core.launcher import deploy as deploy_app
+    from bastion.registry.store import ModelRegistry
 
     pol = parse_policy(policy)
     registry = ModelRegistry(settings)
@@ -167,8 +167,8 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="Multiply request counts.")
     ap.add_argument("--out", default=str(ROOT / "bench/results/serving.json"))
     args = ap.parse_args()
-    from core.runtime import start_ray, stop_ray
-    from training.starter import register_starter
+    from bastion.core.runtime import start_ray, stop_ray
+    from bastion.training.starter import register_starter
 
     texts, source = real_texts(3000)
     results: dict[str, Any] = {"benchmark": "serving", "machine": machine(), "traffic": source,

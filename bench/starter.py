@@ -26,16 +26,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bastion.core.model import ModerationModel  # noqa: E402
+from bastion.core.policy import parse_policy  # noqa: E402
+from bastion.training.datasets import SOURCES, available_sources, load_starter_data  # noqa: E402
+from bastion.training.embcache import EmbeddingCache  # noqa: E402
+from bastion.training.evaluation import binary_metrics  # noqa: E402
+from bastion.training.heads import FitConfig, fit_heads, group_split  # noqa: E402
+from bastion.training.plain_cases import run_cases  # noqa: E402
+from bastion.training.retrain import HEAD_ANCHOR  # noqa: E402
+from bastion.training.starter import SHIPPED_DIR, artifact_digest  # noqa: E402
 from bench._traffic import machine, write_results  # noqa: E402
-from core.model import ModerationModel  # noqa: E402
-from core.policy import parse_policy  # noqa: E402
-from training.datasets import SOURCES, available_sources, load_starter_data  # noqa: E402
-from training.embcache import EmbeddingCache  # noqa: E402
-from training.evaluation import binary_metrics  # noqa: E402
-from training.heads import FitConfig, fit_heads, group_split  # noqa: E402
-from training.plain_cases import run_cases  # noqa: E402
-from training.retrain import HEAD_ANCHOR  # noqa: E402
-from training.starter import SHIPPED_DIR, artifact_digest  # noqa: E402
 
 
 def _retention(model: ModerationModel, cache_dir: Path) -> dict:
@@ -117,7 +117,7 @@ def _candidates(model: ModerationModel, cache_dir: Path) -> dict:
     """Each installed candidate encoder against MiniLM: the same sources, splits and head
     training, pooled held-out AUROC per category, and items/s on 1,000 tweets-or-shorter
     texts of the sources (2 threads, batch 32, one run)."""
-    from training.starter import build_starter
+    from bastion.training.starter import build_starter
 
     try:
         cand = _USE()

@@ -32,8 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bastion.core.runtime import ray_env  # noqa: E402
 from bench._traffic import machine, write_results  # noqa: E402
-from core.runtime import ray_env  # noqa: E402
 
 RESULTS = ROOT / "bench/results/training.json"
 
@@ -42,7 +42,7 @@ def davidson_items(n: int, seed: int = 0) -> list[dict[str, Any]]:
     """``n`` labelled items as label-store import records (one per item, soft labels)."""
     import pandas as pd
 
-    from training.datasets import davidson_path
+    from bastion.training.datasets import davidson_path
 
     path = davidson_path()
     if path is None:
@@ -67,7 +67,7 @@ def davidson_items(n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 
 def fill_label_store(settings: Any, items: list[dict[str, Any]]) -> float:
-    from core.labels import LabelStore, labels_db_path
+    from bastion.core.labels import LabelStore, labels_db_path
 
     db = labels_db_path(settings.state_dir)
     for p in db.parent.glob(db.name + "*"):
@@ -87,10 +87,10 @@ def fill_label_store(settings: Any, items: list[dict[str, Any]]) -> float:
 @contextlib.contextmanager
 def fresh_state(prefix: str) -> Iterator[tuple[Any, Any]]:
     """A fresh state directory with the default policy and a local Ray, stopped at exit."""
-    from core.launcher import ensure_policy_file
-    from core.policy import load_policy
-    from core.runtime import start_ray, stop_ray
-    from core.settings import load_settings
+    from bastion.core.launcher import ensure_policy_file
+    from bastion.core.policy import load_policy
+    from bastion.core.runtime import start_ray, stop_ray
+    from bastion.core.settings import load_settings
 
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         settings = load_settings(tmp)
@@ -102,8 +102,8 @@ def fresh_state(prefix: str) -> Iterator[tuple[Any, Any]]:
 
 
 def part_heads(sizes: list[int]) -> dict[str, Any]:
-    from training.retrain import RetrainOptions, retrain
-    from training.starter import train_starter
+    from bastion.training.retrain import RetrainOptions, retrain
+    from bastion.training.starter import train_starter
 
     out: dict[str, Any] = {}
     with fresh_state("bastion-bench-heads-") as (settings, policy):
@@ -128,8 +128,8 @@ def part_heads(sizes: list[int]) -> dict[str, Any]:
 
 
 def part_scaling(rows: int = 2000, steps: int = 20) -> dict[str, Any]:
-    from training.finetune import FinetuneConfig
-    from training.retrain import RetrainOptions, retrain
+    from bastion.training.finetune import FinetuneConfig
+    from bastion.training.retrain import RetrainOptions, retrain
 
     out: dict[str, Any] = {"rows": rows, "steps_per_worker": steps,
                            "batch_per_worker": 16, "max_length": 64}
@@ -153,9 +153,9 @@ def part_scaling(rows: int = 2000, steps: int = 20) -> dict[str, Any]:
 
 
 def part_quality(rows: int = 6000, epochs: int = 1, workers: int = 2) -> dict[str, Any]:
-    from registry.store import CHAMPION, ModelRegistry
-    from training.finetune import FinetuneConfig
-    from training.retrain import RetrainOptions, retrain
+    from bastion.registry.store import CHAMPION, ModelRegistry
+    from bastion.training.finetune import FinetuneConfig
+    from bastion.training.retrain import RetrainOptions, retrain
 
     out: dict[str, Any] = {"rows": rows}
     with fresh_state("bastion-bench-quality-") as (settings, policy):

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import LabelError
-from core.policy import SLUG as CATEGORY_SLUG  # category names as the policy file has them
+from bastion.core.errors import LabelError
+from bastion.core.policy import SLUG as CATEGORY_SLUG  # category names as the policy file has them
 
 __all__ = ["IMPORT_FORMATS", "Row", "csv_rows", "jsonl_rows"]
 

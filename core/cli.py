@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from core.errors import BastionError
+from bastion.core.errors import BastionError
 
 __all__ = ["main", "cli"]
 
@@ -24,7 +24,7 @@ _state_dir_option = click.option(
 
 
 def _settings(state_dir: Path | None, **kw: Any) -> Any:
-    from core.settings import load_settings
+    from bastion.core.settings import load_settings
 
     return load_settings(state_dir, **kw)
 
@@ -71,7 +71,7 @@ def cli() -> None:
 @_guard
 def up(state_dir: Path | None, port: int | None, host: str | None,
        policy_file: Path | None) -> None:
-    from core.launcher import run_platform
+    from bastion.core.launcher import run_platform
 
     settings = _settings(state_dir, port=port, host=host, policy_file=policy_file)
     run_platform(settings, say=click.echo)
@@ -91,7 +91,7 @@ def moderate(state_dir: Path | None, tenant: str, url: str | None, key: str | No
              session_id: str | None, user_id: str | None, texts: tuple[str, ...]) -> None:
     import httpx
 
-    from core.keys import load_keys
+    from bastion.core.keys import load_keys
 
     settings = _settings(state_dir)
     if url is None:
@@ -127,9 +127,9 @@ def policy() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @_guard
 def policy_validate(state_dir: Path | None, file: Path) -> None:
-    from core.decision import fit_problems
-    from core.launcher import champion_metadata, check_policy
-    from core.policy import load_policy
+    from bastion.core.decision import fit_problems
+    from bastion.core.launcher import champion_metadata, check_policy
+    from bastion.core.policy import load_policy
 
     pol = load_policy(file)
     n_cats = sum(len(t.categories) for t in pol.tenants.values())
@@ -165,7 +165,7 @@ def policy_validate(state_dir: Path | None, file: Path) -> None:
 @click.argument("tenant", required=False)
 @_guard
 def keys(state_dir: Path | None, tenant: str | None) -> None:
-    from core.keys import load_keys
+    from bastion.core.keys import load_keys
 
     settings = _settings(state_dir)
     all_keys = load_keys(settings.keys_file)
@@ -179,9 +179,9 @@ def keys(state_dir: Path | None, tenant: str | None) -> None:
 
 
 def _lifecycle(state_dir: Path | None) -> Any:
-    from core.launcher import ensure_policy_file
-    from core.policy import load_policy
-    from registry.lifecycle import Lifecycle
+    from bastion.core.launcher import ensure_policy_file
+    from bastion.core.policy import load_policy
+    from bastion.registry.lifecycle import Lifecycle
 
     settings = _settings(state_dir)
     return Lifecycle(settings, load_policy(ensure_policy_file(settings)))
@@ -196,7 +196,7 @@ def models() -> None:
 @_state_dir_option
 @_guard
 def models_list(state_dir: Path | None) -> None:
-    from registry.store import ModelRegistry
+    from bastion.registry.store import ModelRegistry
 
     registry = ModelRegistry(_settings(state_dir))
     click.echo(f"{'version':<8} {'aliases':<22} {'validation':<11} {'kind':<10} created (UTC)")
@@ -220,7 +220,7 @@ def models_show(state_dir: Path | None, version: str) -> None:
                f"{', '.join('@' + a for a in info.aliases) or '-'}  run: {info.run_id}")
     for k, v in sorted(info.tags.items()):
         click.echo(f"  {k}: {v}")
-    from training.starter_report import category_lines
+    from bastion.training.starter_report import category_lines
 
     meta = lc.registry.metadata(info.version)
     click.echo("\nCategories (held-out, from the version's metadata):")
@@ -260,9 +260,9 @@ def starter_build(state_dir: Path | None, data_dir: Path | None, out: Path | Non
                   no_cross_source: bool, limit: int | None) -> None:
     import os
 
-    from training.datasets import available_sources
-    from training.starter import SHIPPED_DIR, build_from_sources, write_starter
-    from training.starter_report import category_lines
+    from bastion.training.datasets import available_sources
+    from bastion.training.starter import SHIPPED_DIR, build_from_sources, write_starter
+    from bastion.training.starter_report import category_lines
 
     if data_dir is not None:
         os.environ["BASTION_DEV_DATA"] = str(data_dir.resolve())
@@ -301,14 +301,14 @@ def starter_build(state_dir: Path | None, data_dir: Path | None, out: Path | Non
               help="Default docs/starter-model.md of this checkout.")
 @_guard
 def starter_docs(out: Path | None) -> None:
-    from training.starter import SHIPPED_DIR, artifact_digest
-    from training.starter_report import render_markdown
+    from bastion.training.starter import SHIPPED_DIR, artifact_digest
+    from bastion.training.starter_report import render_markdown
 
     meta = json.loads((SHIPPED_DIR / "metadata.json").read_text())
     extra = ""
     cases = Path(__file__).resolve().parents[1] / "bench/results/starter.json"
     if cases.exists():
-        from training.starter_report import plain_cases_section
+        from bastion.training.starter_report import plain_cases_section
 
         extra = plain_cases_section(json.loads(cases.read_text()))
     target = out or Path(__file__).resolve().parents[1] / "docs/starter-model.md"
@@ -319,8 +319,8 @@ def starter_docs(out: Path | None) -> None:
 @starter.command("show", help="The shipped starter's categories, metrics and weak spots.")
 @_guard
 def starter_show() -> None:
-    from training.starter import SHIPPED_DIR, shipped_starter
-    from training.starter_report import category_lines
+    from bastion.training.starter import SHIPPED_DIR, shipped_starter
+    from bastion.training.starter_report import category_lines
 
     if shipped_starter() is None:
         _fail(f"no starter artifact in {SHIPPED_DIR}; run 'bastion starter build'")
@@ -345,7 +345,7 @@ def models_audit(state_dir: Path | None) -> None:
 @click.option("--reason", default=None, help="Why: kept in the audit trail.")
 @_guard
 def promote(state_dir: Path | None, version: str, force: bool, reason: str | None) -> None:
-    from registry.lifecycle import GateRefused
+    from bastion.registry.lifecycle import GateRefused
 
     lc = _lifecycle(state_dir)
     try:
@@ -405,11 +405,11 @@ def retrain(state_dir: Path | None, mode: str | None, workers: int | None, epoch
             max_failures: int | None, reason: str | None, as_json: bool) -> None:
     from dataclasses import asdict, replace
 
-    from core.launcher import ensure_policy_file
-    from core.policy import load_policy
-    from core.runtime import stop_ray
-    from training.retrain import options_from_policy
-    from training.retrain import retrain as run_retrain
+    from bastion.core.launcher import ensure_policy_file
+    from bastion.core.policy import load_policy
+    from bastion.core.runtime import stop_ray
+    from bastion.training.retrain import options_from_policy
+    from bastion.training.retrain import retrain as run_retrain
 
     settings = _settings(state_dir)
     pol = load_policy(ensure_policy_file(settings))
@@ -458,7 +458,7 @@ def labels() -> None:
 def labels_import(state_dir: Path | None, file: Path, annotator: str) -> None:
     from contextlib import closing
 
-    from core.labels import LabelStore, labels_db_path
+    from bastion.core.labels import LabelStore, labels_db_path
 
     settings = _settings(state_dir)
     with closing(LabelStore(labels_db_path(settings.state_dir))) as store:
@@ -475,7 +475,7 @@ def labels_import(state_dir: Path | None, file: Path, annotator: str) -> None:
 def labels_stats(state_dir: Path | None) -> None:
     from contextlib import closing
 
-    from core.labels import LabelStore, labels_db_path
+    from bastion.core.labels import LabelStore, labels_db_path
 
     path = labels_db_path(_settings(state_dir).state_dir)
     with closing(LabelStore(path)) as store:
@@ -516,9 +516,9 @@ def review_keys() -> None:
 @_guard
 def review_keys_add(state_dir: Path | None, name: str, role: str,
                     tenants: tuple[str, ...]) -> None:
-    from core.keys import add_reviewer, reviewers_path
-    from core.launcher import ensure_policy_file
-    from core.policy import load_policy
+    from bastion.core.keys import add_reviewer, reviewers_path
+    from bastion.core.launcher import ensure_policy_file
+    from bastion.core.policy import load_policy
 
     settings = _settings(state_dir)
     pol = load_policy(ensure_policy_file(settings))
@@ -533,7 +533,7 @@ def review_keys_add(state_dir: Path | None, name: str, role: str,
 @_state_dir_option
 @_guard
 def review_keys_list(state_dir: Path | None) -> None:
-    from core.keys import load_reviewers, reviewers_path
+    from bastion.core.keys import load_reviewers, reviewers_path
 
     for name, r in sorted(load_reviewers(reviewers_path(_settings(state_dir).state_dir)).items()):
         click.echo(f"{name}\t{r['role']}\t{','.join(r['tenants'])}")  # type: ignore[arg-type]
@@ -542,11 +542,11 @@ def review_keys_list(state_dir: Path | None) -> None:
 @contextlib.contextmanager
 def _review_service(settings: Any) -> Iterator[Any]:
     """The review service of a state directory (its queue closed on exit)."""
-    from core.labels import labels_db_path
-    from core.launcher import ensure_policy_file
-    from core.policy import load_policy
-    from review.queue import ReviewQueue
-    from review.service import ReviewService
+    from bastion.core.labels import labels_db_path
+    from bastion.core.launcher import ensure_policy_file
+    from bastion.core.policy import load_policy
+    from bastion.review.queue import ReviewQueue
+    from bastion.review.service import ReviewService
 
     pol = load_policy(ensure_policy_file(settings))
     queue = ReviewQueue(settings.review_url)
@@ -623,9 +623,9 @@ def review_calibrate(state_dir: Path | None, confidence: float, min_items: int,
 
     import yaml
 
-    from core.launcher import ensure_policy_file
-    from core.policy import load_policy, parse_policy
-    from review.calibration import apply, propose, render
+    from bastion.core.launcher import ensure_policy_file
+    from bastion.core.policy import load_policy, parse_policy
+    from bastion.review.calibration import apply, propose, render
 
     settings = _settings(state_dir)
     with _review_service(settings) as svc:
@@ -726,9 +726,9 @@ def _platform_dashboard(settings: Any) -> str | None:
 @_guard
 def drift_check(state_dir: Path | None, tenants: tuple[str, ...], hours: float | None,
                 min_items: int | None, false_alarm_rate: float | None, trigger: bool) -> None:
-    from core.launcher import ensure_policy_file
-    from core.policy import load_policy
-    from drift.check import monitor_pass
+    from bastion.core.launcher import ensure_policy_file
+    from bastion.core.policy import load_policy
+    from bastion.drift.check import monitor_pass
 
     settings = _settings(state_dir)
     pol = load_policy(ensure_policy_file(settings))
@@ -740,7 +740,7 @@ def drift_check(state_dir: Path | None, tenants: tuple[str, ...], hours: float |
         settings, pol, dashboard_url=dashboard, tenants=list(tenants) or None, hours=hours,
         min_items=min_items, false_alarm_rate=false_alarm_rate, say=click.echo)
     if trigger and outcome is None:
-        from drift.triggers import fired
+        from bastion.drift.triggers import fired
 
         hits = fired(pol.retraining.triggers.rules, signals)
         if hits:
@@ -760,7 +760,7 @@ def drift_check(state_dir: Path | None, tenants: tuple[str, ...], hours: float |
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_guard
 def drift_triggers(state_dir: Path | None, limit: int, as_json: bool) -> None:
-    from drift.triggers import TriggerLog, triggers_db_path
+    from bastion.drift.triggers import TriggerLog, triggers_db_path
 
     settings = _settings(state_dir)
     path = triggers_db_path(settings.state_dir)
@@ -776,7 +776,7 @@ def drift_triggers(state_dir: Path | None, limit: int, as_json: bool) -> None:
     if dashboard is not None:  # the platform runs: say how each submitted job ended
         from ray.job_submission import JobSubmissionClient
 
-        from core.runtime import dashboard_http
+        from bastion.core.runtime import dashboard_http
 
         try:
             client = JobSubmissionClient(dashboard_http(dashboard))
@@ -797,7 +797,7 @@ def drift_triggers(state_dir: Path | None, limit: int, as_json: bool) -> None:
 def main() -> None:
     import os
 
-    from core.runtime import ray_env
+    from bastion.core.runtime import ray_env
 
     # Before anything imports ray: some of its settings are read at import time.
     for k, v in ray_env().items():

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import PolicyError
-from core.policy import Action, CategoryPolicy, PolicySet, TenantPolicy
+from bastion.core.errors import PolicyError
+from bastion.core.policy import Action, CategoryPolicy, PolicySet, TenantPolicy
 
 __all__ = [
     "ResolvedCategory",

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from core.errors import ModelError
-from core.plugins import PluginRegistry
+from bastion.core.errors import ModelError
+from bastion.core.plugins import PluginRegistry
 
 __all__ = ["Encoder", "HFEncoder", "create_encoder", "register_encoder", "encoder_names"]
 

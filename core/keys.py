@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
-from core.errors import ConfigError
+from bastion.core.errors import ConfigError
 
 __all__ = [
     "load_keys", "ensure_keys", "key_hashes", "new_key", "ROLES", "reviewers_path",

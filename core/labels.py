@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from core._label_files import IMPORT_FORMATS as _IMPORT_FORMATS
-from core._label_files import Row as _Row
-from core._label_files import csv_rows as _csv_rows
-from core._label_files import jsonl_rows as _jsonl_rows
-from core.errors import LabelError
-from core.events import text_digest
-from core.policy import SLUG
+from bastion.core._label_files import IMPORT_FORMATS as _IMPORT_FORMATS
+from bastion.core._label_files import Row as _Row
+from bastion.core._label_files import csv_rows as _csv_rows
+from bastion.core._label_files import jsonl_rows as _jsonl_rows
+from bastion.core.errors import LabelError
+from bastion.core.events import text_digest
+from bastion.core.policy import SLUG
 
 __all__ = [
     "ImportReport",

@@ -15,11 +15,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from core.decision import ResolvedTenant, fit_problems, resolve_policy
-from core.errors import ConfigError, PolicyError
-from core.keys import ensure_keys
-from core.policy import PolicySet, load_policy
-from core.settings import Settings
+from bastion.core.decision import ResolvedTenant, fit_problems, resolve_policy
+from bastion.core.errors import ConfigError, PolicyError
+from bastion.core.keys import ensure_keys
+from bastion.core.policy import PolicySet, load_policy
+from bastion.core.settings import Settings
 
 __all__ = [
     "ensure_policy_file",
@@ -48,7 +48,7 @@ def ensure_policy_file(settings: Settings) -> Path:
 
 def champion_metadata(settings: Settings) -> dict[str, Any]:
     """Metadata of the @champion version (heads, held-out curves), from the local cache."""
-    from registry.store import CHAMPION, ModelRegistry
+    from bastion.registry.store import CHAMPION, ModelRegistry
 
     registry = ModelRegistry(settings)
     return registry.metadata(registry.by_alias(CHAMPION).version)
@@ -74,8 +74,8 @@ def deploy(settings: Settings, policy: PolicySet, keys: dict[str, str],
            dashboard_url: str, model_version: str | None = None) -> None:
     """Deploy, or update in place, the Serve application from its config and wait for it.
     ``model_version`` pins the Scorer to a version instead of following @champion."""
-    from core.keys import load_reviewers, reviewers_path
-    from serving.config import deploy_config, serve_config, wait_until_running
+    from bastion.core.keys import load_reviewers, reviewers_path
+    from bastion.serving.config import deploy_config, serve_config, wait_until_running
 
     submitted = time.time()
     reviewers = load_reviewers(reviewers_path(settings.state_dir))
@@ -136,7 +136,7 @@ class DriftSchedule(threading.Thread):
             self.run_once()
 
     def run_once(self) -> None:
-        from drift.check import monitor_pass
+        from bastion.drift.check import monitor_pass
 
         run_pass = self._run_pass or monitor_pass
 
@@ -162,7 +162,7 @@ def _port_free(host: str, port: int) -> bool:
 def _register_starter(settings: Settings, say: Say, policy: PolicySet, **kw: Any) -> str:
     """The empty registry's first champion: the shipped starter heads (seconds), or, in a
     checkout without them, heads trained here from whatever labelled data this machine has."""
-    from training.starter import register_starter, shipped_starter, train_starter
+    from bastion.training.starter import register_starter, shipped_starter, train_starter
 
     t0 = time.perf_counter()
     if shipped_starter() is not None and not kw:
@@ -194,8 +194,8 @@ def run_platform(
     stop_after_s: float | None = None,
 ) -> None:
     """Start everything and stay in the foreground until Ctrl-C (or SIGTERM)."""
-    from core.runtime import start_ray, stop_ray
-    from registry.store import ModelRegistry
+    from bastion.core.runtime import start_ray, stop_ray
+    from bastion.registry.store import ModelRegistry
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     if not _port_free(settings.host, settings.port):
@@ -239,7 +239,7 @@ def run_platform(
              "dashboard": dashboard_url}))
         say(f"Bastion serves on {url}  (POST /v1/moderate, docs at {url}/docs). "
             f"Model version {meta['version']}. Ctrl-C stops.")
-        from core.keys import reviewers_path
+        from bastion.core.keys import reviewers_path
 
         rev_path = reviewers_path(settings.state_dir)
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from core.encoders import Encoder, create_encoder
-from core.errors import ModelError
-from core.plugins import PluginRegistry
+from bastion.core.encoders import Encoder, create_encoder
+from bastion.core.errors import ModelError
+from bastion.core.plugins import PluginRegistry
 
 __all__ = [
     "HeadSpec",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from core.errors import UnknownPluginError
+from bastion.core.errors import UnknownPluginError
 
 __all__ = ["PluginRegistry"]
 

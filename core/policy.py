@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from core.errors import PolicyError
+from bastion.core.errors import PolicyError
 
 __all__ = [
     "Action",

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from core.settings import Settings
+from bastion.core.settings import Settings
 
 __all__ = ["dashboard_http", "ray_env", "start_ray", "stop_ray", "ray_temp_dir"]
 

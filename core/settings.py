@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.errors import ConfigError
+from bastion.core.errors import ConfigError
 
 __all__ = ["Limits", "ServingConfig", "Settings", "load_settings", "default_state_dir"]
 
@@ -119,7 +119,7 @@ class Settings(BaseSettings):
 
     @property
     def events_db(self) -> Path:
-        from core.events import events_db_path
+        from bastion.core.events import events_db_path
 
         return events_db_path(self.state_dir)
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from core.policy import PolicySet
-from core.settings import Settings
-from drift.monitor import DriftReport, Reference, check_window, render_html
+from bastion.core.policy import PolicySet
+from bastion.core.settings import Settings
+from bastion.drift.monitor import DriftReport, Reference, check_window, render_html
 
 __all__ = ["champion_reference", "check_tenants", "drift_dir", "monitor_pass"]
 
@@ -41,7 +41,7 @@ def _reference_texts(settings: Settings, meta: dict[str, Any], n: int, seed: int
         frame = pd.read_parquet(snap, columns=["text", "split"])
         texts = frame.loc[frame["split"] == "train", "text"].astype(str).tolist()
     else:  # the starter model: its packaged seed data
-        from training.datasets import load_starter_data
+        from bastion.training.datasets import load_starter_data
 
         texts = load_starter_data(limit_per_source=max(n // 3, 50)).texts
     rng = np.random.default_rng(seed)
@@ -60,7 +60,7 @@ def _keep_suite(path: Path, registry: Any, version: str, run_id: str | None, ten
     """Store a newly built suite beside the drift reports and with the version's MLflow run
     (``drift/``), so every later check of the same champion validates against the very same
     suite."""
-    from drift.validation import suite_version
+    from bastion.drift.validation import suite_version
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -80,10 +80,10 @@ def champion_reference(settings: Settings, policy: PolicySet, tenants: list[str]
     """Each tenant's reference under the current champion: one model load and one embedding
     pass serve every tenant; only the policy's categories and thresholds differ. Each
     tenant's expectation suite is the one stored with this model version."""
-    from core.decision import resolve_policy
-    from core.model import ModerationModel
-    from registry.store import CHAMPION, ModelRegistry
-    from training.embcache import EmbeddingCache, embeddings_dir
+    from bastion.core.decision import resolve_policy
+    from bastion.core.model import ModerationModel
+    from bastion.registry.store import CHAMPION, ModelRegistry
+    from bastion.training.embcache import EmbeddingCache, embeddings_dir
 
     registry = ModelRegistry(settings)
     info = registry.by_alias(CHAMPION)
@@ -124,8 +124,8 @@ def _reviewed_evidence(settings: Settings, policy: PolicySet, version: str | Non
                        ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """tenant -> category -> (scores, aggregated labels) of reviewed items ``version`` scored.
     An unreachable review queue is logged and skipped: the rest of the check still runs."""
-    from review.queue import ReviewQueue
-    from review.service import ReviewService
+    from bastion.review.queue import ReviewQueue
+    from bastion.review.service import ReviewService
 
     try:
         queue = ReviewQueue(settings.review_url)
@@ -149,7 +149,7 @@ def check_tenants(settings: Settings, policy: PolicySet, *, tenants: list[str] |
                   log_mlflow: bool = True) -> list[tuple[DriftReport | None, str]]:
     """Check each tenant's last ``hours`` of traffic; returns (report or None, message).
     Unset window, size and rate come from the policy's ``drift`` section."""
-    from core.events import EventLog
+    from bastion.core.events import EventLog
 
     dp = policy.drift
     hours = dp.window_hours if hours is None else hours
@@ -196,7 +196,7 @@ def _write(settings: Settings, report: DriftReport, page: str) -> tuple[Path, Pa
 
 
 def _log(settings: Settings, report: DriftReport, paths: tuple[Path, Path]) -> None:
-    from registry.store import ModelRegistry
+    from bastion.registry.store import ModelRegistry
 
     registry = ModelRegistry(settings)
     client = registry.client
@@ -223,7 +223,7 @@ def monitor_pass(settings: Settings, policy: PolicySet, *, dashboard_url: str | 
     """One pass of the monitor: check every tenant, gather the trigger signals and, where a
     Ray cluster runs (``dashboard_url``), let the policy's rules start a retraining job.
     Returns (results, signals, trigger outcome or None when no cluster was given)."""
-    from drift.triggers import gather_signals, maybe_retrain
+    from bastion.drift.triggers import gather_signals, maybe_retrain
 
     results = check_tenants(settings, policy, tenants=tenants, hours=hours,
                             min_items=min_items, false_alarm_rate=false_alarm_rate)

@@ -68,7 +68,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from drift._psi import psi_null, quantile_edges, shares
+from bastion.drift._psi import psi_null, quantile_edges, shares
 
 __all__ = [
     "MIN_SAMPLES",

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from drift.detectors import (
+from bastion.drift.detectors import (
     DriftResult,
     MMDDetector,
     cauchy_combination,
@@ -31,7 +31,7 @@ from drift.detectors import (
     precision_test,
     psi,
 )
-from drift.validation import build_suite, reference_frame_from_texts, validate, window_frame
+from bastion.drift.validation import build_suite, reference_frame_from_texts, validate, window_frame
 
 __all__ = ["Reference", "DriftReport", "check_window", "render_html"]
 

@@ -36,9 +36,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.policy import PolicySet, TriggerRule
-from core.settings import Settings
-from drift.monitor import DriftReport
+from bastion.core.policy import PolicySet, TriggerRule
+from bastion.core.settings import Settings
+from bastion.drift.monitor import DriftReport
 
 __all__ = [
     "Signals",
@@ -102,8 +102,8 @@ def _champion_age_hours(meta: dict[str, Any], now: float) -> float | None:
 def gather_signals(settings: Settings, reports: Sequence[DriftReport | None],
                    now: float | None = None) -> Signals:
     """Signals from one pass's reports, the label store and the champion's metadata."""
-    from core.labels import LabelStore, labels_db_path
-    from registry.store import CHALLENGER, CHAMPION, ModelRegistry, RegistryEmptyError
+    from bastion.core.labels import LabelStore, labels_db_path
+    from bastion.registry.store import CHALLENGER, CHAMPION, ModelRegistry, RegistryEmptyError
 
     now = time.time() if now is None else now
     done = [r for r in reports if r is not None]
@@ -249,7 +249,7 @@ def retrain_entrypoint(settings: Settings, reason: str) -> str:
 
 def _job_env() -> dict[str, str]:
     """Settings the job's driver must see as the platform does (endpoints and locations)."""
-    from core.runtime import ray_env
+    from bastion.core.runtime import ray_env
 
     env = {k: v for k, v in os.environ.items()
            if k.startswith("BASTION_") or k in ("MLFLOW_TRACKING_URI",)}
@@ -281,7 +281,7 @@ def maybe_retrain(settings: Settings, policy: PolicySet, signals: Signals, dashb
     if client is None:
         from ray.job_submission import JobSubmissionClient
 
-        from core.runtime import dashboard_http
+        from bastion.core.runtime import dashboard_http
 
         client = JobSubmissionClient(dashboard_http(dashboard_url))
     log = TriggerLog(triggers_db_path(settings.state_dir))

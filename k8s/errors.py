@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.errors import ConfigError
+from bastion.core.errors import ConfigError
 
 __all__ = ["ManifestError", "KustomizeError", "ManifestInvalidError", "StaleGeneratedError"]
 

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core.settings import MODEL_NAME, Limits, ServingConfig
+from bastion.core.settings import MODEL_NAME, Limits, ServingConfig
 from k8s.errors import ManifestError
 
 __all__ = ["ServeSettings", "load_serve_settings", "serve_config_text", "generated_files",
@@ -94,9 +94,9 @@ def serve_config_text(spec: ServeSettings) -> str:
     import ray
     from ray.serve.scripts import ServeDeploySchemaDumper
 
-    from core.policy import load_policy
-    from core.settings import load_settings
-    from serving.config import serve_config
+    from bastion.core.policy import load_policy
+    from bastion.core.settings import load_settings
+    from bastion.serving.config import serve_config
 
     # Every field is passed explicitly: BASTION_* variables of whoever runs this must not leak
     # into a committed file.

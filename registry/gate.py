@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from core.decision import ResolvedTenant, head_key_for, resolve_policy
-from core.policy import CategoryPolicy, PolicySet
+from bastion.core.decision import ResolvedTenant, head_key_for, resolve_policy
+from bastion.core.policy import CategoryPolicy, PolicySet
 
 __all__ = [
     "CategoryEvaluation",

@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import BastionError, ModelError
-from core.model import ModerationModel
-from core.policy import PolicySet
-from core.settings import Settings
-from registry.gate import Check, GateReport, VersionEvaluation, evaluate_version, run_gate
-from registry.store import CHALLENGER, CHAMPION, ModelRegistry
-from training.datasets import LabelledSet
+from bastion.core.errors import BastionError, ModelError
+from bastion.core.model import ModerationModel
+from bastion.core.policy import PolicySet
+from bastion.core.settings import Settings
+from bastion.registry.gate import Check, GateReport, VersionEvaluation, evaluate_version, run_gate
+from bastion.registry.store import CHALLENGER, CHAMPION, ModelRegistry
+from bastion.training.datasets import LabelledSet
 
 __all__ = ["Lifecycle", "PromotionResult", "heldout_data", "GateRefused"]
 
@@ -43,7 +43,7 @@ def heldout_data(settings: Settings, **snapshot: Any) -> LabelledSet:
     i.e. the seed data's held-out split plus the held-out human labels of this state
     directory. No version trained by Bastion has seen these items. ``snapshot`` narrows the
     seed data (``limit_per_source``, as ``bastion retrain``'s options do)."""
-    from training.snapshot import build_snapshot
+    from bastion.training.snapshot import build_snapshot
 
     return build_snapshot(settings, save=False, **snapshot).part("test")
 
@@ -96,7 +96,7 @@ class Lifecycle:
         fp = model.encoder.identity["fingerprint"]
         data = self.eval_data
         if fp not in self._embeddings:
-            from training.embcache import EmbeddingCache, embeddings_dir
+            from bastion.training.embcache import EmbeddingCache, embeddings_dir
 
             cache = EmbeddingCache(embeddings_dir(self.settings.state_dir), model.encoder)
             try:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import ModelError, RegistryEmptyError
-from core.settings import Settings
+from bastion.core.errors import ModelError, RegistryEmptyError
+from bastion.core.settings import Settings
 
 __all__ = ["ModelRegistry", "ModelVersionInfo", "CHAMPION", "CHALLENGER"]
 
@@ -110,7 +110,7 @@ class ModelRegistry:
         from mlflow.models.signature import ModelSignature
         from mlflow.types.schema import ColSpec, Schema
 
-        from registry.pyfunc import BastionPyfunc
+        from bastion.registry.pyfunc import BastionPyfunc
 
         meta = json.loads((model_dir / "metadata.json").read_text())
         keys = meta["heads"]["keys"]

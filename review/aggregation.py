@@ -56,8 +56,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import LabelError
-from core.labels import MIN_WEIGHT, Vote
+from bastion.core.errors import LabelError
+from bastion.core.labels import MIN_WEIGHT, Vote
 
 __all__ = ["AggregationResult", "AnnotatorReliability", "dawid_skene", "majority_vote"]
 

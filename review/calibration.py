@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import PolicyError
-from core.policy import PolicySet, parse_policy
+from bastion.core.errors import PolicyError
+from bastion.core.policy import PolicySet, parse_policy
 
 __all__ = ["ThresholdEvidence", "Proposal", "calibrate", "propose", "apply", "render"]
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from core.decision import normalize_text
-from core.policy import TenantPolicy
-from review.records import Report, ReviewItem, SessionEvent
+from bastion.core.decision import normalize_text
+from bastion.core.policy import TenantPolicy
+from bastion.review.records import Report, ReviewItem, SessionEvent
 
 __all__ = ["task_priority", "item_urgency", "reporter_reliability"]
 

@@ -39,8 +39,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import ColumnElement
 
-from core.policy import SLUG
-from review._tables import (
+from bastion.core.policy import SLUG
+from bastion.review._tables import (
     claims,
     create_tables,
     events,
@@ -51,8 +51,8 @@ from review._tables import (
     sqlite_engine,
     tasks,
 )
-from review._tables import labels as labels_t  # `labels` is submit's argument
-from review.records import (
+from bastion.review._tables import labels as labels_t  # `labels` is submit's argument
+from bastion.review.records import (
     Claim,
     LabelIn,
     LeaseLost,

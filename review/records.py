@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import BastionError
+from bastion.core.errors import BastionError
 
 __all__ = [
     "ReviewError", "LeaseLost", "NotFound", "ReviewItem", "Report", "SessionEvent", "Task",

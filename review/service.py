@@ -21,11 +21,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from core.labels import LabelStore
-from core.policy import PolicySet
-from review.priority import task_priority
-from review.queue import ReviewQueue
-from review.records import (
+from bastion.core.labels import LabelStore
+from bastion.core.policy import PolicySet
+from bastion.review.priority import task_priority
+from bastion.review.queue import ReviewQueue
+from bastion.review.records import (
     Claim,
     LabelIn,
     Report,
@@ -153,7 +153,7 @@ class ReviewService:
         """Every label in the queue as votes per (tenant\\0item, category), and the model's
         score of each such pair where the decision carried one (scored by ``model_version``
         only, when given)."""
-        from core.labels import Vote
+        from bastion.core.labels import Vote
 
         votes: dict[tuple[str, str], list[Any]] = {}
         scored: dict[tuple[str, str], float] = {}
@@ -175,7 +175,7 @@ class ReviewService:
         drift monitor's precision check (``model_version``: only items that version scored)."""
         import numpy as np
 
-        from review.aggregation import dawid_skene
+        from bastion.review.aggregation import dawid_skene
 
         votes, scored = self._votes(model_version)
         agg = dawid_skene(votes).labels if votes else {}
@@ -195,7 +195,7 @@ class ReviewService:
                  session_id: str | None = None) -> str:
         """Queue an item whose answer is known: it measures the moderators who label it, and
         its known labels go to the label store as annotator ``gold``."""
-        from core.events import text_digest
+        from bastion.core.events import text_digest
 
         item = ReviewItem(tenant=tenant, item_id=item_id, text=text,
                           text_sha256=text_digest(text), session_id=session_id, user_id=None,
@@ -217,7 +217,7 @@ class ReviewService:
     def moderators(self) -> list[dict[str, Any]]:
         """Each moderator's estimated reliability per category (Dawid-Skene over every label
         in the queue, gold answers clamped), with their accuracy on gold items."""
-        from review.aggregation import dawid_skene
+        from bastion.review.aggregation import dawid_skene
 
         votes, _scored = self._votes()
         gold = {(f"{t}\0{i}", c): v for (t, i), labels in self.queue.gold_items().items()
@@ -237,8 +237,8 @@ class ReviewService:
         event log kept (``store_raw_text``) can be labelled."""
         import numpy as np
 
-        from core.events import EventLog
-        from review.selection import select
+        from bastion.core.events import EventLog
+        from bastion.review.selection import select
 
         policy = self._policy()
         log_ = EventLog(events_db)

@@ -15,11 +15,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
-from core.events import events_db_path
-from core.labels import labels_db_path
-from core.settings import Limits, ServingConfig
-from serving.ingress import Ingress
-from serving.scorer import Scorer
+from bastion.core.events import events_db_path
+from bastion.core.labels import labels_db_path
+from bastion.core.settings import Limits, ServingConfig
+from bastion.serving.ingress import Ingress
+from bastion.serving.scorer import Scorer
 
 __all__ = ["AppArgs", "build_app", "APP_NAME"]
 

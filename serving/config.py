@@ -12,14 +12,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from core.keys import key_hashes, reviewer_hashes
-from core.policy import PolicySet
-from core.settings import Settings
-from serving.app import APP_NAME, AppArgs
+from bastion.core.keys import key_hashes, reviewer_hashes
+from bastion.core.policy import PolicySet
+from bastion.core.settings import Settings
+from bastion.serving.app import APP_NAME, AppArgs
 
 __all__ = ["serve_config", "deploy_config", "wait_until_running", "IMPORT_PATH"]
 
-IMPORT_PATH = "serving.app:build_app"
+IMPORT_PATH = "bastion.serving.app:build_app"
 
 
 def serve_config(
@@ -75,7 +75,7 @@ def deploy_config(config: dict[str, Any], dashboard_url: str) -> None:
     """Submit a Serve config to a running cluster (what ``serve deploy`` does)."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-    from core.runtime import dashboard_http
+    from bastion.core.runtime import dashboard_http
 
     ServeSubmissionClient(dashboard_http(dashboard_url)).deploy_applications(config)
 
@@ -86,8 +86,8 @@ def wait_until_running(
     """Block until the application is RUNNING with every deployment HEALTHY."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-    from core.errors import BastionError
-    from core.runtime import dashboard_http
+    from bastion.core.errors import BastionError
+    from bastion.core.runtime import dashboard_http
 
     client = ServeSubmissionClient(dashboard_http(dashboard_url))
     deadline = time.monotonic() + timeout_s

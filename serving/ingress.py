@@ -23,15 +23,15 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from core.decision import ResolvedTenant, decide, fit_problems, resolve_policy
-from core.events import DecisionEvent, EventLog, EventWriter, text_digest
-from core.policy import PolicySet, parse_policy
-from core.settings import Limits
-from review.queue import ReviewQueue
-from review.records import LabelIn, LeaseLost, NotFound, Report, ReviewError, ReviewItem
-from review.records import SessionEvent as ReviewEvent
-from review.service import IntakeWriter, ReviewService, task_view
-from serving.schemas import (
+from bastion.core.decision import ResolvedTenant, decide, fit_problems, resolve_policy
+from bastion.core.events import DecisionEvent, EventLog, EventWriter, text_digest
+from bastion.core.policy import PolicySet, parse_policy
+from bastion.core.settings import Limits
+from bastion.review.queue import ReviewQueue
+from bastion.review.records import LabelIn, LeaseLost, NotFound, Report, ReviewError, ReviewItem
+from bastion.review.records import SessionEvent as ReviewEvent
+from bastion.review.service import IntakeWriter, ReviewService, task_view
+from bastion.serving.schemas import (
     ClaimToken,
     EventsRequest,
     ModerateRequest,
@@ -154,7 +154,7 @@ class Ingress:
                 raise ValueError("user_config has no key_hashes and no keys_file is set")
             from pathlib import Path
 
-            from core.keys import key_hashes, load_keys
+            from bastion.core.keys import key_hashes, load_keys
 
             hashes = key_hashes(load_keys(Path(self.keys_file)))
         state = _PolicyState(policy, {h: t for t, h in hashes.items()}, time.time(),

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from core.model import ModerationModel
+from bastion.core.model import ModerationModel
 
 __all__ = ["Scorer", "ScoreResult", "LoadedModel"]
 
@@ -66,7 +66,7 @@ class Scorer:
 
         import torch
 
-        from core.settings import load_settings
+        from bastion.core.settings import load_settings
 
         torch.set_num_threads(torch_threads or os.cpu_count() or 1)
         self.settings = load_settings(
@@ -85,7 +85,7 @@ class Scorer:
         # @serve.batch adds these setters at run time; mypy sees the plain coroutine.
         self.score_batch.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
         self.score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
-        from registry.store import CHAMPION, ModelRegistry
+        from bastion.registry.store import CHAMPION, ModelRegistry
 
         self._registry = ModelRegistry(self.settings)
         self._switch_lock = threading.Lock()
@@ -139,7 +139,7 @@ class Scorer:
                  version, old.version if old else None)
 
     def _watch(self) -> None:
-        from registry.store import CHAMPION
+        from bastion.registry.store import CHAMPION
 
         while not self._stop.wait(self._poll_s):
             if self._pinned is not None:

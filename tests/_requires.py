@@ -28,7 +28,7 @@ def missing(what: str, fix: str) -> None:
 def dev_data(*rels: str) -> Path:
     """The development data folder (``../shared/data``), with ``rels`` inside it; else skip
     (fail in CI)."""
-    from training.datasets import dev_data_dir
+    from bastion.training.datasets import dev_data_dir
 
     base = dev_data_dir()
     absent = [r for r in rels if base is None or not (base / r).exists()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from core.runtime import ray_env
+from bastion.core.runtime import ray_env
 
 # Before anything imports ray: some of its settings are read at import time.
 for _k, _v in ray_env().items():

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from core.encoders import Encoder
-from core.errors import ModelError
+from bastion.core.encoders import Encoder
+from bastion.core.errors import ModelError
 
 __all__ = ["CacheStats", "EmbeddingCache", "embeddings_dir"]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from core.model import HeadSpec, LinearHeads
+from bastion.core.model import HeadSpec, LinearHeads
 
 __all__ = [
     "FitConfig", "fit_heads", "evaluate_heads", "group_split", "pr_curve", "pos_weights",
@@ -164,7 +164,7 @@ def evaluate_heads(
     """Per-head held-out metrics and PR curves (labels binarised at a soft target of 0.5)."""
     from sklearn.metrics import roc_auc_score
 
-    from core.decision import threshold_for_precision, threshold_for_recall
+    from bastion.core.decision import threshold_for_precision, threshold_for_recall
 
     metrics: dict[str, dict[str, Any]] = {}
     curves: dict[str, dict[str, list[float]]] = {}

@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from core.decision import decide, resolve_policy
-from core.model import ModerationModel
-from core.policy import PolicySet
+from bastion.core.decision import decide, resolve_policy
+from bastion.core.model import ModerationModel
+from bastion.core.policy import PolicySet
 
 __all__ = ["CASES_FILE", "PlainCase", "load_cases", "run_cases"]
 

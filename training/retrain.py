@@ -30,15 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from core.encoders import Encoder, HFEncoder, create_encoder
-from core.errors import BastionError
-from core.model import HeadSpec, LinearHeads, ModerationModel
-from core.policy import PolicySet
-from core.settings import Settings
-from training.datasets import LabelledSet
-from training.finetune import FinetuneConfig, run_finetune
-from training.heads import FitConfig, evaluate_heads, fit_heads, pos_weights
-from training.snapshot import Snapshot, build_snapshot
+from bastion.core.encoders import Encoder, HFEncoder, create_encoder
+from bastion.core.errors import BastionError
+from bastion.core.model import HeadSpec, LinearHeads, ModerationModel
+from bastion.core.policy import PolicySet
+from bastion.core.settings import Settings
+from bastion.training.datasets import LabelledSet
+from bastion.training.finetune import FinetuneConfig, run_finetune
+from bastion.training.heads import FitConfig, evaluate_heads, fit_heads, pos_weights
+from bastion.training.snapshot import Snapshot, build_snapshot
 
 __all__ = ["RetrainOptions", "RetrainResult", "RetrainError", "retrain", "options_from_policy"]
 
@@ -166,7 +166,7 @@ def _heads_loop(config: dict[str, Any]) -> None:
 
 def _base_model(settings: Settings, say: Say) -> ModerationModel | None:
     """The current champion (its backbone is what heads-only mode trains on)."""
-    from registry.store import CHAMPION, ModelRegistry
+    from bastion.registry.store import CHAMPION, ModelRegistry
 
     registry = ModelRegistry(settings)
     if not registry.has_champion():
@@ -200,7 +200,7 @@ def _train_heads(settings: Settings, snap: Snapshot, keys: list[str], encoder: E
     from ray.train import LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from training.embcache import EmbeddingCache, embeddings_dir
+    from bastion.training.embcache import EmbeddingCache, embeddings_dir
 
     cache = EmbeddingCache(embeddings_dir(settings.state_dir), encoder)
     t0 = time.perf_counter()
@@ -287,9 +287,9 @@ def _train_full(settings: Settings, snap: Snapshot, keys: list[str], base_path: 
 
 def _sync_review_labels(settings: Settings, policy: PolicySet) -> int:
     """Labels moderators submitted in the review queue, into the label store (idempotent)."""
-    from core.labels import labels_db_path
-    from review.queue import ReviewQueue
-    from review.service import ReviewService
+    from bastion.core.labels import labels_db_path
+    from bastion.review.queue import ReviewQueue
+    from bastion.review.service import ReviewService
 
     if settings.review_db_url is None and not (settings.state_dir / "review.db").exists():
         return 0
@@ -302,7 +302,7 @@ def _sync_review_labels(settings: Settings, policy: PolicySet) -> int:
 
 
 def _already_registered(settings: Settings, run_name: str) -> str | None:
-    from registry.store import ModelRegistry
+    from bastion.registry.store import ModelRegistry
 
     for v in ModelRegistry(settings).list_versions():
         if v.tags.get("bastion.train_run") == run_name:
@@ -318,10 +318,10 @@ def retrain(settings: Settings, policy: PolicySet, opts: RetrainOptions,
         RetrainError: training failed (nothing registered; the MLflow run is FAILED), or this
             exact run (same data, same configuration) is already a registered version.
     """
-    from core.runtime import start_ray
-    from registry.lifecycle import GateRefused, Lifecycle
-    from registry.store import CHALLENGER, ModelRegistry
-    from training.starter import tenant_metrics
+    from bastion.core.runtime import start_ray
+    from bastion.registry.lifecycle import GateRefused, Lifecycle
+    from bastion.registry.store import CHALLENGER, ModelRegistry
+    from bastion.training.starter import tenant_metrics
 
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -399,7 +399,7 @@ def retrain(settings: Settings, policy: PolicySet, opts: RetrainOptions,
                 bundle = True
                 gate_emb = {encoder.identity["fingerprint"]: test_emb}
                 if base is not None:  # the champion's side of the gate, from the cache
-                    from training.embcache import EmbeddingCache, embeddings_dir
+                    from bastion.training.embcache import EmbeddingCache, embeddings_dir
 
                     cache = EmbeddingCache(embeddings_dir(settings.state_dir), base.encoder)
                     try:

@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import BastionError
-from core.labels import LabelledItem, LabelStore, Vote, labels_db_path
-from core.settings import Settings
-from training.datasets import CATEGORIES, LabelledSet, load_starter_data
-from training.heads import group_split
+from bastion.core.errors import BastionError
+from bastion.core.labels import LabelledItem, LabelStore, Vote, labels_db_path
+from bastion.core.settings import Settings
+from bastion.training.datasets import CATEGORIES, LabelledSet, load_starter_data
+from bastion.training.heads import group_split
 
 __all__ = [
     "Snapshot", "build_snapshot", "labels_to_set", "connected_groups", "snapshots_dir",
@@ -47,7 +47,7 @@ def dawid_skene_weights(votes: Mapping[tuple[str, str], Sequence[Vote]]
                         ) -> dict[tuple[str, str], tuple[float, float]]:
     """Soft label and training weight per (item, category): Dawid-Skene over all annotators
     (their reliability estimated from their agreement; ``review.aggregation``)."""
-    from review.aggregation import dawid_skene
+    from bastion.review.aggregation import dawid_skene
 
     return dict(dawid_skene(votes).labels)
 

@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from core.decision import threshold_for_precision
-from core.encoders import Encoder, create_encoder
-from core.errors import ModelError
-from core.model import HeadSpec, LinearHeads, ModerationModel
-from core.policy import PolicySet
-from core.settings import Settings
-from training.datasets import (
+from bastion.core.decision import threshold_for_precision
+from bastion.core.encoders import Encoder, create_encoder
+from bastion.core.errors import ModelError
+from bastion.core.model import HeadSpec, LinearHeads, ModerationModel
+from bastion.core.policy import PolicySet
+from bastion.core.settings import Settings
+from bastion.training.datasets import (
     CATEGORIES,
     CATEGORY_DESCRIPTIONS,
     SOURCES,
@@ -43,8 +43,8 @@ from training.datasets import (
     load_starter_data,
     source_fingerprint,
 )
-from training.evaluation import MIN_POSITIVES, binary_metrics, metrics_by_source
-from training.heads import FitConfig, fit_heads, group_split, pr_curve
+from bastion.training.evaluation import MIN_POSITIVES, binary_metrics, metrics_by_source
+from bastion.training.heads import FitConfig, fit_heads, group_split, pr_curve
 
 __all__ = [
     "SHIPPED_DIR",
@@ -294,7 +294,7 @@ def register_starter(settings: Settings, policy: PolicySet | None = None,
     Raises:
         ModelError: there is no artifact, or its heads were trained on other encoder weights.
     """
-    from registry.store import ModelRegistry
+    from bastion.registry.store import ModelRegistry
 
     path = path or shipped_starter()
     if path is None:
@@ -327,7 +327,7 @@ def tenant_metrics(model: ModerationModel, heldout: LabelledSet, scores: np.ndar
                    policy: PolicySet) -> dict[str, float]:
     """Held-out metrics per (tenant, category) under ``policy``, as MLflow metric names
     ``<tenant>.<category>.<metric>`` (the thresholds serving would use for this version)."""
-    from registry.gate import evaluate_version
+    from bastion.registry.gate import evaluate_version
 
     evaluation = evaluate_version(
         str(model.metadata.get("version", "new")), model.head_keys, model.metadata, scores,
@@ -349,7 +349,7 @@ def build_from_sources(
     command: str | None = None,
 ) -> ModerationModel:
     """Load the sources, embed them through the embedding cache, build the starter."""
-    from training.embcache import EmbeddingCache, embeddings_dir
+    from bastion.training.embcache import EmbeddingCache, embeddings_dir
 
     names = sources or available_sources()
     data = load_starter_data(limit_per_source=limit_per_source,
@@ -383,7 +383,7 @@ def train_starter(
     model = build_from_sources(settings, sources=sources, limit_per_source=limit_per_source,
                                davidson_limit=davidson_limit, encoder=encoder,
                                progress=progress, cross_source=False,
-                               command="training.starter.train_starter")
+                               command="bastion.training.starter.train_starter")
     with tempfile.TemporaryDirectory(prefix="bastion-starter-") as tmp:
         path = write_starter(model, Path(tmp) / "starter")
         return register_starter(settings, policy, path=path, alias=alias,

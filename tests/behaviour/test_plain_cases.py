@@ -8,11 +8,11 @@ from importlib import resources
 
 import pytest
 
-from core.decision import fit_problems, resolve_policy
-from core.model import ModerationModel
-from core.policy import PolicySet, parse_policy
-from training.plain_cases import load_cases, run_cases
-from training.starter import SHIPPED_DIR
+from bastion.core.decision import fit_problems, resolve_policy
+from bastion.core.model import ModerationModel
+from bastion.core.policy import PolicySet, parse_policy
+from bastion.training.plain_cases import load_cases, run_cases
+from bastion.training.starter import SHIPPED_DIR
 
 pytestmark = pytest.mark.model
 

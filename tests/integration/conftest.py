@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.keys import ensure_keys
-from core.model import ModerationModel
-from core.policy import PolicySet, load_policy
-from core.settings import Settings, load_settings
+from bastion.core.keys import ensure_keys
+from bastion.core.model import ModerationModel
+from bastion.core.policy import PolicySet, load_policy
+from bastion.core.settings import Settings, load_settings
 
 POLICY = Path(__file__).with_name("policy.yaml")
 
@@ -40,7 +40,7 @@ class Starter:
 def starter(settings: Settings) -> Starter:
     """The shipped starter heads, registered as @champion exactly as 'bastion up' does on an
     empty registry (seconds; no development data needed)."""
-    from training.starter import register_starter
+    from bastion.training.starter import register_starter
 
     version, model = register_starter(settings, load_policy(POLICY))
     return Starter(version, model)
@@ -50,7 +50,7 @@ def starter(settings: Settings) -> Starter:
 def dashboard(settings: Settings) -> Iterator[str]:
     import shutil
 
-    from core.runtime import ray_temp_dir, start_ray, stop_ray
+    from bastion.core.runtime import ray_temp_dir, start_ray, stop_ray
 
     url = start_ray(settings)
     yield url
@@ -80,7 +80,7 @@ class Served:
 
 @pytest.fixture(scope="session")
 def served(settings: Settings, starter: Starter, dashboard: str) -> Served:
-    from core.launcher import deploy
+    from bastion.core.launcher import deploy
 
     policy = load_policy(POLICY)
     keys, _ = ensure_keys(settings.keys_file, policy.tenants)

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from core.events import EventLog
-from drift.check import EXPERIMENT, check_tenants
-from registry.store import ModelRegistry
-from training.datasets import load_sms_spam
+from bastion.core.events import EventLog
+from bastion.drift.check import EXPERIMENT, check_tenants
+from bastion.registry.store import ModelRegistry
+from bastion.training.datasets import load_sms_spam
 
 from .conftest import Served
 
@@ -45,7 +45,7 @@ def test_a_window_of_real_traffic_is_checked_and_reported(served: Served) -> Non
     assert runs and {a.path for a in registry.client.list_artifacts(
         runs[0].info.run_id, "drift")} >= {f"drift/{saved[-1].name}"}
     # the expectation suite is kept with the model version and reused by the next check
-    from registry.store import CHAMPION
+    from bastion.registry.store import CHAMPION
 
     champion = registry.by_alias(CHAMPION)
     suites = list((served.settings.state_dir / "drift" / "suites").glob(

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from core.cli import cli
-from core.settings import load_settings
-from training.starter import register_starter
+from bastion.core.cli import cli
+from bastion.core.settings import load_settings
+from bastion.training.starter import register_starter
 
 pytestmark = [pytest.mark.mlflow, pytest.mark.model]
 

@@ -19,12 +19,12 @@ import httpx
 import numpy as np
 import pytest
 
-from core.model import LinearHeads, ModerationModel
-from core.policy import PolicySet, parse_policy
-from core.settings import Settings, load_settings
-from registry.lifecycle import GateRefused, Lifecycle, heldout_data
-from registry.store import CHAMPION, ModelRegistry
-from training.datasets import LabelledSet
+from bastion.core.model import LinearHeads, ModerationModel
+from bastion.core.policy import PolicySet, parse_policy
+from bastion.core.settings import Settings, load_settings
+from bastion.registry.lifecycle import GateRefused, Lifecycle, heldout_data
+from bastion.registry.store import CHAMPION, ModelRegistry
+from bastion.training.datasets import LabelledSet
 
 from .conftest import Served, Starter
 
@@ -196,7 +196,7 @@ def test_corrupt_artifact_is_rejected_and_serving_goes_on(
 def test_models_cli_lists_shows_and_audits(served: Served) -> None:
     from click.testing import CliRunner
 
-    from core.cli import cli
+    from bastion.core.cli import cli
 
     state = ["--state-dir", str(served.settings.state_dir)]
     runner = CliRunner()

@@ -18,17 +18,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.labels import LabelStore, labels_db_path
-from core.model import ModerationModel
-from core.policy import load_policy
-from core.settings import Settings
-from registry.lifecycle import Lifecycle, heldout_data
-from registry.store import CHALLENGER, CHAMPION, ModelRegistry
+from bastion.core.labels import LabelStore, labels_db_path
+from bastion.core.model import ModerationModel
+from bastion.core.policy import load_policy
+from bastion.core.settings import Settings
+from bastion.registry.lifecycle import Lifecycle, heldout_data
+from bastion.registry.store import CHALLENGER, CHAMPION, ModelRegistry
+from bastion.training.finetune import FinetuneConfig
+from bastion.training.heads import FitConfig
+from bastion.training.retrain import RetrainError, RetrainOptions, retrain
+from bastion.training.snapshot import build_snapshot
 from tests._requires import dev_data
-from training.finetune import FinetuneConfig
-from training.heads import FitConfig
-from training.retrain import RetrainError, RetrainOptions, retrain
-from training.snapshot import build_snapshot
 
 from .conftest import POLICY, Served, Starter
 
@@ -75,7 +75,7 @@ def labelled(settings: Settings, starter: Starter, dashboard: str,
              tmp_path_factory: pytest.TempPathFactory) -> Path:
     import shutil
 
-    from training.embcache import embeddings_dir
+    from bastion.training.embcache import embeddings_dir
 
     # other modules (a drift check) may have cached embeddings: these tests count encodings
     shutil.rmtree(embeddings_dir(settings.state_dir), ignore_errors=True)

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from core.keys import add_reviewer, reviewers_path
-from core.labels import LabelStore, labels_db_path
-from core.launcher import deploy
+from bastion.core.keys import add_reviewer, reviewers_path
+from bastion.core.labels import LabelStore, labels_db_path
+from bastion.core.launcher import deploy
 
 from .conftest import Served
 

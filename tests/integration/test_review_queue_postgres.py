@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.engine import URL
 
-from review.queue import LabelIn, LeaseLost, ReviewQueue
+from bastion.review.queue import LabelIn, LeaseLost, ReviewQueue
 from tests._requires import missing
 from tests.unit.test_review_queue import (
     Clock,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from core.cli import cli
+from bastion.core.cli import cli
+from bastion.training.datasets import SOURCES, available_sources, source_fingerprint
 from tests._requires import in_ci
-from training.datasets import SOURCES, available_sources, source_fingerprint
 
 pytestmark = pytest.mark.model
 

@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.encoders import create_encoder
-from core.model import ModerationModel
-from core.settings import Settings
-from training.starter import SHIPPED_DIR
+from bastion.core.encoders import create_encoder
+from bastion.core.model import ModerationModel
+from bastion.core.settings import Settings
+from bastion.registry.pyfunc import BastionPyfunc, legacy_module_paths, load_pyfunc
+from bastion.training.starter import SHIPPED_DIR
 
 from .conftest import Starter
 
@@ -64,8 +65,8 @@ def test_invariance_a_name_does_not_change_the_decision(starter: Starter) -> Non
 
     import yaml
 
-    from core.decision import decide, resolve_policy
-    from core.policy import parse_policy
+    from bastion.core.decision import decide, resolve_policy
+    from bastion.core.policy import parse_policy
 
     texts = [f"{name} is bringing snacks to the game tonight"
              for name in ("Maria", "Jamal", "Wei", "Olga")]
@@ -120,9 +121,8 @@ def test_hf_encoder_loads_any_encoder_directory(starter: Starter) -> None:
 def test_registry_champion_scores_like_the_shipped_model(starter: Starter,
                                                          settings: Settings) -> None:
     import mlflow.artifacts
-    import mlflow.pyfunc
 
-    from registry.store import CHAMPION, ModelRegistry
+    from bastion.registry.store import CHAMPION, ModelRegistry
 
     reg = ModelRegistry(settings)
     info = reg.by_alias(CHAMPION)
@@ -140,6 +140,35 @@ def test_registry_champion_scores_like_the_shipped_model(starter: Starter,
     np.testing.assert_allclose(shipped.score(texts)[1], expected, atol=1e-6)
     loaded = ModerationModel.load(reg.download(info.version))
     np.testing.assert_array_equal(loaded.score(texts)[1], expected)
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@{CHAMPION}")
+    pyfunc = load_pyfunc(f"models:/{settings.model_name}@{CHAMPION}")
     out = pyfunc.predict(pd.DataFrame({"text": texts}))
     np.testing.assert_array_equal(out[starter.model.head_keys].to_numpy(), expected)
+
+
+def test_a_version_logged_under_the_old_module_paths_still_loads(starter: Starter,
+                                                                 settings: Settings) -> None:
+    """Versions registered before the ``bastion`` namespace pickled ``registry.pyfunc``."""
+    import sys
+
+    import mlflow.pyfunc
+
+    from bastion.registry.store import ModelRegistry
+
+    reg = ModelRegistry(settings)
+    old = BastionPyfunc.__module__
+    with legacy_module_paths():  # pickle the class by its old path, as those versions did
+        BastionPyfunc.__module__ = "registry.pyfunc"
+        try:
+            info = reg.log_version(SHIPPED_DIR, run_name="legacy-path", params={}, metrics={},
+                                   tags={"bastion.kind": "legacy"}, validate=False)
+        finally:
+            BastionPyfunc.__module__ = old
+    assert "registry" not in sys.modules
+    uri = f"models:/{settings.model_name}/{info.version}"
+    with pytest.raises(ModuleNotFoundError, match="registry"):
+        mlflow.pyfunc.load_model(uri)
+    texts = ABUSIVE + BENIGN
+    out = load_pyfunc(uri).predict(pd.DataFrame({"text": texts}))
+    np.testing.assert_allclose(out[starter.model.head_keys].to_numpy(),
+                               starter.model.score(texts)[1], atol=1e-6)
+    assert "registry" not in sys.modules and "registry.pyfunc" not in sys.modules

@@ -10,10 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from core.policy import load_policy
-from core.runtime import dashboard_http
-from drift.triggers import JOB_KIND, TriggerLog, gather_signals, maybe_retrain, triggers_db_path
-from registry.store import ModelRegistry
+from bastion.core.policy import load_policy
+from bastion.core.runtime import dashboard_http
+from bastion.drift.triggers import (
+    JOB_KIND,
+    TriggerLog,
+    gather_signals,
+    maybe_retrain,
+    triggers_db_path,
+)
+from bastion.registry.store import ModelRegistry
 
 from .conftest import POLICY, Served
 from .test_retrain import davidson_label_lines, import_labels

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from core.runtime import ray_env
+from bastion.core.runtime import ray_env
 from k8s.render import K8S, load_serve_settings, serve_config_text
 from k8s.validate import Validator
 from tests.k8s._resources import (

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.policy import load_policy
-from core.settings import load_settings
+from bastion.core.policy import load_policy
+from bastion.core.settings import load_settings
+from bastion.serving.config import serve_config
 from k8s.errors import ManifestError
 from k8s.render import (
     K8S,
@@ -20,7 +21,6 @@ from k8s.render import (
     serve_config_text,
     stale_files,
 )
-from serving.config import serve_config
 
 BASE = K8S / "base" / "serving" / "serve-settings.yaml"
 PROD = K8S / "overlays" / "prod" / "serve-settings.yaml"

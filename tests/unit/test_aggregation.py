@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from core.errors import LabelError
-from core.labels import MIN_WEIGHT, Vote
-from review.aggregation import AggregationResult, dawid_skene, majority_vote
+from bastion.core.errors import LabelError
+from bastion.core.labels import MIN_WEIGHT, Vote
+from bastion.review.aggregation import AggregationResult, dawid_skene, majority_vote
 
 Votes = dict[tuple[str, str], list[Vote]]
 

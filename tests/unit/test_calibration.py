@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from core.errors import PolicyError
-from core.policy import parse_policy
-from review.calibration import CURVE_POINTS, apply, calibrate, propose, render
+from bastion.core.errors import PolicyError
+from bastion.core.policy import parse_policy
+from bastion.review.calibration import CURVE_POINTS, apply, calibrate, propose, render
 
 
 def ranked(labels: list[int]) -> tuple[np.ndarray, np.ndarray]:

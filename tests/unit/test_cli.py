@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from core.cli import cli
+from bastion.core.cli import cli
 
 DEFAULT = Path(__file__).resolve().parents[2] / "core" / "default_policy.yaml"
 
@@ -55,7 +55,7 @@ def test_up_refuses_a_busy_port(tmp_path: Path) -> None:
 
 
 def test_keys_command(tmp_path: Path) -> None:
-    from core.keys import ensure_keys
+    from bastion.core.keys import ensure_keys
 
     keys, _ = ensure_keys(tmp_path / "tenant_keys.json", ["demo"])
     code, out = run("keys", "demo", "--state-dir", str(tmp_path))
@@ -66,7 +66,7 @@ def test_keys_command(tmp_path: Path) -> None:
 
 def test_limits_are_configurable_and_bad_values_named(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from core.settings import load_settings
+    from bastion.core.settings import load_settings
 
     monkeypatch.setenv("BASTION_LIMITS__MAX_ITEMS", "512")
     assert load_settings(tmp_path).limits.max_items == 512

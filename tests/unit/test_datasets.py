@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.model import HeadSpec
-from tests._requires import dev_data
-from training.datasets import (
+from bastion.core.model import HeadSpec
+from bastion.training.datasets import (
     CATEGORIES,
     SOURCES,
     WEAK_WEIGHT,
@@ -18,8 +17,9 @@ from training.datasets import (
     load_sms_spam,
     load_starter_data,
 )
-from training.evaluation import binary_metrics, metrics_by_source, wilson
-from training.starter import build_starter
+from bastion.training.evaluation import binary_metrics, metrics_by_source, wilson
+from bastion.training.starter import build_starter
+from tests._requires import dev_data
 
 
 def col(name: str) -> int:

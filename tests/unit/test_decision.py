@@ -3,15 +3,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.decision import (
+from bastion.core.decision import (
     decide,
     normalize_text,
     resolve_policy,
     threshold_for_precision,
     threshold_for_recall,
 )
-from core.errors import PolicyError
-from core.policy import parse_policy
+from bastion.core.errors import PolicyError
+from bastion.core.policy import parse_policy
 
 HEADS = ["hate", "spam", "acme/spam"]
 CURVE = {  # ascending thresholds, as training writes them

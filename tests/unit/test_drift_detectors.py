@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from drift.detectors import (
+from bastion.drift.detectors import (
     MIN_SAMPLES,
     DriftResult,
     MMDDetector,
@@ -377,7 +377,7 @@ def test_bonferroni_keeps_the_family_false_alarm_rate() -> None:
 def test_cauchy_combination_keeps_its_rate_and_a_p_of_one_does_not_silence_the_rest() -> None:
     from scipy.stats import norm
 
-    from drift.detectors import cauchy_combination
+    from bastion.drift.detectors import cauchy_combination
 
     rng = np.random.default_rng(0)
     w = np.array([0.5] + [0.1] * 5)

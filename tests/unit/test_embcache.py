@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.errors import ModelError
-from training.embcache import EmbeddingCache, embeddings_dir
+from bastion.core.errors import ModelError
+from bastion.training.embcache import EmbeddingCache, embeddings_dir
 
 
 def vector(texts: list[str], dim: int) -> np.ndarray:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.events import DecisionEvent, EventLog, EventWriter, text_digest
-from core.keys import ensure_keys, key_hashes, load_keys
+from bastion.core.events import DecisionEvent, EventLog, EventWriter, text_digest
+from bastion.core.keys import ensure_keys, key_hashes, load_keys
 
 
 def event(i: int, text: str | None = None) -> DecisionEvent:

@@ -8,9 +8,9 @@ import re
 import numpy as np
 import pytest
 
-from core.decision import resolve_policy
-from core.policy import PolicySet, parse_policy
-from registry.gate import (
+from bastion.core.decision import resolve_policy
+from bastion.core.policy import PolicySet, parse_policy
+from bastion.registry.gate import (
     CategoryEvaluation,
     Check,
     GateReport,
@@ -19,7 +19,7 @@ from registry.gate import (
     evaluate_version,
     run_gate,
 )
-from training.heads import pr_curve
+from bastion.training.heads import pr_curve
 
 HEADS = ["hate", "spam", "acme/spam"]
 CATEGORIES = ["hate", "spam", "violence"]

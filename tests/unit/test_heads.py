@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.model import HeadSpec
-from training.heads import evaluate_heads, fit_heads, group_split, pr_curve
+from bastion.core.model import HeadSpec
+from bastion.training.heads import evaluate_heads, fit_heads, group_split, pr_curve
 
 
 def synthetic(n: int = 600, seed: int = 0):

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from core.cli import cli
-from core.errors import BastionError, LabelError
-from core.labels import ImportReport, LabelStore, labels_db_path
+from bastion.core.cli import cli
+from bastion.core.errors import BastionError, LabelError
+from bastion.core.labels import ImportReport, LabelStore, labels_db_path
 
 
 def store_with_item(tmp_path: Path, item_id: str = "i1", tenant: str = "acme",

@@ -6,10 +6,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.encoders import encoder_names
-from core.errors import ModelError, UnknownPluginError
-from core.model import HeadSpec, LinearHeads, ModerationModel, create_heads, head_kinds
-from core.plugins import PluginRegistry
+from bastion.core.encoders import encoder_names
+from bastion.core.errors import ModelError, UnknownPluginError
+from bastion.core.model import HeadSpec, LinearHeads, ModerationModel, create_heads, head_kinds
+from bastion.core.plugins import PluginRegistry
 
 
 class FakeEncoder:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import PolicyError
-from core.policy import Action, load_policy, parse_policy
+from bastion.core.errors import PolicyError
+from bastion.core.policy import Action, load_policy, parse_policy
 
 DEFAULT = Path(__file__).resolve().parents[2] / "core" / "default_policy.yaml"
 

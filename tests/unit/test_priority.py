@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import ConfigError
-from core.keys import add_reviewer, load_reviewers, reviewer_hashes
-from core.policy import parse_policy
-from review.priority import item_urgency, reporter_reliability, task_priority
-from review.records import Report, ReviewItem, SessionEvent
+from bastion.core.errors import ConfigError
+from bastion.core.keys import add_reviewer, load_reviewers, reviewer_hashes
+from bastion.core.policy import parse_policy
+from bastion.review.priority import item_urgency, reporter_reliability, task_priority
+from bastion.review.records import Report, ReviewItem, SessionEvent
 
 POLICY = parse_policy({"tenants": {"acme": {
     "categories": {"hate": {"block_threshold": 0.8, "severity": 3},

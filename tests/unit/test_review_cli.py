@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 
-from core.cli import cli
-from core.events import DecisionEvent, EventLog, events_db_path
-from core.keys import load_reviewers, reviewers_path
+from bastion.core.cli import cli
+from bastion.core.events import DecisionEvent, EventLog, events_db_path
+from bastion.core.keys import load_reviewers, reviewers_path
 
 
 def run(state: Path, *args: str) -> tuple[int, str]:

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from core.errors import BastionError
-from review.queue import (
+from bastion.core.errors import BastionError
+from bastion.review.queue import (
     LabelIn,
     LeaseLost,
     NotFound,

@@ -5,12 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.events import DecisionEvent, EventLog
-from core.labels import LabelStore
-from core.policy import parse_policy
-from review.queue import ReviewQueue
-from review.records import LabelIn, Report, ReviewItem, SessionEvent
-from review.service import IntakeWriter, ReviewService, task_view
+from bastion.core.events import DecisionEvent, EventLog
+from bastion.core.labels import LabelStore
+from bastion.core.policy import parse_policy
+from bastion.review.queue import ReviewQueue
+from bastion.review.records import LabelIn, Report, ReviewItem, SessionEvent
+from bastion.review.service import IntakeWriter, ReviewService, task_view
 
 POLICY = parse_policy({"tenants": {
     "acme": {"categories": {"hate": {"block_threshold": 0.8, "review_threshold": 0.4,

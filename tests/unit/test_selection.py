@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from review.selection import Pick, select
+from bastion.review.selection import Pick, select
 
 
 def spread(n: int) -> np.ndarray:

@@ -3,12 +3,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.labels import LabelledItem
-from core.policy import parse_policy
-from training.datasets import CATEGORIES, LabelledSet
-from training.heads import FitConfig, fit_heads
-from training.retrain import RetrainError, options_from_policy
-from training.snapshot import connected_groups, labels_to_set
+from bastion.core.labels import LabelledItem
+from bastion.core.policy import parse_policy
+from bastion.training.datasets import CATEGORIES, LabelledSet
+from bastion.training.heads import FitConfig, fit_heads
+from bastion.training.retrain import RetrainError, options_from_policy
+from bastion.training.snapshot import connected_groups, labels_to_set
 
 
 def item(item_id: str, category: str, soft: float, weight: float = 1.0,
@@ -58,7 +58,7 @@ def test_fit_heads_with_validation_keeps_the_best_and_stops_early() -> None:
     x = rng.normal(size=(400, 8)).astype(np.float32)
     y = (x[:, :1] > 0).astype(np.float32)
     history: list[dict[str, float]] = []
-    from core.model import HeadSpec
+    from bastion.core.model import HeadSpec
 
     heads = fit_heads(x[:300], y[:300], np.ones_like(y[:300], bool), [HeadSpec("spam")],
                       FitConfig(epochs=2000, lr=0.5, eval_every=10, patience=3),
@@ -83,10 +83,10 @@ def test_retrain_options_come_from_the_policy_and_flags_override() -> None:
 def test_the_gate_reads_the_snapshots_test_split_with_held_out_labels(tmp_path) -> None:  # noqa: ANN001
     """One evaluation set for promote and retrain: the seed test split plus the held-out
     human labels of the state directory."""
-    from core.labels import LabelStore, labels_db_path
-    from core.settings import load_settings
-    from registry.lifecycle import heldout_data
-    from training.snapshot import build_snapshot
+    from bastion.core.labels import LabelStore, labels_db_path
+    from bastion.core.settings import load_settings
+    from bastion.registry.lifecycle import heldout_data
+    from bastion.training.snapshot import build_snapshot
 
     settings = load_settings(tmp_path)
     store = LabelStore(labels_db_path(tmp_path))
@@ -104,8 +104,8 @@ def test_the_gate_reads_the_snapshots_test_split_with_held_out_labels(tmp_path) 
 
 
 def test_retraining_keeps_the_heads_no_human_label_trains() -> None:
-    from core.model import HeadSpec, LinearHeads
-    from training.retrain import keep_heads, unlabelled_heads
+    from bastion.core.model import HeadSpec, LinearHeads
+    from bastion.training.retrain import keep_heads, unlabelled_heads
 
     seed = LabelledSet(["a", "b"], ["g1", "g2"], ["sms_spam", "pyrit"],
                        np.zeros((2, len(CATEGORIES)), np.float32),
