@@ -13,8 +13,12 @@ up: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Style, types and the import layers; mypy and import-linter read the installed layout
+# (bastion.<stage>), which .ci/layout.py builds from pyproject's package-dir.
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/mypy
+	$(BIN)/ruff check .
+	$(BIN)/python .ci/layout.py mypy
+	$(BIN)/python .ci/layout.py lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python bench/serving.py

@@ -101,8 +101,8 @@ def tenants_policy(tenants: int, categories: int) -> dict[str, Any]:
 def deploy(settings: Settings, dashboard: str, policy: dict[str, Any], version: str | None,
            ) -> dict[str, str]:
     """Deploy ``policy`` on ``version`` (default @champion); returns its tenants' keys."""
-    from bastion.core.launcher import check_policy
-    from bastion.core.launcher import deploy as deploy_app
+    from bastion.platform import check_policy
+    from bastion.platform import deploy as deploy_app
     from bastion.registry.store import ModelRegistry
 
     pol = parse_policy(policy)

@@ -149,7 +149,7 @@ def main() -> None:
     model = ModerationModel.load(SHIPPED_DIR, precision="fp32")
     t_load = time.perf_counter() - t0
     policy = parse_policy(yaml.safe_load(
-        resources.files("core").joinpath("default_policy.yaml").read_text()))
+        resources.files("bastion.core").joinpath("default_policy.yaml").read_text()))
     t0 = time.perf_counter()
     cases = run_cases(model, policy, "demo")
     t_cases = time.perf_counter() - t0

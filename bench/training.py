@@ -87,8 +87,7 @@ def fill_label_store(settings: Any, items: list[dict[str, Any]]) -> float:
 @contextlib.contextmanager
 def fresh_state(prefix: str) -> Iterator[tuple[Any, Any]]:
     """A fresh state directory with the default policy and a local Ray, stopped at exit."""
-    from bastion.core.launcher import ensure_policy_file
-    from bastion.core.policy import load_policy
+    from bastion.core.policy import ensure_policy_file, load_policy
     from bastion.core.runtime import start_ray, stop_ray
     from bastion.core.settings import load_settings
 

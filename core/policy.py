@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from enum import StrEnum
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,9 +19,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bastion.core.errors import PolicyError
+from bastion.core.settings import Settings
 
 __all__ = [
     "Action",
+    "ensure_policy_file",
     "CategoryPolicy",
     "GateDefaults",
     "DriftPolicy",
@@ -394,3 +397,15 @@ def load_policy(path: str | Path) -> PolicySet:
     except yaml.YAMLError as err:
         raise PolicyError(f"{path}: not valid YAML: {err}") from None
     return parse_policy(data, str(path))
+
+
+def ensure_policy_file(settings: Settings) -> Path:
+    """The policy file in use; a fresh state directory gets the packaged default."""
+    path = settings.resolved_policy_file
+    if not path.exists():
+        if settings.policy_file is not None:
+            raise PolicyError(f"{path}: no such policy file; check --policy")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        default = resources.files("bastion.core").joinpath("default_policy.yaml").read_text()
+        path.write_text(default)
+    return path

@@ -1,8 +1,9 @@
 """``bastion drift check``: each tenant's recent traffic against the champion's training data.
 
-The reference is a sample of what the champion was trained on (its training snapshot, or the
-packaged seed data for the starter model), embedded by the champion's encoder (through the
-embedding cache) and scored by its heads under the tenant's policy. Reports go under
+The reference is a sample of what the champion was trained on, logged with its version
+(``bastion.registry.store.REFERENCE_ARTIFACT``: the training snapshot's train split, or the
+seed data for the starter model), embedded by the champion's encoder (through the embedding
+cache) and scored by its heads under the tenant's policy. Reports go under
 ``<state_dir>/drift/`` (JSON and HTML) and into MLflow (experiment ``bastion-drift``).
 """
 
@@ -18,9 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from bastion.core.decision import resolve_policy
+from bastion.core.errors import ModelError
+from bastion.core.model import ModerationModel
 from bastion.core.policy import PolicySet
 from bastion.core.settings import Settings
 from bastion.drift.monitor import DriftReport, Reference, check_window, render_html
+from bastion.drift.validation import suite_version
+from bastion.registry.store import CHAMPION, ModelRegistry
 
 __all__ = ["champion_reference", "check_tenants", "drift_dir", "monitor_pass"]
 
@@ -32,18 +38,12 @@ def drift_dir(state_dir: Path) -> Path:
     return state_dir / "drift"
 
 
-def _reference_texts(settings: Settings, meta: dict[str, Any], n: int, seed: int) -> list[str]:
-    import pandas as pd
-
-    fp = str(meta.get("data", {}).get("fingerprint", ""))
-    snap = settings.state_dir / "snapshots" / f"{fp[:16]}.parquet"
-    if fp and snap.exists():
-        frame = pd.read_parquet(snap, columns=["text", "split"])
-        texts = frame.loc[frame["split"] == "train", "text"].astype(str).tolist()
-    else:  # the starter model: its packaged seed data
-        from bastion.training.datasets import load_starter_data
-
-        texts = load_starter_data(limit_per_source=max(n // 3, 50)).texts
+def _reference_texts(registry: ModelRegistry, version: str, n: int, seed: int) -> list[str]:
+    texts = registry.reference_texts(version)
+    if not texts:
+        raise ModelError(f"model version {version} has no drift reference ({registry.name}, "
+                         "artifact drift/reference_texts.json); 'bastion up' adds one to the "
+                         "champion, or retrain")
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(texts), size=min(n, len(texts)), replace=False)
     return [texts[i] for i in sorted(idx)]
@@ -55,13 +55,11 @@ def _suite_path(settings: Settings, version: str, tenant: str, categories: list[
     return drift_dir(settings.state_dir) / "suites" / f"v{version}-{tenant}-{digest}.json"
 
 
-def _keep_suite(path: Path, registry: Any, version: str, run_id: str | None, tenant: str,
+def _keep_suite(path: Path, registry: ModelRegistry, version: str, run_id: str | None, tenant: str,
                 suite: dict[str, Any]) -> None:
     """Store a newly built suite beside the drift reports and with the version's MLflow run
     (``drift/``), so every later check of the same champion validates against the very same
     suite."""
-    from bastion.drift.validation import suite_version
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(suite, indent=1, default=str))
@@ -80,10 +78,7 @@ def champion_reference(settings: Settings, policy: PolicySet, tenants: list[str]
     """Each tenant's reference under the current champion: one model load and one embedding
     pass serve every tenant; only the policy's categories and thresholds differ. Each
     tenant's expectation suite is the one stored with this model version."""
-    from bastion.core.decision import resolve_policy
-    from bastion.core.model import ModerationModel
-    from bastion.registry.store import CHAMPION, ModelRegistry
-    from bastion.training.embcache import EmbeddingCache, embeddings_dir
+    from bastion.training.embcache import EmbeddingCache, embeddings_dir  # moves to core
 
     registry = ModelRegistry(settings)
     info = registry.by_alias(CHAMPION)
@@ -92,7 +87,7 @@ def champion_reference(settings: Settings, policy: PolicySet, tenants: list[str]
                                  precision=settings.serving.precision)
     meta = dict(model.metadata, version=version)
     resolved = resolve_policy(policy, model.head_keys, meta)
-    texts = _reference_texts(settings, meta, n, seed)
+    texts = _reference_texts(registry, version, n, seed)
     cache = EmbeddingCache(embeddings_dir(settings.state_dir), model.encoder)
     try:
         emb, _ = cache.embed(texts)
@@ -196,8 +191,6 @@ def _write(settings: Settings, report: DriftReport, page: str) -> tuple[Path, Pa
 
 
 def _log(settings: Settings, report: DriftReport, paths: tuple[Path, Path]) -> None:
-    from bastion.registry.store import ModelRegistry
-
     registry = ModelRegistry(settings)
     client = registry.client
     run = client.create_run(registry.experiment_id(EXPERIMENT),

@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 
 from bastion.core.errors import BastionError, ModelError
+from bastion.core.labelled import LabelledSet
 from bastion.core.model import ModerationModel
 from bastion.core.policy import PolicySet
 from bastion.core.settings import Settings
 from bastion.registry.gate import Check, GateReport, VersionEvaluation, evaluate_version, run_gate
 from bastion.registry.store import CHALLENGER, CHAMPION, ModelRegistry
-from bastion.training.datasets import LabelledSet
 
-__all__ = ["Lifecycle", "PromotionResult", "heldout_data", "GateRefused"]
+__all__ = ["Lifecycle", "PromotionResult", "GateRefused"]
 
 HISTORY_TAG = "bastion.champion_history"
 AUDIT_PREFIX = "audit."
@@ -35,17 +35,6 @@ AUDIT_PREFIX = "audit."
 
 class GateRefused(BastionError):
     """The gate rejected a version and it was not forced."""
-
-
-def heldout_data(settings: Settings, **snapshot: Any) -> LabelledSet:
-    """The one evaluation set of every way a version reaches the gate (``bastion promote``,
-    ``bastion retrain``, a drift trigger's run): the test split of the training snapshot,
-    i.e. the seed data's held-out split plus the held-out human labels of this state
-    directory. No version trained by Bastion has seen these items. ``snapshot`` narrows the
-    seed data (``limit_per_source``, as ``bastion retrain``'s options do)."""
-    from bastion.training.snapshot import build_snapshot
-
-    return build_snapshot(settings, save=False, **snapshot).part("test")
 
 
 @dataclass(frozen=True)
@@ -76,8 +65,12 @@ class Lifecycle:
 
     @property
     def eval_data(self) -> LabelledSet:
+        """The held-out data every gate of this lifecycle measures on. Training builds it
+        (``bastion.training.retrain.heldout_data``: the snapshot's test split), the same for
+        ``bastion promote`` and a retraining run's own promotion."""
         if self._eval_data is None:
-            self._eval_data = heldout_data(self.settings)
+            raise ModelError("no held-out data to gate on: pass eval_data (the training "
+                             "snapshot's test split) to Lifecycle")
         return self._eval_data
 
     # -- evaluation ----------------------------------------------------------------------

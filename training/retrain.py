@@ -32,15 +32,17 @@ import numpy as np
 
 from bastion.core.encoders import Encoder, HFEncoder, create_encoder
 from bastion.core.errors import BastionError
+from bastion.core.labelled import LabelledSet
 from bastion.core.model import HeadSpec, LinearHeads, ModerationModel
 from bastion.core.policy import PolicySet
 from bastion.core.settings import Settings
-from bastion.training.datasets import LabelledSet
 from bastion.training.finetune import FinetuneConfig, run_finetune
 from bastion.training.heads import FitConfig, evaluate_heads, fit_heads, pos_weights
+from bastion.training.reference import sample as reference_sample
 from bastion.training.snapshot import Snapshot, build_snapshot
 
-__all__ = ["RetrainOptions", "RetrainResult", "RetrainError", "retrain", "options_from_policy"]
+__all__ = ["RetrainOptions", "RetrainResult", "RetrainError", "retrain", "options_from_policy",
+           "heldout_data", "snapshot_options"]
 
 Say = Callable[[str], None]
 
@@ -90,6 +92,22 @@ def options_from_policy(policy: PolicySet, **flags: Any) -> RetrainOptions:
     if opts.mode not in ("heads", "full"):
         raise RetrainError(f"unknown mode {opts.mode!r}: use 'heads' or 'full'")
     return opts
+
+
+def snapshot_options(opts: RetrainOptions) -> dict[str, Any]:
+    """What of a run's options decides its snapshot's items (so its held-out split too)."""
+    return {"seed_data": opts.seed_data, "limit_per_source": opts.limit_per_source,
+            "davidson_limit": opts.davidson_limit}
+
+
+def heldout_data(settings: Settings, policy: PolicySet,
+                 opts: RetrainOptions | None = None) -> LabelledSet:
+    """The one evaluation set of every way a version reaches the gate (``bastion promote``,
+    ``bastion retrain``, a drift trigger's run): the test split of the training snapshot the
+    policy's retraining options build, i.e. the seed data's held-out split plus the held-out
+    human labels. No version trained by Bastion has seen these items."""
+    opts = opts or options_from_policy(policy)
+    return build_snapshot(settings, save=False, **snapshot_options(opts)).part("test")
 
 
 @dataclass
@@ -330,9 +348,7 @@ def retrain(settings: Settings, policy: PolicySet, opts: RetrainOptions,
         say(f"Handed {synced} new review label(s) to the label store.")
     say("Building the training snapshot (seed data + human labels)...")
     t0 = time.perf_counter()
-    snap = build_snapshot(settings, seed_data=opts.seed_data,
-                          limit_per_source=opts.limit_per_source,
-                          davidson_limit=opts.davidson_limit)
+    snap = build_snapshot(settings, **snapshot_options(opts))
     timings["snapshot"] = time.perf_counter() - t0
     summary = snap.summary()
     say(f"Snapshot {snap.fingerprint[:12]}: {summary['n_items']} items "
@@ -362,6 +378,7 @@ def retrain(settings: Settings, policy: PolicySet, opts: RetrainOptions,
         "bastion.kind": f"retrain-{opts.mode}", "bastion.data_fingerprint": snap.fingerprint,
         "bastion.train_run": run_name, "bastion.reason": opts.reason or "manual"})
     registry.client.log_dict(run_id, summary, "data/snapshot.json")
+    registry.log_reference(run_id, reference_sample(snap.part("train").texts))
     registry.client.log_dict(run_id, asdict(opts), "retrain_options.json")
     say(f"MLflow run {run_id} ({run_name}): per-epoch progress is logged there live.")
     try:

@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from bastion.core.errors import BastionError
+from bastion.core.labelled import LabelledSet
 from bastion.core.labels import LabelledItem, LabelStore, Vote, labels_db_path
 from bastion.core.settings import Settings
-from bastion.training.datasets import CATEGORIES, LabelledSet, load_starter_data
+from bastion.training.datasets import CATEGORIES, load_starter_data
 from bastion.training.heads import group_split
 
 __all__ = [

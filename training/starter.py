@@ -45,6 +45,7 @@ from bastion.training.datasets import (
 )
 from bastion.training.evaluation import MIN_POSITIVES, binary_metrics, metrics_by_source
 from bastion.training.heads import FitConfig, fit_heads, group_split, pr_curve
+from bastion.training.reference import seed_reference
 
 __all__ = [
     "SHIPPED_DIR",
@@ -319,6 +320,8 @@ def register_starter(settings: Settings, policy: PolicySet | None = None,
             alias=alias,
             policy=policy.model_dump(mode="json", exclude_none=True) if policy else None,
         )
+    if info.run_id:
+        registry.log_reference(info.run_id, seed_reference())
     model.metadata["version"] = info.version
     return info.version, model
 

@@ -1,11 +1,14 @@
 """``docs/starter-model.md``, generated from the starter artifact's metadata (``bastion
-starter docs``), and the short per-category summary ``bastion models show`` prints."""
+starter docs``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["render_markdown", "category_lines"]
+from bastion.core.modelcard import format_ci as _ci
+from bastion.core.modelcard import format_metric as _metric
+
+__all__ = ["render_markdown", "plain_cases_section"]
 
 # Where our categories sit in common public taxonomies (names as those taxonomies write them).
 TAXONOMY = {
@@ -20,16 +23,6 @@ TAXONOMY = {
 }
 
 
-def _ci(v: Any) -> str:
-    return f"[{v[0]:.2f}, {v[1]:.2f}]" if isinstance(v, (list, tuple)) and len(v) == 2 else ""
-
-
-def _metric(m: dict[str, Any], name: str) -> str:
-    if name not in m:
-        return "—"
-    return f"{m[name]:.3f} {_ci(m.get(name + '_ci'))}".strip()
-
-
 def _at(m: dict[str, Any], name: str) -> str:
     a = m.get(name)
     if not a:
@@ -37,23 +30,6 @@ def _at(m: dict[str, Any], name: str) -> str:
     p = "—" if a["precision"] is None else f"{a['precision']:.2f} {_ci(a['precision_ci'])}"
     r = "—" if a["recall"] is None else f"{a['recall']:.2f} {_ci(a['recall_ci'])}"
     return f"≥{a['threshold']:.3f}: P {p}, R {r}"
-
-
-def category_lines(meta: dict[str, Any]) -> list[str]:
-    """One line per category: pooled AUROC with its interval and positives; thin ones say so."""
-    out = []
-    for key in meta.get("categories", []):
-        m = meta.get("metrics", {}).get(key, {}).get("all", {})
-        thin = meta.get("thin", {}).get(key)
-        auroc = _metric(m, "auroc")
-        weak = meta.get("weak", {}).get(key)
-        out.append(f"{key:<11} AUROC {auroc} on {m.get('n', 0)} held-out items "
-                   f"({m.get('n_pos', 0)} positives)" + (f"; THIN: {thin}" if thin else "")
-                   + (f"; WEAK: {weak}" if weak else ""))
-    for key, why in meta.get("thin", {}).items():
-        if key not in meta.get("categories", []):
-            out.append(f"{key:<11} {why}")
-    return out
 
 
 def render_markdown(meta: dict[str, Any], digest: str, extra: str = "") -> str:

@@ -26,7 +26,7 @@ def model() -> ModerationModel:
 def policy() -> PolicySet:
     import yaml
 
-    text = resources.files("core").joinpath("default_policy.yaml").read_text()
+    text = resources.files("bastion.core").joinpath("default_policy.yaml").read_text()
     return parse_policy(yaml.safe_load(text), "default_policy.yaml")
 
 

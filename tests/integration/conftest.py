@@ -80,7 +80,7 @@ class Served:
 
 @pytest.fixture(scope="session")
 def served(settings: Settings, starter: Starter, dashboard: str) -> Served:
-    from bastion.core.launcher import deploy
+    from bastion.platform import deploy
 
     policy = load_policy(POLICY)
     keys, _ = ensure_keys(settings.keys_file, policy.tenants)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bastion.core.cli import cli
+from bastion.cli import cli
 from bastion.core.settings import load_settings
 from bastion.training.starter import register_starter
 

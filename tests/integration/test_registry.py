@@ -19,12 +19,13 @@ import httpx
 import numpy as np
 import pytest
 
+from bastion.core.labelled import LabelledSet
 from bastion.core.model import LinearHeads, ModerationModel
 from bastion.core.policy import PolicySet, parse_policy
 from bastion.core.settings import Settings, load_settings
-from bastion.registry.lifecycle import GateRefused, Lifecycle, heldout_data
+from bastion.registry.lifecycle import GateRefused, Lifecycle
 from bastion.registry.store import CHAMPION, ModelRegistry
-from bastion.training.datasets import LabelledSet
+from bastion.training.snapshot import build_snapshot
 
 from .conftest import Served, Starter
 
@@ -55,7 +56,7 @@ def gate_policy() -> PolicySet:
 
 @pytest.fixture(scope="module")
 def eval_data(settings: Settings) -> LabelledSet:
-    return heldout_data(settings, limit_per_source=1500)
+    return build_snapshot(settings, save=False, limit_per_source=1500).part("test")
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +197,7 @@ def test_corrupt_artifact_is_rejected_and_serving_goes_on(
 def test_models_cli_lists_shows_and_audits(served: Served) -> None:
     from click.testing import CliRunner
 
-    from bastion.core.cli import cli
+    from bastion.cli import cli
 
     state = ["--state-dir", str(served.settings.state_dir)]
     runner = CliRunner()

@@ -22,11 +22,17 @@ from bastion.core.labels import LabelStore, labels_db_path
 from bastion.core.model import ModerationModel
 from bastion.core.policy import load_policy
 from bastion.core.settings import Settings
-from bastion.registry.lifecycle import Lifecycle, heldout_data
+from bastion.registry.lifecycle import Lifecycle
 from bastion.registry.store import CHALLENGER, CHAMPION, ModelRegistry
 from bastion.training.finetune import FinetuneConfig
 from bastion.training.heads import FitConfig
-from bastion.training.retrain import RetrainError, RetrainOptions, retrain
+from bastion.training.retrain import (
+    RetrainError,
+    RetrainOptions,
+    heldout_data,
+    options_from_policy,
+    retrain,
+)
 from bastion.training.snapshot import build_snapshot
 from tests._requires import dev_data
 
@@ -230,7 +236,8 @@ def test_full_finetune_on_two_workers_resumes_after_a_worker_dies_and_serves(
 
     # serving loads it and scores as logged, under the policy as it is: a category whose
     # target precision this version's curve misses runs review-only (never a 503)
-    small_eval = heldout_data(settings, limit_per_source=40)
+    small_eval = heldout_data(settings, served.policy,
+                              options_from_policy(served.policy, limit_per_source=40))
     lc = Lifecycle(settings, served.policy, latency_items=5, eval_data=small_eval)
     lc.promote(version, force=True, reason="test: serve a fine-tuned version")
     try:

@@ -13,7 +13,7 @@ import pytest
 
 from bastion.core.keys import add_reviewer, reviewers_path
 from bastion.core.labels import LabelStore, labels_db_path
-from bastion.core.launcher import deploy
+from bastion.platform import deploy
 
 from .conftest import Served
 

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from bastion.core.events import EventLog, text_digest
-from bastion.core.launcher import deploy
 from bastion.core.policy import parse_policy
+from bastion.platform import deploy
 
 from .conftest import POLICY, Served
 
@@ -165,7 +165,7 @@ def test_cli_moderate_talks_to_the_server(served: Served) -> None:
     import sys
 
     out = subprocess.run(
-        [sys.executable, "-m", "bastion.core.cli", "moderate", "--state-dir",
+        [sys.executable, "-m", "bastion.cli", "moderate", "--state-dir",
          str(served.settings.state_dir), "--url", served.url, "--tenant", "acme", "hello there"],
         capture_output=True, text=True, timeout=120, check=False,
     )
@@ -186,7 +186,7 @@ def test_up_reloads_an_edited_policy_file_and_rejects_a_bad_edit(
     """The step `bastion up` runs when the policy file changes."""
     import yaml
 
-    from bastion.core.launcher import reload_policy
+    from bastion.platform import reload_policy
 
     said: list[str] = []
     path = tmp_path / "policy.yaml"

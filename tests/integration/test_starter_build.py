@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bastion.core.cli import cli
+from bastion.cli import cli
 from bastion.training.datasets import SOURCES, available_sources, source_fingerprint
 from tests._requires import in_ci
 

@@ -71,7 +71,7 @@ def test_invariance_a_name_does_not_change_the_decision(starter: Starter) -> Non
     texts = [f"{name} is bringing snacks to the game tonight"
              for name in ("Maria", "Jamal", "Wei", "Olga")]
     policy = parse_policy(yaml.safe_load(
-        resources.files("core").joinpath("default_policy.yaml").read_text()))
+        resources.files("bastion.core").joinpath("default_policy.yaml").read_text()))
     demo = resolve_policy(policy, starter.model.head_keys, starter.model.metadata)["demo"]
     _, scores = starter.model.score(texts)
     assert {decide(demo, t, s)["decision"] for t, s in zip(texts, scores, strict=True)} == {

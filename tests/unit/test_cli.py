@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bastion.core.cli import cli
+from bastion.cli import cli
 
 DEFAULT = Path(__file__).resolve().parents[2] / "core" / "default_policy.yaml"
 

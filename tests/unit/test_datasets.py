@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bastion.core.labelled import WEAK_WEIGHT, LabelledSet
 from bastion.core.model import HeadSpec
 from bastion.training.datasets import (
     CATEGORIES,
     SOURCES,
-    WEAK_WEIGHT,
-    LabelledSet,
     available_sources,
     dev_data_dir,
     load_pyrit,

@@ -223,7 +223,7 @@ def test_precision_test_catches_a_drop_and_skips_when_few_were_reviewed() -> Non
 
 def test_the_schedule_runs_passes_at_the_policy_interval_and_survives_a_failure(
         settings: Any) -> None:
-    from bastion.core.launcher import DriftSchedule
+    from bastion.platform import DriftSchedule
 
     calls: list[float] = []
 
@@ -254,7 +254,7 @@ def test_the_schedule_runs_passes_at_the_policy_interval_and_survives_a_failure(
 def test_the_triggers_command_lists_what_fired_and_why(settings: Any) -> None:
     from click.testing import CliRunner
 
-    from bastion.core.cli import cli
+    from bastion.cli import cli
 
     state = str(settings.state_dir)
     empty = CliRunner().invoke(cli, ["drift", "triggers", "--state-dir", state])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bastion.core.cli import cli
+from bastion.cli import cli
 from bastion.core.errors import BastionError, LabelError
 from bastion.core.labels import ImportReport, LabelStore, labels_db_path
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 
-from bastion.core.cli import cli
+from bastion.cli import cli
 from bastion.core.events import DecisionEvent, EventLog, events_db_path
 from bastion.core.keys import load_reviewers, reviewers_path
 

@@ -3,9 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bastion.core.labelled import LabelledSet
 from bastion.core.labels import LabelledItem
 from bastion.core.policy import parse_policy
-from bastion.training.datasets import CATEGORIES, LabelledSet
+from bastion.training.datasets import CATEGORIES
 from bastion.training.heads import FitConfig, fit_heads
 from bastion.training.retrain import RetrainError, options_from_policy
 from bastion.training.snapshot import connected_groups, labels_to_set
@@ -84,8 +85,9 @@ def test_the_gate_reads_the_snapshots_test_split_with_held_out_labels(tmp_path) 
     """One evaluation set for promote and retrain: the seed test split plus the held-out
     human labels of the state directory."""
     from bastion.core.labels import LabelStore, labels_db_path
+    from bastion.core.policy import ensure_policy_file, load_policy
     from bastion.core.settings import load_settings
-    from bastion.registry.lifecycle import heldout_data
+    from bastion.training.retrain import heldout_data, options_from_policy, snapshot_options
     from bastion.training.snapshot import build_snapshot
 
     settings = load_settings(tmp_path)
@@ -97,8 +99,10 @@ def test_the_gate_reads_the_snapshots_test_split_with_held_out_labels(tmp_path) 
             store.add_labels(f"i{i}", "ann", {"spam": float(i % 2)})
     finally:
         store.close()
-    gate = heldout_data(settings, limit_per_source=100)
-    snap = build_snapshot(settings, save=False, limit_per_source=100)
+    policy = load_policy(ensure_policy_file(settings))
+    opts = options_from_policy(policy, limit_per_source=100)
+    gate = heldout_data(settings, policy, opts)
+    snap = build_snapshot(settings, save=False, **snapshot_options(opts))
     assert gate.texts == snap.part("test").texts
     assert "labels:acme" in set(gate.sources) and "sms_spam" in set(gate.sources)
 

@@ -40,7 +40,7 @@ def test_the_wheel_installs_only_bastion_at_top_level(tmp_path: Path) -> None:
     assert "bastion/training/starter_model/heads.npz" in names
     entry = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "bastion = bastion.core.cli:main" in entry or "bastion = bastion.cli:main" in entry
+    assert "bastion = bastion.cli:main" in entry or "bastion = bastion.cli:main" in entry
 
 
 def test_outside_the_checkout_only_bastion_names_import(tmp_path: Path) -> None:

@@ -11,18 +11,22 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from bastion.core.decision import ResolvedTenant, fit_problems, resolve_policy
 from bastion.core.errors import ConfigError, PolicyError
-from bastion.core.keys import ensure_keys
-from bastion.core.policy import PolicySet, load_policy
+from bastion.core.keys import ensure_keys, load_reviewers, reviewers_path
+from bastion.core.policy import PolicySet, ensure_policy_file, load_policy
+from bastion.core.runtime import start_ray, stop_ray
 from bastion.core.settings import Settings
+from bastion.drift.check import monitor_pass
+from bastion.registry.store import CHAMPION, ModelRegistry
+from bastion.serving.config import deploy_config, serve_config, wait_until_running
+from bastion.training.reference import ensure_reference
+from bastion.training.starter import register_starter, shipped_starter, train_starter
 
 __all__ = [
-    "ensure_policy_file",
     "champion_metadata",
     "check_policy",
     "deploy",
@@ -34,22 +38,8 @@ __all__ = [
 Say = Callable[[str], None]
 
 
-def ensure_policy_file(settings: Settings) -> Path:
-    """The policy file in use; a fresh state directory gets the packaged default."""
-    path = settings.resolved_policy_file
-    if not path.exists():
-        if settings.policy_file is not None:
-            raise PolicyError(f"{path}: no such policy file; check --policy")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        default = resources.files("core").joinpath("default_policy.yaml").read_text()
-        path.write_text(default)
-    return path
-
-
 def champion_metadata(settings: Settings) -> dict[str, Any]:
     """Metadata of the @champion version (heads, held-out curves), from the local cache."""
-    from bastion.registry.store import CHAMPION, ModelRegistry
-
     registry = ModelRegistry(settings)
     return registry.metadata(registry.by_alias(CHAMPION).version)
 
@@ -74,9 +64,6 @@ def deploy(settings: Settings, policy: PolicySet, keys: dict[str, str],
            dashboard_url: str, model_version: str | None = None) -> None:
     """Deploy, or update in place, the Serve application from its config and wait for it.
     ``model_version`` pins the Scorer to a version instead of following @champion."""
-    from bastion.core.keys import load_reviewers, reviewers_path
-    from bastion.serving.config import deploy_config, serve_config, wait_until_running
-
     submitted = time.time()
     reviewers = load_reviewers(reviewers_path(settings.state_dir))
     deploy_config(serve_config(settings, policy, keys, model_version=model_version,
@@ -107,9 +94,9 @@ def reload_policy(settings: Settings, policy_path: Path, dashboard_url: str,
 
 class DriftSchedule(threading.Thread):
     """The drift monitor inside ``bastion up``: every ``drift.every_minutes`` of the policy in
-    force (re-read each time, so edits apply), one :func:`drift.check.monitor_pass` over every
-    tenant, whose trigger rules may submit a retraining job to this Ray cluster. A pass that
-    fails is reported and retried at the next slot; it never stops the platform."""
+    force (re-read each time, so edits apply), one :func:`bastion.drift.check.monitor_pass`
+    over every tenant, whose trigger rules may submit a retraining job to this Ray cluster. A
+    pass that fails is reported and retried at the next slot; it never stops the platform."""
 
     def __init__(self, settings: Settings, policy: Callable[[], PolicySet], dashboard_url: str,
                  say: Say, run_pass: Callable[..., Any] | None = None, tick_s: float = 5.0
@@ -136,8 +123,6 @@ class DriftSchedule(threading.Thread):
             self.run_once()
 
     def run_once(self) -> None:
-        from bastion.drift.check import monitor_pass
-
         run_pass = self._run_pass or monitor_pass
 
         def say(m: str) -> None:
@@ -162,8 +147,6 @@ def _port_free(host: str, port: int) -> bool:
 def _register_starter(settings: Settings, say: Say, policy: PolicySet, **kw: Any) -> str:
     """The empty registry's first champion: the shipped starter heads (seconds), or, in a
     checkout without them, heads trained here from whatever labelled data this machine has."""
-    from bastion.training.starter import register_starter, shipped_starter, train_starter
-
     t0 = time.perf_counter()
     if shipped_starter() is not None and not kw:
         say("The registry is empty: registering the shipped starter model.")
@@ -194,9 +177,6 @@ def run_platform(
     stop_after_s: float | None = None,
 ) -> None:
     """Start everything and stay in the foreground until Ctrl-C (or SIGTERM)."""
-    from bastion.core.runtime import start_ray, stop_ray
-    from bastion.registry.store import ModelRegistry
-
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     if not _port_free(settings.host, settings.port):
         raise ConfigError(
@@ -213,6 +193,9 @@ def run_platform(
     if not registry.has_champion():
         _register_starter(settings, say, policy, **(starter_kwargs or {}))
     meta = champion_metadata(settings)
+    if ensure_reference(settings, registry, str(meta["version"])):
+        say(f"Version {meta['version']} had no drift reference (registered before they were "
+            "kept with the version): added one.")
     say_fit(check_policy(policy, meta), str(meta["version"]), say)
     keys, added = ensure_keys(settings.keys_file, policy.tenants)
     for t in sorted(policy.tenants):
@@ -239,8 +222,6 @@ def run_platform(
              "dashboard": dashboard_url}))
         say(f"Bastion serves on {url}  (POST /v1/moderate, docs at {url}/docs). "
             f"Model version {meta['version']}. Ctrl-C stops.")
-        from bastion.core.keys import reviewers_path
-
         rev_path = reviewers_path(settings.state_dir)
 
         def _mtime(p: Path) -> int:

@@ -1,0 +1,203 @@
+"""``bastion retrain``, ``bastion promote`` and ``bastion starter``: training versions and
+gating them, both on the training snapshot's held-out split."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import click
+
+from bastion.core.clikit import fail, guard, settings_for, state_dir_option
+from bastion.core.modelcard import category_lines
+from bastion.core.policy import ensure_policy_file, load_policy
+from bastion.core.runtime import stop_ray
+from bastion.registry.lifecycle import GateRefused, Lifecycle
+from bastion.training.datasets import available_sources
+from bastion.training.retrain import heldout_data, options_from_policy
+from bastion.training.retrain import retrain as run_retrain
+from bastion.training.starter import (
+    SHIPPED_DIR,
+    artifact_digest,
+    build_from_sources,
+    shipped_starter,
+    write_starter,
+)
+from bastion.training.starter_report import plain_cases_section, render_markdown
+
+__all__ = ["starter", "starter_build", "starter_docs", "starter_show", "retrain", "promote"]
+
+
+@click.group(help="The starter model shipped with Bastion: build it, document it, look at it.")
+def starter() -> None:
+    pass
+
+
+@starter.command("build", help="Train the starter heads on every labelled source this machine "
+                 "has (packaged ones, and the development data in ../shared/data or --data), "
+                 "measure them and write the artifact (default training/starter_model/).")
+@state_dir_option
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, exists=True,
+              path_type=Path), default=None,
+              help="Folder of the development data sets (default ../shared/data).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write the artifact (default: the shipped one).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Embedding cache folder (default <state-dir>/embeddings).")
+@click.option("--source", "sources", multiple=True,
+              help="Only these sources (repeatable; default every available one).")
+@click.option("--no-cross-source", is_flag=True, help="Skip the leave-one-source-out heads.")
+@click.option("--limit", type=click.IntRange(min=20), default=None,
+              help="At most N items per source (a quick trial build; the shipped one has none).")
+@guard
+def starter_build(state_dir: Path | None, data_dir: Path | None, out: Path | None,
+                  cache_dir: Path | None, sources: tuple[str, ...],
+                  no_cross_source: bool, limit: int | None) -> None:
+
+    if data_dir is not None:
+        os.environ["BASTION_DEV_DATA"] = str(data_dir.resolve())
+    names = list(sources) or available_sources()
+    click.echo(f"Sources: {', '.join(names)}")
+    last: dict[str, int] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if done == total or done - last.get(stage, 0) >= max(total // 10, 1):
+            last[stage] = done
+            click.echo(f"  {stage}: {done}/{total}")
+
+    unknown = [n for n in names if n not in available_sources()]
+    if unknown:
+        fail(f"source(s) {', '.join(unknown)} not available here; available: "
+              f"{', '.join(available_sources())} (the development sets need ../shared/data "
+              "or --data DIR)")
+    given = {"--state-dir": state_dir, "--data": data_dir, "--out": out, "--cache": cache_dir,
+             "--limit": limit}
+    command = " ".join(["bastion starter build",
+                        *(f"{k} {v}" for k, v in given.items() if v is not None),
+                        *(f"--source {s}" for s in sources),
+                        *(["--no-cross-source"] if no_cross_source else [])])
+    model = build_from_sources(settings_for(state_dir), sources=names, cache_dir=cache_dir,
+                               progress=progress, cross_source=not no_cross_source,
+                               limit_per_source=limit, command=command)
+    path = write_starter(model, out or SHIPPED_DIR)
+    for line in category_lines(model.metadata):
+        click.echo(f"  {line}")
+    click.echo(f"Wrote {path} (run 'bastion starter docs' to regenerate "
+               "docs/starter-model.md).")
+
+
+@starter.command("docs", help="Write docs/starter-model.md from the shipped artifact.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Default docs/starter-model.md of this checkout.")
+@guard
+def starter_docs(out: Path | None) -> None:
+    meta = json.loads((SHIPPED_DIR / "metadata.json").read_text())
+    extra = ""
+    cases = Path(__file__).resolve().parents[1] / "bench/results/starter.json"
+    if cases.exists():
+        extra = plain_cases_section(json.loads(cases.read_text()))
+    target = out or Path(__file__).resolve().parents[1] / "docs/starter-model.md"
+    target.write_text(render_markdown(meta, artifact_digest(), extra))
+    click.echo(f"Wrote {target}")
+
+
+@starter.command("show", help="The shipped starter's categories, metrics and weak spots.")
+@guard
+def starter_show() -> None:
+    if shipped_starter() is None:
+        fail(f"no starter artifact in {SHIPPED_DIR}; run 'bastion starter build'")
+    meta = json.loads((SHIPPED_DIR / "metadata.json").read_text())
+    click.echo(f"Starter built {meta.get('created_at')} by {meta.get('command')}")
+    for line in category_lines(meta):
+        click.echo(f"  {line}")
+
+
+@click.command(help="Retrain on the human labels (and the seed data) with Ray Train, register the "
+             "result as @challenger and run the promotion gate. Mode and sizes default to the "
+             "policy's 'retraining' section. Re-running an interrupted run resumes it.")
+@state_dir_option
+@click.option("--mode", type=click.Choice(["heads", "full"]), default=None,
+              help="heads: backbone frozen, cached embeddings (fast); full: backbone and heads "
+              "fine-tuned together.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Ray Train workers of a full run.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Most epochs of a full run (early stopping may end it sooner).")
+@click.option("--gpu/--no-gpu", "use_gpu", default=None,
+              help="Train on GPUs (default: where the Ray cluster has them).")
+@click.option("--seed-data/--no-seed-data", default=None,
+              help="Train on the packaged seed data as well as the labels.")
+@click.option("--davidson-limit", type=click.IntRange(min=1), default=None,
+              help="Rows of the Davidson tweets to include (default 8000).")
+@click.option("--promote/--no-promote", default=None,
+              help="Promote if the gate passes (default: the policy's auto_promote).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Per-worker batch of a full run (default 32).")
+@click.option("--max-length", type=click.IntRange(min=8), default=None,
+              help="Tokens per text in a full run (default 128).")
+@click.option("--max-failures", type=click.IntRange(min=-1), default=None,
+              help="Worker failures a run recovers from, from its latest checkpoint (default 2).")
+@click.option("--reason", default=None,
+              help="Why this run starts (the drift monitor passes its trigger); kept on the "
+              "MLflow run and the registered version.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@guard
+def retrain(state_dir: Path | None, mode: str | None, workers: int | None, epochs: int | None,
+            use_gpu: bool | None, seed_data: bool | None, davidson_limit: int | None,
+            promote: bool | None, batch_size: int | None, max_length: int | None,
+            max_failures: int | None, reason: str | None, as_json: bool) -> None:
+
+    settings = settings_for(state_dir)
+    pol = load_policy(ensure_policy_file(settings))
+    opts = options_from_policy(pol, mode=mode, workers=workers, epochs=epochs,
+                               use_gpu=use_gpu, seed_data=seed_data,
+                               davidson_limit=davidson_limit, promote=promote,
+                               max_failures=max_failures, reason=reason)
+    ft = {k: v for k, v in {"batch_size": batch_size, "max_length": max_length}.items()
+          if v is not None}
+    if ft:
+        opts = replace(opts, finetune=replace(opts.finetune, **ft))
+    say = (lambda m: click.echo(m, err=True)) if as_json else click.echo
+    try:
+        result = run_retrain(settings, pol, opts, say=say)
+    finally:
+        stop_ray(shutdown_serve=False)
+    if as_json:
+        click.echo(json.dumps(asdict(result), indent=2, default=str))
+        return
+    click.echo(result.gate_table)
+    if result.promoted:
+        click.echo(f"Version {result.version} passed the gate and is now @champion; serving "
+                   "follows within seconds.")
+    elif result.gate_passed:
+        click.echo(f"Version {result.version} passed the gate; it stays @challenger "
+                   f"(promote it with 'bastion promote {result.version}').")
+    else:
+        click.echo(f"Version {result.version} did not pass the gate; it stays @challenger and "
+                   "@champion is unchanged.")
+    click.echo(f"Timings (s): {json.dumps(result.timings_s)}")
+
+
+@click.command(help="Run the gate on VERSION against @champion and promote it if it passes.")
+@state_dir_option
+@click.argument("version")
+@click.option("--force", is_flag=True, help="Promote even if the gate fails (recorded).")
+@click.option("--reason", default=None, help="Why: kept in the audit trail.")
+@guard
+def promote(state_dir: Path | None, version: str, force: bool, reason: str | None) -> None:
+    settings = settings_for(state_dir)
+    pol = load_policy(ensure_policy_file(settings))
+    # the held-out data a retraining run under this policy gates on: one evaluation set
+    lc = Lifecycle(settings, pol, eval_data=heldout_data(settings, pol))
+    try:
+        result = lc.promote(version, force=force, reason=reason)
+    except GateRefused as err:
+        click.echo(str(err))
+        sys.exit(1)
+    click.echo(result.report.to_table())
+    how = "FORCED past a failing gate" if result.forced else "gate passed"
+    click.echo(f"Promoted version {result.version} to @champion ({how}); previous champion: "
+               f"{result.previous}. Serving follows within seconds.")
