@@ -287,3 +287,24 @@ def decide(
     decision = reasons[0]["action"] if reasons else Action.allow.value
     return {"decision": decision, "scores": out_scores, "reasons": reasons,
             "keyword_hits": hits, "deprioritized": depri}
+
+
+def flag_thresholds(resolved: dict[str, ResolvedTenant], tenant: str) -> dict[str, float]:
+    """Per category of ``tenant``, the score where serving starts to act on an item
+    (:attr:`ResolvedCategory.flag_threshold`) under a policy resolved for one model version:
+    what review ranks uncertainty around. Empty for a tenant not in ``resolved``."""
+    if tenant not in resolved:
+        return {}
+    return {c.name: c.flag_threshold for c in resolved[tenant].categories
+            if c.flag_threshold is not None}
+
+
+def written_flag_thresholds(policy: TenantPolicy) -> dict[str, float]:
+    """The same from the policy file alone (no model to derive ``target_precision`` on): the
+    block threshold where one is written, else the review threshold."""
+    out = {}
+    for name, cat in policy.categories.items():
+        t = cat.block_threshold if cat.block_threshold is not None else cat.review_threshold
+        if t is not None:
+            out[name] = t
+    return out

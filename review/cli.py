@@ -9,16 +9,18 @@ import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import click
 import yaml
 
 from bastion.core.clikit import exit_if_rejected, fail, guard, settings_for, state_dir_option
+from bastion.core.decision import ResolvedTenant, flag_thresholds, resolve_policy
 from bastion.core.errors import BastionError
 from bastion.core.keys import add_reviewer, load_reviewers, reviewers_path
 from bastion.core.labels import LabelStore, labels_db_path
 from bastion.core.policy import ensure_policy_file, load_policy, parse_policy
+from bastion.core.settings import Settings
+from bastion.registry.store import CHAMPION, ModelRegistry
 from bastion.review.calibration import apply, propose, render
 from bastion.review.queue import ReviewQueue
 from bastion.review.service import ReviewService
@@ -127,12 +129,19 @@ def review_keys_list(state_dir: Path | None) -> None:
 
 
 @contextlib.contextmanager
-def review_service(settings: Any) -> Iterator[Any]:
-    """The review service of a state directory (its queue closed on exit)."""
+def review_service(settings: Settings) -> Iterator[ReviewService]:
+    """The review service of a state directory (its queue closed on exit), ranking around the
+    thresholds serving uses: the policy resolved for the champion, where there is one."""
     pol = load_policy(ensure_policy_file(settings))
+    registry = ModelRegistry(settings)
+    resolved: dict[str, ResolvedTenant] = {}
+    if registry.has_champion():
+        meta = registry.metadata(registry.by_alias(CHAMPION).version)
+        resolved = resolve_policy(pol, meta["heads"]["keys"], meta)
     queue = ReviewQueue(settings.review_url)
     try:
-        yield ReviewService(queue, lambda: pol, labels_db=labels_db_path(settings.state_dir))
+        yield ReviewService(queue, lambda: pol, labels_db=labels_db_path(settings.state_dir),
+                            thresholds=lambda tenant: flag_thresholds(resolved, tenant))
     finally:
         queue.close()
 

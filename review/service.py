@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bastion.core.decision import written_flag_thresholds
 from bastion.core.labels import LabelStore
 from bastion.core.policy import PolicySet
 from bastion.review.priority import task_priority
@@ -256,8 +257,10 @@ class ReviewService:
                     continue
                 emb = np.stack([r["embedding"] for r in rows]).astype(np.float32)
                 scores = np.array([[r["scores"].get(c, 0.0) for c in cats] for r in rows])
+                # where serving acts on a score: resolved for the serving model if known,
+                # else as the policy file writes it (0.5 only for a category with neither)
                 th = {c: min(max(t, 1e-3), 1 - 1e-3)
-                      for c, t in {**{c: 0.5 for c in cats},
+                      for c, t in {**{c: 0.5 for c in cats}, **written_flag_thresholds(tpol),
                                    **self._thresholds(tenant)}.items() if c in cats}
                 picks = select(emb, scores, cats, budget, thresholds=th,
                                label_counts={c: label_counts.get(c, 0) for c in cats})
