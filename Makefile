@@ -1,4 +1,5 @@
-# The two commands of the README: `make up` starts the platform, `make test` runs the tests.
+# The two commands of the README: `make up` starts the platform, `make test` checks style,
+# types and the import layers, then runs the tests.
 # Both install everything they need into .venv on first use.
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +11,8 @@ STAMP := $(VENV)/.bastion-installed
 up: $(STAMP)
 	$(BIN)/bastion up
 
-test: $(STAMP)
+# Style, types and the import layers first, then the suite (CI runs exactly this).
+test: lint
 	$(BIN)/python -m pytest
 
 # Style, types and the import layers; mypy and import-linter read the installed layout

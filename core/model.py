@@ -9,6 +9,7 @@ fine-tuned backbone travels inside it (``encoder/``), a stock one is named by it
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,8 +127,6 @@ class ModerationModel:
                 fine-tuned backbone exists nowhere else). An encoder already there is bundled
                 either way. Loading rebuilds a bundled encoder from the artifact itself.
         """
-        import shutil
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.heads.save(directory / "heads.npz")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
@@ -233,8 +234,6 @@ class TenantPolicy(_Frozen):
 
     @model_validator(mode="after")
     def _names(self) -> TenantPolicy:
-        import re
-
         for name in self.categories:
             if not re.match(SLUG, name):
                 raise ValueError(
@@ -333,8 +332,6 @@ class PolicySet(_Frozen):
 
     @model_validator(mode="after")
     def _tenant_names(self) -> PolicySet:
-        import re
-
         for name in self.tenants:
             if not re.match(SLUG, name):
                 raise ValueError(

@@ -105,6 +105,8 @@ def start_ray(settings: Settings, num_cpus: int | None = None) -> str:
     """Start (or join) the local Ray instance for this state directory; returns the
     dashboard address (where Serve configs and Ray jobs are submitted)."""
     os.environ.update(ray_env())
+    # Ray loads here, not at import: bastion.cli imports this module to set Ray's environment
+    # (ray_env) before anything imports Ray, which reads some of it at import time.
     import ray
 
     if ray.is_initialized():
@@ -138,11 +140,11 @@ def stop_ray(serve_timeout_s: float = 60.0, shutdown_serve: bool = True) -> None
     that does not finish in ``serve_timeout_s`` does not keep Ray running. A driver that only
     trains passes ``shutdown_serve=False``: joined to a cluster that serves, it must leave
     the Serve applications alone."""
-    import ray
+    import ray  # see start_ray
 
     def _serve_shutdown() -> None:
         with contextlib.suppress(Exception):
-            from ray import serve
+            from ray import serve  # see start_ray
 
             serve.shutdown()
 

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from bastion.drift.detectors import (
     DriftResult,
@@ -185,16 +186,12 @@ def check_window(reference: Reference, rows: Iterable[Mapping[str, Any]], *, ten
 
 def _histograms(reference: Reference, rows: list[Mapping[str, Any]]) -> str:
     """Score distributions, reference against window, one panel per category (PNG, base64)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cats = sorted(reference.scores)
     if not cats:
         return ""
     _, win = _window_arrays(rows, cats)
-    fig, axes = plt.subplots(1, len(cats), figsize=(3.2 * len(cats), 2.6), squeeze=False)
+    fig = Figure(figsize=(3.2 * len(cats), 2.6))
+    axes = fig.subplots(1, len(cats), squeeze=False)
     bins = np.linspace(0, 1, 21)
     for ax, c in zip(axes[0], cats, strict=True):
         ax.hist(reference.scores[c], bins=bins, density=True, alpha=0.5, label="reference")
@@ -206,13 +203,11 @@ def _histograms(reference: Reference, rows: list[Mapping[str, Any]]) -> str:
     return _png(fig)
 
 
-def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
+def _png(fig: Figure) -> str:
+    """The figure as a base64 PNG (matplotlib's object API: no pyplot state, no GUI backend)."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -220,11 +215,6 @@ def _flag_rates_over_time(reference: Reference, rows: list[Mapping[str, Any]],
                           n_bins: int = 12) -> str:
     """Each category's flag rate (score >= block threshold) in equal time slices of the
     window, against the reference's rate (dashed) (PNG, base64)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cats = sorted(reference.scores)
     ts = np.array([float(r["ts"]) if r.get("ts") is not None else np.nan for r in rows])
     ok_ts = np.isfinite(ts)
@@ -235,7 +225,8 @@ def _flag_rates_over_time(reference: Reference, rows: list[Mapping[str, Any]],
     slot = np.clip(np.searchsorted(edges, ts, side="right") - 1, 0, n_bins - 1)
     mids = (edges[:-1] + edges[1:]) / 2
     hours = (mids - edges[-1]) / 3600.0
-    fig, ax = plt.subplots(figsize=(6.4, 2.8))
+    fig = Figure(figsize=(6.4, 2.8))
+    ax = fig.subplots()
     for k, c in enumerate(cats):
         t = reference.thresholds.get(c, 0.5)
         rates = []

@@ -83,6 +83,7 @@ def _gx() -> ModuleType:
         # grpcio-status is missing (ImportWarning); GX imports the deprecated sre_constants.
         warnings.simplefilter("ignore", ImportWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
+        # on first use: GX takes seconds to import, and must see the settings above first
         import great_expectations as gx
     return gx
 
@@ -310,7 +311,7 @@ def build_suite(
 
 def _parse_suite(suite: Any) -> Any:
     """The GX ExpectationSuite of a suite dict; ValueError naming what is wrong."""
-    gx = _gx()
+    gx = _gx()  # GX on first use (see _gx); then its submodules
     from great_expectations.expectations.expectation_configuration import (
         ExpectationConfiguration,
     )
@@ -381,7 +382,7 @@ def _check(res: Any, frame: pd.DataFrame) -> dict[str, Any]:
 
 def _ephemeral_context() -> Any:
     """An in-memory GX context: no docs site, no progress bars, analytics off."""
-    gx = _gx()
+    gx = _gx()  # GX on first use (see _gx); then its submodules
     from great_expectations.data_context.types.base import (
         DataContextConfig,
         InMemoryStoreBackendDefaults,

@@ -25,6 +25,7 @@ from mlflow.types.schema import ColSpec, Schema
 
 from bastion.core.errors import ModelError, RegistryEmptyError
 from bastion.core.settings import Settings
+from bastion.registry.aliases import CHALLENGER, CHAMPION
 from bastion.registry.pyfunc import BastionPyfunc
 
 __all__ = ["ModelRegistry", "ModelVersionInfo", "CHAMPION", "CHALLENGER", "REFERENCE_ARTIFACT"]
@@ -32,8 +33,6 @@ __all__ = ["ModelRegistry", "ModelVersionInfo", "CHAMPION", "CHALLENGER", "REFER
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 EXPERIMENT = "bastion-training"
 # A sample of the texts a version was trained on, logged with its run: the drift monitor's
 # reference, readable wherever the registry is (not only in the state directory that trained it).

@@ -12,8 +12,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+from ray.serve.schema import ServeDeploySchema
+
+from bastion.core.errors import BastionError
 from bastion.core.keys import key_hashes, reviewer_hashes
 from bastion.core.policy import PolicySet
+from bastion.core.runtime import dashboard_http
 from bastion.core.settings import Settings
 from bastion.serving.app import APP_NAME, AppArgs
 
@@ -35,8 +40,6 @@ def serve_config(
     With ``keys_file`` (a path inside the replicas, e.g. a mounted Secret) the tenant keys
     stay out of the config; otherwise their SHA-256 digests go into the Ingress's user_config.
     """
-    from ray.serve.schema import ServeDeploySchema
-
     args = AppArgs(
         state_dir=str(settings.state_dir),
         tracking_uri=settings.tracking_uri,
@@ -73,10 +76,6 @@ def serve_config(
 
 def deploy_config(config: dict[str, Any], dashboard_url: str) -> None:
     """Submit a Serve config to a running cluster (what ``serve deploy`` does)."""
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
-    from bastion.core.runtime import dashboard_http
-
     ServeSubmissionClient(dashboard_http(dashboard_url)).deploy_applications(config)
 
 
@@ -84,11 +83,6 @@ def wait_until_running(
     dashboard_url: str, timeout_s: float = 300.0, since: float | None = None
 ) -> dict[str, Any]:
     """Block until the application is RUNNING with every deployment HEALTHY."""
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
-    from bastion.core.errors import BastionError
-    from bastion.core.runtime import dashboard_http
-
     client = ServeSubmissionClient(dashboard_http(dashboard_url))
     deadline = time.monotonic() + timeout_s
     last: dict[str, Any] = {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,8 @@ import numpy as np
 from ray import serve
 
 from bastion.core.model import ModerationModel
+from bastion.core.settings import load_settings
+from bastion.registry.aliases import CHAMPION
 
 __all__ = ["Scorer", "ScoreResult", "LoadedModel"]
 
@@ -62,11 +65,9 @@ class Scorer:
         precision: str = "auto",
         champion_poll_s: float = 2.0,
     ) -> None:
-        import threading
-
+        # torch and MLflow load here, not at import: the ingress replicas import this module
+        # too (serving.app binds both deployments) and need neither.
         import torch
-
-        from bastion.core.settings import load_settings
 
         torch.set_num_threads(torch_threads or os.cpu_count() or 1)
         self.settings = load_settings(
@@ -85,7 +86,7 @@ class Scorer:
         # @serve.batch adds these setters at run time; mypy sees the plain coroutine.
         self.score_batch.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
         self.score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
-        from bastion.registry.store import CHAMPION, ModelRegistry
+        from bastion.registry.store import ModelRegistry  # MLflow: see above
 
         self._registry = ModelRegistry(self.settings)
         self._switch_lock = threading.Lock()
@@ -139,8 +140,6 @@ class Scorer:
                  version, old.version if old else None)
 
     def _watch(self) -> None:
-        from bastion.registry.store import CHAMPION
-
         while not self._stop.wait(self._poll_s):
             if self._pinned is not None:
                 continue
@@ -202,7 +201,7 @@ class Scorer:
         return meta
 
     def status(self) -> dict[str, Any]:
-        import torch
+        import torch  # loaded by __init__ already; see there
 
         ctx = serve.get_replica_context()
         cur = self._current

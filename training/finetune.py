@@ -26,6 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray.train
+import torch
+from mlflow.tracking import MlflowClient
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+)
+from ray.train.torch import TorchTrainer
+from transformers import AutoModel, AutoTokenizer
 
 __all__ = ["FinetuneConfig", "train_loop", "run_finetune", "FinetuneResult"]
 
@@ -57,41 +70,36 @@ class FinetuneResult:
     restarts: int
 
 
-class _Net:
+class _Net(torch.nn.Module):
     """Backbone + mean pooling (+ L2 norm) + one linear layer for all heads."""
 
-    @staticmethod
-    def build(path: str, n_heads: int, normalize: bool) -> Any:
-        import torch
-        from transformers import AutoModel
+    def __init__(self, path: str, n_heads: int, normalize: bool) -> None:
+        super().__init__()
+        self.backbone = AutoModel.from_pretrained(path)
+        self.normalize = normalize
+        # the pooler (BERT's [CLS] layer) is unused by mean pooling: frozen, so DDP does not
+        # wait for its gradients, and kept, so the saved backbone stays complete
+        for name, p in self.backbone.named_parameters():
+            if name.startswith("pooler."):
+                p.requires_grad_(False)
+        self.heads = torch.nn.Linear(self.backbone.config.hidden_size, n_heads)
 
-        class Net(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.backbone = AutoModel.from_pretrained(path)
-                # the pooler (BERT's [CLS] layer) is unused by mean pooling: frozen, so DDP does
-                # not wait for its gradients, and kept, so the saved backbone stays complete
-                for name, p in self.backbone.named_parameters():
-                    if name.startswith("pooler."):
-                        p.requires_grad_(False)
-                self.heads = torch.nn.Linear(self.backbone.config.hidden_size, n_heads)
+    @classmethod
+    def build(cls, path: str, n_heads: int, normalize: bool) -> _Net:
+        return cls(path, n_heads, normalize)
 
-            def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-                hidden = self.backbone(input_ids=input_ids,
-                                       attention_mask=attention_mask).last_hidden_state
-                m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-                if normalize:
-                    pooled = torch.nn.functional.normalize(pooled, dim=-1)
-                return self.heads(pooled)
-
-        return Net()
+    def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+        hidden = self.backbone(input_ids=input_ids,
+                               attention_mask=attention_mask).last_hidden_state
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        if self.normalize:
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        return self.heads(pooled)
 
 
 def _masked_loss(logits: Any, y: Any, w: Any, pos_weight: Any) -> tuple[Any, Any]:
     """(sum of weighted per-label losses, sum of weights): reduce across workers, then divide."""
-    import torch
-
     per = torch.nn.functional.binary_cross_entropy_with_logits(
         logits, y, reduction="none", pos_weight=pos_weight)
     return (per * w).sum(), w.sum()
@@ -99,11 +107,6 @@ def _masked_loss(logits: Any, y: Any, w: Any, pos_weight: Any) -> tuple[Any, Any
 
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train worker function (runs on every worker)."""
-    import ray.train
-    import torch
-    from ray.train import Checkpoint
-    from transformers import AutoTokenizer
-
     cfg = FinetuneConfig(**config["finetune"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -249,8 +252,6 @@ def _log_live(target: dict[str, str] | None, metrics: dict[str, Any], step: int)
     """Per-epoch metrics into the MLflow run while it trains (progress a person can watch)."""
     if not target:
         return
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(tracking_uri=target["uri"])
     for k, v in metrics.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -284,17 +285,6 @@ def run_finetune(
         storage_path, run_name: where checkpoints live; the same pair resumes a run.
         max_failures: worker failures to recover from (from the latest checkpoint).
     """
-    import torch
-    from ray.train import (
-        CheckpointConfig,
-        FailureConfig,
-        LoggingConfig,
-        RunConfig,
-        ScalingConfig,
-    )
-    from ray.train.torch import TorchTrainer
-    from transformers import AutoTokenizer
-
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
