@@ -29,17 +29,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
+import ray.data
+import ray.train
+from ray.train import Checkpoint, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
 
 from bastion.core.encoders import Encoder, HFEncoder, create_encoder
 from bastion.core.errors import BastionError
 from bastion.core.labelled import LabelledSet
 from bastion.core.model import HeadSpec, LinearHeads, ModerationModel
 from bastion.core.policy import PolicySet
+from bastion.core.runtime import start_ray
 from bastion.core.settings import Settings
+from bastion.registry.lifecycle import GateRefused, Lifecycle
+from bastion.registry.store import CHALLENGER, CHAMPION, ModelRegistry
+from bastion.training.embcache import EmbeddingCache, embeddings_dir
 from bastion.training.finetune import FinetuneConfig, run_finetune
 from bastion.training.heads import FitConfig, evaluate_heads, fit_heads, pos_weights
 from bastion.training.reference import sample as reference_sample
 from bastion.training.snapshot import Snapshot, build_snapshot
+from bastion.training.starter import tenant_metrics
 
 __all__ = ["RetrainOptions", "RetrainResult", "RetrainError", "retrain", "options_from_policy",
            "heldout_data", "snapshot_options"]
@@ -154,10 +164,6 @@ def keep_heads(heads: LinearHeads, init: LinearHeads, keys: list[str]) -> Linear
 
 def _heads_loop(config: dict[str, Any]) -> None:
     """Ray Train worker function of the heads-only mode: fit, report, checkpoint."""
-    import ray
-    import ray.train
-    from ray.train import Checkpoint
-
     arrays = ray.get(config["arrays"])
     init = None
     if config.get("init") is not None:
@@ -184,8 +190,6 @@ def _heads_loop(config: dict[str, Any]) -> None:
 
 def _base_model(settings: Settings, say: Say) -> ModerationModel | None:
     """The current champion (its backbone is what heads-only mode trains on)."""
-    from bastion.registry.store import CHAMPION, ModelRegistry
-
     registry = ModelRegistry(settings)
     if not registry.has_champion():
         say("No @champion yet: starting from the stock MiniLM backbone.")
@@ -201,7 +205,6 @@ def _base_model(settings: Settings, say: Say) -> ModerationModel | None:
 def _use_gpu(opts: RetrainOptions) -> bool:
     if opts.use_gpu is not None:
         return opts.use_gpu
-    import ray
 
     return bool(ray.cluster_resources().get("GPU", 0) > 0)
 
@@ -214,11 +217,7 @@ def _train_heads(settings: Settings, snap: Snapshot, keys: list[str], encoder: E
                  init: LinearHeads | None, opts: RetrainOptions, run_name: str, say: Say,
                  timings: dict[str, float]) -> tuple[LinearHeads, np.ndarray, dict[str, Any],
                                                      list[dict[str, Any]]]:
-    import ray
-    from ray.train import LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
-    from bastion.training.embcache import EmbeddingCache, embeddings_dir
 
     cache = EmbeddingCache(embeddings_dir(settings.state_dir), encoder)
     t0 = time.perf_counter()
@@ -264,8 +263,6 @@ def _train_heads(settings: Settings, snap: Snapshot, keys: list[str], encoder: E
 
 
 def _ray_dataset(part: Any, idx: np.ndarray, weights: np.ndarray) -> Any:
-    import ray.data
-
     rows = [{"text": part.texts[i], "y": part.targets[i].astype(np.float32),
              "w": weights[i].astype(np.float32)} for i in idx]
     return ray.data.from_items(rows)
@@ -320,29 +317,31 @@ def _sync_review_labels(settings: Settings, policy: PolicySet) -> int:
 
 
 def _already_registered(settings: Settings, run_name: str) -> str | None:
-    from bastion.registry.store import ModelRegistry
-
     for v in ModelRegistry(settings).list_versions():
         if v.tags.get("bastion.train_run") == run_name:
             return v.version
     return None
 
 
-def retrain(settings: Settings, policy: PolicySet, opts: RetrainOptions,
-            say: Say = lambda _m: None) -> RetrainResult:
-    """Run one retraining end to end (see the module docstring).
+@dataclass
+class _Fitted:
+    """What one training mode hands on: the new heads (and encoder), the held-out split's
+    embeddings for the gate (per backbone fingerprint), and how the fit went."""
 
-    Raises:
-        RetrainError: training failed (nothing registered; the MLflow run is FAILED), or this
-            exact run (same data, same configuration) is already a registered version.
-    """
-    from bastion.core.runtime import start_ray
-    from bastion.registry.lifecycle import GateRefused, Lifecycle
-    from bastion.registry.store import CHALLENGER, ModelRegistry
-    from bastion.training.starter import tenant_metrics
+    heads: LinearHeads
+    encoder: Encoder
+    test_emb: np.ndarray
+    gate_emb: dict[str, np.ndarray]
+    bundle: bool
+    history: list[dict[str, Any]]
+    restarts: int = 0
+    cache_info: dict[str, Any] | None = None
 
-    timings: dict[str, float] = {}
-    t_all = time.perf_counter()
+
+def _snapshot_for_run(settings: Settings, policy: PolicySet, opts: RetrainOptions, say: Say,
+                      timings: dict[str, float]) -> tuple[Snapshot, str]:
+    """The run's snapshot and its name (data fingerprint + configuration); refuses a run that
+    is already a registered version."""
     synced = _sync_review_labels(settings, policy)
     if synced:
         say(f"Handed {synced} new review label(s) to the label store.")
@@ -360,139 +359,199 @@ def retrain(settings: Settings, policy: PolicySet, opts: RetrainOptions,
         raise RetrainError(
             f"run {run_name} (this data and configuration) is already version {done}; label "
             "more items or change the configuration to train a new one")
-    start_ray(settings)
-    base = _base_model(settings, say)
-    encoder: Encoder = base.encoder if base else create_encoder(
-        "minilm", precision=settings.serving.precision)
-    init = base.heads if base else None
-    keys = list(snap.data.categories) + [k for k in (init.keys if init else [])
-                                         if k not in snap.data.categories]
-    snap.data = snap.data.with_columns(keys)
-    registry = ModelRegistry(settings)
+    return snap, run_name
+
+
+def _open_run(registry: ModelRegistry, snap: Snapshot, run_name: str, opts: RetrainOptions,
+              say: Say) -> str:
+    """The MLflow run this retraining logs into (a stale RUNNING one of the same name, left by
+    a driver that died, is marked FAILED: this run resumes its work)."""
     for stale in registry.client.search_runs(
             [registry.experiment_id()],
             f"tags.`bastion.train_run` = '{run_name}' and attributes.status = 'RUNNING'"):
-        # a driver that died (killed, a lost pod) left its run RUNNING; this run resumes it
         registry.fail_run(stale.info.run_id, "the driver stopped; resumed by a later run")
     run_id = registry.start_run(run_name, tags={
         "bastion.kind": f"retrain-{opts.mode}", "bastion.data_fingerprint": snap.fingerprint,
         "bastion.train_run": run_name, "bastion.reason": opts.reason or "manual"})
-    registry.client.log_dict(run_id, summary, "data/snapshot.json")
+    registry.client.log_dict(run_id, snap.summary(), "data/snapshot.json")
     registry.log_reference(run_id, reference_sample(snap.part("train").texts))
     registry.client.log_dict(run_id, asdict(opts), "retrain_options.json")
     say(f"MLflow run {run_id} ({run_name}): per-epoch progress is logged there live.")
+    return run_id
+
+
+def _fit_heads_mode(settings: Settings, snap: Snapshot, keys: list[str], encoder: Encoder,
+                    base: ModerationModel | None, opts: RetrainOptions, run_name: str,
+                    say: Say, timings: dict[str, float]) -> _Fitted:
+    say("Heads-only training on Ray Train (backbone frozen)...")
+    init = base.heads if base else None
+    heads, emb, cache_info, history = _train_heads(
+        settings, snap, keys, encoder, init, opts, run_name, say, timings)
+    if init is not None:
+        kept = unlabelled_heads(snap.data, init)
+        heads = keep_heads(heads, init, kept)
+        if kept:
+            say(f"Kept the champion's heads for {', '.join(kept)}: no human label "
+                "of them in this run (the seed data alone would only forget).")
+    test_emb = emb[snap.split == "test"]
+    return _Fitted(heads=heads, encoder=encoder, test_emb=test_emb,
+                   gate_emb={encoder.identity["fingerprint"]: test_emb},
+                   bundle=bool(base and base.metadata.get("encoder", {}).get("bundled")),
+                   history=history, cache_info=cache_info)
+
+
+def _fit_full_mode(settings: Settings, snap: Snapshot, keys: list[str], encoder: Encoder,
+                   base: ModerationModel | None, opts: RetrainOptions, run_name: str,
+                   run_id: str, model_dir: Path, say: Say,
+                   timings: dict[str, float]) -> _Fitted:
+    say(f"Full fine-tuning on Ray Train: {opts.workers} worker(s), up to "
+        f"{opts.finetune.epochs} epoch(s)...")
+    ident = encoder.identity
+    enc_dir, heads, history, restarts = _train_full(
+        settings, snap, keys, ident["path"], bool(ident["normalize"]),
+        base.heads if base else None, opts, run_name, model_dir / "encoder",
+        {"uri": settings.tracking_uri, "run_id": run_id}, timings)
+    tuned = HFEncoder(str(enc_dir), max_length=int(ident["max_length"]),
+                      precision=settings.serving.precision,
+                      normalize=bool(ident["normalize"]), name="hf")
+    t0 = time.perf_counter()
+    test_texts = snap.part("test").texts
+    test_emb = tuned.encode(test_texts)
+    timings["encode_test"] = time.perf_counter() - t0
+    gate_emb = {tuned.identity["fingerprint"]: test_emb}
+    if base is not None:  # the champion's side of the gate, from the cache
+        cache = EmbeddingCache(embeddings_dir(settings.state_dir), base.encoder)
+        try:
+            gate_emb[base.encoder.identity["fingerprint"]] = cache.embed(test_texts)[0]
+        finally:
+            cache.close()
+    return _Fitted(heads=heads, encoder=tuned, test_emb=test_emb, gate_emb=gate_emb,
+                   bundle=True, history=history, restarts=restarts)
+
+
+def _new_model(fit: _Fitted, snap: Snapshot, keys: list[str], base: ModerationModel | None,
+               opts: RetrainOptions, run_name: str, scores: np.ndarray,
+               metrics: dict[str, dict[str, Any]], curves: dict[str, Any],
+               timings: dict[str, float]) -> ModerationModel:
+    test = snap.part("test")
+    return ModerationModel(encoder=fit.encoder, heads=fit.heads, metadata={
+        "kind": f"retrain-{opts.mode}",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "categories": keys,
+        "base_version": base.metadata.get("version") if base else None,
+        "data": snap.summary() | {"split": "connected groups (session, user, seed group, "
+                                           "text) hashed: 20% test, 10% validation"},
+        "metrics": metrics, "curves": curves, "history": fit.history,
+        "scoring_check": {"texts": test.texts[:16],
+                          "scores": np.round(scores[:16], 6).tolist()},
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "train_run": run_name,
+    })
+
+
+def _register(registry: ModelRegistry, model: ModerationModel, model_dir: Path, fit: _Fitted,
+              snap: Snapshot, policy: PolicySet, opts: RetrainOptions, run_name: str,
+              run_id: str, scores: np.ndarray, metrics: dict[str, dict[str, Any]],
+              timings: dict[str, float]) -> str:
+    """Log the saved model as the new @challenger version of the run; returns the version."""
+    flat = {f"{k}.{n}": float(v) for k, e in metrics.items() for n, v in e.items()
+            if isinstance(v, (int, float)) and v is not None}
+    flat |= {f"timing.{k}_s": float(v) for k, v in timings.items()}
+    if fit.cache_info:
+        flat |= {"cache.hits": fit.cache_info["hits"],
+                 "cache.encoded": fit.cache_info["encoded"]}
+    info = registry.log_version(
+        model_dir, run_name=run_name, run_id=run_id,
+        params={"mode": opts.mode, "workers": opts.workers, "n_items": len(snap.data),
+                "n_labelled_items": snap.n_labelled_items,
+                "base_version": model.metadata["base_version"],
+                "encoder": fit.encoder.identity["name"], "restarts": fit.restarts,
+                **{f"heads.{k}": v for k, v in asdict(opts.heads).items()},
+                **({f"finetune.{k}": v for k, v in asdict(opts.finetune).items()}
+                   if opts.mode == "full" else {})},
+        metrics=flat,
+        tags={"bastion.kind": f"retrain-{opts.mode}",
+              "bastion.data_fingerprint": snap.fingerprint,
+              "bastion.encoder_fingerprint": fit.encoder.identity["fingerprint"],
+              "bastion.train_run": run_name,
+              "bastion.reason": opts.reason or "manual"},
+        alias=CHALLENGER,
+        policy=policy.model_dump(mode="json", exclude_none=True),
+        extra_metrics=tenant_metrics(model, snap.part("test"), scores, policy),
+    )
+    return info.version
+
+
+def _gate(settings: Settings, policy: PolicySet, opts: RetrainOptions, version: str,
+          snap: Snapshot, gate_emb: dict[str, np.ndarray], run_name: str
+          ) -> tuple[bool, bool, str]:
+    """Gate (and, if the options say so, promote) the new version on the snapshot's held-out
+    split: (promoted, passed, the report as a table)."""
+    lifecycle = Lifecycle(settings, policy, eval_data=snap.part("test"), embeddings=gate_emb)
+    try:
+        if opts.promote:
+            report = lifecycle.promote(version, reason=f"retraining run {run_name}",
+                                       actor="bastion retrain").report
+            return True, report.passed, report.to_table()
+        report = lifecycle.gate(version)
+        return False, report.passed, report.to_table()
+    except GateRefused as err:
+        return False, False, str(err)
+
+
+def retrain(settings: Settings, policy: PolicySet, opts: RetrainOptions,
+            say: Say = lambda _m: None) -> RetrainResult:
+    """Run one retraining end to end (see the module docstring): snapshot, MLflow run, train
+    (heads or full), evaluate, register as @challenger, gate (and promote).
+
+    Raises:
+        RetrainError: training failed (nothing registered; the MLflow run is FAILED), or this
+            exact run (same data, same configuration) is already a registered version.
+    """
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    snap, run_name = _snapshot_for_run(settings, policy, opts, say, timings)
+    start_ray(settings)
+    base = _base_model(settings, say)
+    encoder: Encoder = base.encoder if base else create_encoder(
+        "minilm", precision=settings.serving.precision)
+    keys = list(snap.data.categories) + [k for k in (base.heads.keys if base else [])
+                                         if k not in snap.data.categories]
+    snap.data = snap.data.with_columns(keys)
+    registry = ModelRegistry(settings)
+    run_id = _open_run(registry, snap, run_name, opts, say)
     try:
         with tempfile.TemporaryDirectory(prefix="bastion-retrain-") as tmp:
             model_dir = Path(tmp) / "bastion"
-            cache_info = None
-            restarts = 0
-            if opts.mode == "heads":
-                say("Heads-only training on Ray Train (backbone frozen)...")
-                heads, emb, cache_info, history = _train_heads(
-                    settings, snap, keys, encoder, init, opts, run_name, say, timings)
-                if init is not None:
-                    kept = unlabelled_heads(snap.data, init)
-                    heads = keep_heads(heads, init, kept)
-                    if kept:
-                        say(f"Kept the champion's heads for {', '.join(kept)}: no human label "
-                            "of them in this run (the seed data alone would only forget).")
-                test_emb = emb[snap.split == "test"]
-                bundle = bool(base and base.metadata.get("encoder", {}).get("bundled"))
-                gate_emb = {encoder.identity["fingerprint"]: test_emb}
-            else:
-                say(f"Full fine-tuning on Ray Train: {opts.workers} worker(s), up to "
-                    f"{opts.finetune.epochs} epoch(s)...")
-                ident = encoder.identity
-                enc_dir, heads, history, restarts = _train_full(
-                    settings, snap, keys, ident["path"], bool(ident["normalize"]), init, opts,
-                    run_name, model_dir / "encoder",
-                    {"uri": settings.tracking_uri, "run_id": run_id}, timings)
-                encoder = HFEncoder(str(enc_dir), max_length=int(ident["max_length"]),
-                                    precision=settings.serving.precision,
-                                    normalize=bool(ident["normalize"]), name="hf")
-                t0 = time.perf_counter()
-                test_emb = encoder.encode(snap.part("test").texts)
-                timings["encode_test"] = time.perf_counter() - t0
-                bundle = True
-                gate_emb = {encoder.identity["fingerprint"]: test_emb}
-                if base is not None:  # the champion's side of the gate, from the cache
-                    from bastion.training.embcache import EmbeddingCache, embeddings_dir
-
-                    cache = EmbeddingCache(embeddings_dir(settings.state_dir), base.encoder)
-                    try:
-                        fp = base.encoder.identity["fingerprint"]
-                        gate_emb[fp] = cache.embed(snap.part("test").texts)[0]
-                    finally:
-                        cache.close()
+            fit = (_fit_heads_mode(settings, snap, keys, encoder, base, opts, run_name, say,
+                                   timings) if opts.mode == "heads" else
+                   _fit_full_mode(settings, snap, keys, encoder, base, opts, run_name, run_id,
+                                  model_dir, say, timings))
             test = snap.part("test")
-            scores = heads.score(test_emb)
-            metrics, curves = evaluate_heads(scores, test.targets, test.mask, heads.keys)
+            scores = fit.heads.score(fit.test_emb)
+            metrics, curves = evaluate_heads(scores, test.targets, test.mask, fit.heads.keys)
             timings["train_total"] = time.perf_counter() - t_all
-            model = ModerationModel(encoder=encoder, heads=heads, metadata={
-                "kind": f"retrain-{opts.mode}",
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "categories": keys,
-                "base_version": base.metadata.get("version") if base else None,
-                "data": summary | {"split": "connected groups (session, user, seed group, "
-                                            "text) hashed: 20% test, 10% validation"},
-                "metrics": metrics, "curves": curves, "history": history,
-                "scoring_check": {"texts": test.texts[:16],
-                                  "scores": np.round(scores[:16], 6).tolist()},
-                "timings_s": {k: round(v, 2) for k, v in timings.items()},
-                "train_run": run_name,
-            })
-            model.save(model_dir, bundle_encoder=bundle)
-            flat = {f"{k}.{n}": float(v) for k, e in metrics.items() for n, v in e.items()
-                    if isinstance(v, (int, float)) and v is not None}
-            flat |= {f"timing.{k}_s": float(v) for k, v in timings.items()}
-            if cache_info:
-                flat |= {"cache.hits": cache_info["hits"], "cache.encoded": cache_info["encoded"]}
+            model = _new_model(fit, snap, keys, base, opts, run_name, scores, metrics, curves,
+                               timings)
+            model.save(model_dir, bundle_encoder=fit.bundle)
             say("Registering the new version as @challenger...")
-            info = registry.log_version(
-                model_dir, run_name=run_name, run_id=run_id,
-                params={"mode": opts.mode, "workers": opts.workers, "n_items": len(snap.data),
-                        "n_labelled_items": snap.n_labelled_items,
-                        "base_version": model.metadata["base_version"],
-                        "encoder": encoder.identity["name"], "restarts": restarts,
-                        **{f"heads.{k}": v for k, v in asdict(opts.heads).items()},
-                        **({f"finetune.{k}": v for k, v in asdict(opts.finetune).items()}
-                           if opts.mode == "full" else {})},
-                metrics=flat,
-                tags={"bastion.kind": f"retrain-{opts.mode}",
-                      "bastion.data_fingerprint": snap.fingerprint,
-                      "bastion.encoder_fingerprint": encoder.identity["fingerprint"],
-                      "bastion.train_run": run_name,
-                      "bastion.reason": opts.reason or "manual"},
-                alias=CHALLENGER,
-                policy=policy.model_dump(mode="json", exclude_none=True),
-                extra_metrics=tenant_metrics(model, test, scores, policy),
-            )
+            version = _register(registry, model, model_dir, fit, snap, policy, opts, run_name,
+                                run_id, scores, metrics, timings)
     except BaseException as err:  # KeyboardInterrupt too: the run must not stay RUNNING
         registry.fail_run(run_id, f"{type(err).__name__}: {err}")
         if isinstance(err, (KeyboardInterrupt, SystemExit)):
             raise
         raise RetrainError(f"retraining run {run_name} failed; nothing was registered and "
                            f"@champion is untouched: {type(err).__name__}: {err}") from err
-    version = info.version
     say(f"Registered version {version}; running the promotion gate on the held-out split...")
     t0 = time.perf_counter()
-    lifecycle = Lifecycle(settings, policy, eval_data=snap.part("test"), embeddings=gate_emb)
-    promoted, passed = False, False
-    try:
-        if opts.promote:
-            report = lifecycle.promote(version, reason=f"retraining run {run_name}",
-                                       actor="bastion retrain").report
-            promoted = True
-        else:
-            report = lifecycle.gate(version)
-        passed, table = report.passed, report.to_table()
-    except GateRefused as err:
-        table = str(err)
+    promoted, passed, table = _gate(settings, policy, opts, version, snap, fit.gate_emb,
+                                    run_name)
     timings["gate"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
     return RetrainResult(
         run_id=run_id, run_name=run_name, mode=opts.mode, version=version, promoted=promoted,
-        gate_passed=passed, gate_table=table, snapshot=summary, metrics=metrics,
-        timings_s={k: round(v, 2) for k, v in timings.items()}, cache=cache_info,
-        history=history,
+        gate_passed=passed, gate_table=table, snapshot=snap.summary(), metrics=metrics,
+        timings_s={k: round(v, 2) for k, v in timings.items()}, cache=fit.cache_info,
+        history=fit.history,
     )
