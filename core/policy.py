@@ -153,11 +153,6 @@ class CategoryPolicy(_Frozen):
             )
         return self
 
-    @property
-    def review_only(self) -> bool:
-        """Only a review_threshold: the model sends items to people, never decides alone."""
-        return self.block_threshold is None and self.target_precision is None
-
 
 class KeywordRule(_Frozen):
     """Phrases that force a decision whatever the model says."""

@@ -60,15 +60,6 @@ class Pick:
     score: float
     reasons: dict[str, float | str]
 
-    def describe(self) -> str:
-        """One line for a moderator's queue: why this item was chosen."""
-        r = self.reasons
-        return (
-            f"{r['category']}: score {float(r['model_score']):.2f} vs threshold "
-            f"{float(r['threshold']):.2f} (uncertainty {float(r['uncertainty']):.2f}), rarity "
-            f"{float(r['rarity']):.2f}, {float(r['distance']):.2f} from anything labelled"
-        )
-
 
 def _per_head(
     head_keys: list[str], given: dict[str, float] | dict[str, int] | None, default: float,

@@ -33,7 +33,7 @@ def test_thresholds_block_target_or_review_only() -> None:
     with pytest.raises(PolicyError, match="not both"):
         parse_policy(minimal(block_threshold=0.8, target_precision=0.9))
     review_only = parse_policy(minimal(review_threshold=0.3)).tenants["acme"].categories["hate"]
-    assert review_only.review_only and review_only.block_threshold is None
+    assert review_only.block_threshold is None and review_only.target_precision is None
 
 
 def test_review_threshold_must_lie_below_block() -> None:
