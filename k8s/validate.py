@@ -15,7 +15,8 @@
 Not checked: CEL rules (``x-kubernetes-validations``), formats (int32, quantities), admission
 webhooks, and whatever the operator decides at run time.
 
-Run ``python -m k8s.validate k8s/overlays/dev`` to build an overlay and validate it.
+Run ``python -m k8s.validate k8s/overlays/dev`` to build an overlay (``kubectl kustomize``) and
+validate it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 import yaml
 
 from k8s.errors import ManifestError, ManifestInvalidError
+from k8s.kustomize import build
 
 __all__ = ["K8S_VERSION", "Validator", "default_crd_dir"]
 
@@ -206,8 +208,6 @@ def _path(parts: Iterable[Any]) -> str:
 
 
 def main(argv: list[str] | None = None, validator: Validator | None = None) -> int:
-    from k8s._kustomize import build
-
     targets = (argv if argv is not None else sys.argv[1:]) or ["k8s/overlays/dev",
                                                                "k8s/overlays/prod"]
     validator = validator or Validator()
