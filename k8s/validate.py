@@ -28,7 +28,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import yaml
+from jsonschema import Draft4Validator
+from pydantic import ValidationError
+from ray.serve.schema import ServeDeploySchema
 
 from k8s.errors import ManifestError, ManifestInvalidError
 from k8s.kustomize import build
@@ -108,8 +112,6 @@ class Validator:
                                        + "\n  ".join(problems))
 
     def _builtin_errors(self, doc: dict[str, Any]) -> list[str]:
-        import kubernetes_validate
-
         try:
             kubernetes_validate.validate(doc, self.k8s_version, strict=True)
         except kubernetes_validate.ValidationError as err:
@@ -132,8 +134,6 @@ class Validator:
 
 
 def _load_crds(crd_dir: Path) -> dict[tuple[str, str], Any]:
-    from jsonschema import Draft4Validator
-
     files = sorted(crd_dir.glob("ray.io_*.yaml"))
     if not files:
         raise ManifestError(
@@ -190,9 +190,6 @@ def _enum_errors(doc: dict[str, Any], kind: str) -> list[str]:
 
 
 def _serve_config_errors(text: str) -> list[str]:
-    from pydantic import ValidationError
-    from ray.serve.schema import ServeDeploySchema
-
     try:
         ServeDeploySchema.model_validate(yaml.safe_load(text))
     except ValidationError as err:

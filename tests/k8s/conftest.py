@@ -14,15 +14,13 @@ import yaml
 
 from k8s.kustomize import INSTALL_KUBECTL, build, kubectl_path
 from k8s.render import K8S, REPO
-from k8s.validate import Validator
+from k8s.validate import Validator, default_crd_dir
 from tests._requires import missing
 from tests.k8s._resources import VARIANTS, Resource
 
 
 @pytest.fixture(scope="session")
 def validator() -> Validator:
-    from k8s.validate import default_crd_dir
-
     if not default_crd_dir().is_dir():
         missing(f"the KubeRay CRD schemas ({default_crd_dir()})",
                 "put the shared/ folder beside the checkout or set BASTION_KUBERAY_CRDS")

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from ray.serve.schema import ServeDeploySchema
 
 from bastion.core.runtime import ray_env
 from k8s.render import K8S, load_serve_settings, serve_config_text
@@ -50,8 +51,6 @@ def test_every_resource_lands_in_the_overlays_namespace(
 def test_serve_config_v2_is_the_generated_serve_config(
     rendered: dict[str, list[Resource]], overlay: str
 ) -> None:
-    from ray.serve.schema import ServeDeploySchema
-
     text = one(rendered[overlay], "RayService", "bastion")["spec"]["serveConfigV2"]
     folder = "base/serving" if overlay == "dev" else "overlays/prod"
     settings = K8S / folder / "serve-settings.yaml"
