@@ -7,19 +7,23 @@ Only SHA-256 digests reach the serving replicas; the operator reads the keys fro
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from bastion.core.errors import ConfigError
 
 __all__ = [
-    "load_keys", "ensure_keys", "key_hashes", "new_key", "ROLES", "reviewers_path",
-    "load_reviewers", "add_reviewer", "reviewer_hashes",
+    "load_keys", "ensure_keys", "key_hash", "key_hashes", "holder", "new_key", "ROLES",
+    "reviewers_path", "load_reviewers", "add_reviewer", "reviewer_hashes",
 ]
+
+T = TypeVar("T")
 
 
 def new_key() -> str:
@@ -61,8 +65,23 @@ def _write_private(path: Path, data: object) -> None:
     os.replace(tmp, path)
 
 
+def key_hash(key: str) -> str:
+    """The SHA-256 of a key, as the serving replicas hold it."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
 def key_hashes(keys: dict[str, str]) -> dict[str, str]:
-    return {t: hashlib.sha256(k.encode("utf-8")).hexdigest() for t, k in keys.items()}
+    return {t: key_hash(k) for t, k in keys.items()}
+
+
+def holder(by_hash: Mapping[str, T], key: str) -> T | None:
+    """Whom ``key`` belongs to in ``{sha256(key): who}``, or None. Every digest is compared, in
+    constant time, so the answer's timing says nothing about which one matched."""
+    digest, found = key_hash(key), None
+    for h, who in by_hash.items():
+        if hmac.compare_digest(h, digest):
+            found = who
+    return found
 
 
 # -- reviewers: moderators and ML ops ---------------------------------------------------------
@@ -105,6 +124,6 @@ def add_reviewer(path: Path, name: str, role: str, tenants: Iterable[str]) -> st
 
 def reviewer_hashes(reviewers: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
     """sha256(key) -> {"name", "role", "tenants"}: what the serving replicas receive."""
-    return {hashlib.sha256(str(r["key"]).encode("utf-8")).hexdigest():
+    return {key_hash(str(r["key"])):
             {"name": name, "role": r["role"], "tenants": r["tenants"]}
             for name, r in reviewers.items()}

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from bastion.core.errors import ConfigError
 
-__all__ = ["ManifestError", "KustomizeError", "ManifestInvalidError", "StaleGeneratedError"]
+__all__ = [
+    "ManifestError", "KustomizeError", "KubectlNotFoundError", "ManifestInvalidError",
+    "StaleGeneratedError",
+]
 
 
 class ManifestError(ConfigError):
@@ -12,7 +15,11 @@ class ManifestError(ConfigError):
 
 
 class KustomizeError(ManifestError):
-    """A kustomization cannot be built (missing file, unsupported feature, bad patch)."""
+    """``kubectl kustomize`` refuses a kustomization (missing file, bad patch, conflict)."""
+
+
+class KubectlNotFoundError(ManifestError):
+    """There is no kubectl to render kustomizations with."""
 
 
 class ManifestInvalidError(ManifestError):

@@ -15,7 +15,8 @@
 Not checked: CEL rules (``x-kubernetes-validations``), formats (int32, quantities), admission
 webhooks, and whatever the operator decides at run time.
 
-Run ``python -m k8s.validate k8s/overlays/dev`` to build an overlay and validate it.
+Run ``python -m k8s.validate k8s/overlays/dev`` to build an overlay (``kubectl kustomize``) and
+validate it.
 """
 
 from __future__ import annotations
@@ -27,9 +28,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import yaml
+from jsonschema import Draft4Validator
+from pydantic import ValidationError
+from ray.serve.schema import ServeDeploySchema
 
 from k8s.errors import ManifestError, ManifestInvalidError
+from k8s.kustomize import build
 
 __all__ = ["K8S_VERSION", "Validator", "default_crd_dir"]
 
@@ -106,8 +112,6 @@ class Validator:
                                        + "\n  ".join(problems))
 
     def _builtin_errors(self, doc: dict[str, Any]) -> list[str]:
-        import kubernetes_validate
-
         try:
             kubernetes_validate.validate(doc, self.k8s_version, strict=True)
         except kubernetes_validate.ValidationError as err:
@@ -130,8 +134,6 @@ class Validator:
 
 
 def _load_crds(crd_dir: Path) -> dict[tuple[str, str], Any]:
-    from jsonschema import Draft4Validator
-
     files = sorted(crd_dir.glob("ray.io_*.yaml"))
     if not files:
         raise ManifestError(
@@ -188,9 +190,6 @@ def _enum_errors(doc: dict[str, Any], kind: str) -> list[str]:
 
 
 def _serve_config_errors(text: str) -> list[str]:
-    from pydantic import ValidationError
-    from ray.serve.schema import ServeDeploySchema
-
     try:
         ServeDeploySchema.model_validate(yaml.safe_load(text))
     except ValidationError as err:
@@ -206,8 +205,6 @@ def _path(parts: Iterable[Any]) -> str:
 
 
 def main(argv: list[str] | None = None, validator: Validator | None = None) -> int:
-    from k8s._kustomize import build
-
     targets = (argv if argv is not None else sys.argv[1:]) or ["k8s/overlays/dev",
                                                                "k8s/overlays/prod"]
     validator = validator or Validator()

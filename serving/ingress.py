@@ -1,94 +1,48 @@
-"""The ingress deployment: authenticate the tenant, validate input, score, decide, log.
+"""The Ingress deployment: the replica state behind the API (policy, tenant and reviewer key
+hashes, the policy resolved per model version), the Scorer calls and the writers of the event
+log and the review queue.
 
-Policies and tenant key hashes arrive through ``user_config``; ``reconfigure`` swaps them
-atomically, so a policy edit never restarts a replica. Errors are 4xx with a message that
-says what is wrong; the service keeps serving.
+Policies and key hashes arrive through ``user_config``; ``reconfigure`` swaps them atomically,
+so a policy edit never restarts a replica. The HTTP side is ``serving.api``, built for each
+replica from its limits (``__serve_build_asgi_app__``, after the constructor).
 """
 
+from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
 import logging
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from bastion.core.decision import ResolvedTenant, decide, fit_problems, resolve_policy
-from bastion.core.events import DecisionEvent, EventLog, EventWriter, text_digest
+from bastion.core.decision import ResolvedTenant, fit_problems, resolve_policy
+from bastion.core.events import EventLog, EventWriter
+from bastion.core.http import ApiError
+from bastion.core.keys import key_hashes, load_keys
 from bastion.core.policy import PolicySet, parse_policy
 from bastion.core.settings import Limits
 from bastion.review.queue import ReviewQueue
-from bastion.review.records import LabelIn, LeaseLost, NotFound, Report, ReviewError, ReviewItem
-from bastion.review.records import SessionEvent as ReviewEvent
-from bastion.review.service import IntakeWriter, ReviewService, task_view
-from bastion.serving.schemas import (
-    ClaimToken,
-    EventsRequest,
-    ModerateRequest,
-    ModerateResponse,
-    ReportRequest,
-    SubmitRequest,
-)
+from bastion.review.records import ReviewError
+from bastion.review.service import IntakeWriter, ReviewService
+from bastion.serving.api import build_api
+from bastion.serving.auth import authenticate_tenant
+from bastion.serving.decisions import assemble
+from bastion.serving.schemas import ModerateRequest
 
-__all__ = ["Ingress", "api"]
+__all__ = ["Ingress"]
 
 log = logging.getLogger("ray.serve")
 
-api = FastAPI(
-    title="Bastion moderation API",
-    version="1",
-    description="Per-tenant category scores and a decision (block, review, allow) for content.",
-)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.message, self.extra = status, message, extra
-
-
-@api.exception_handler(ApiError)
-async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse({"error": exc.message, **exc.extra}, status_code=exc.status)
-
-
-def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def _bearer(request: Request) -> str:
-    auth = request.headers.get("authorization", "")
-    return auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-
-
-def _holder(by_hash: dict[str, Any], key: str) -> Any:
-    """Whom a key belongs to, by its SHA-256 (compared in constant time), or None."""
-    digest, found = key_hash(key), None
-    for h, who in by_hash.items():
-        if hmac.compare_digest(h, digest):
-            found = who
-    return found
-
-
-def _validation_messages(err: ValidationError) -> list[str]:
-    out = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field; remove it"
-        out.append(f"{loc}: {msg}")
-    return out
+# Items per Scorer call: the calls run concurrently and the Scorer batches across them.
+_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -99,24 +53,8 @@ class _PolicyState:
     reviewers: dict[str, dict[str, Any]]  # sha256(key) -> {"name", "role", "tenants"}
 
 
-@dataclass(frozen=True)
-class Reviewer:
-    name: str
-    role: str  # "moderator" | "mlops"
-    tenants: tuple[str, ...]
-
-
-_MODERATE_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": ModerateRequest.model_json_schema(
-            ref_template="#/components/schemas/{model}")}},
-    },
-}
-
-
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.5})
-@serve.ingress(api)
+@serve.ingress()
 class Ingress:
     def __init__(
         self, scorer: DeploymentHandle, events_db: str, limits: dict[str, Any],
@@ -130,8 +68,6 @@ class Ingress:
         self.review: ReviewService | None = None
         self.intake: IntakeWriter | None = None
         if review_db_url:
-            from pathlib import Path
-
             self.review = ReviewService(
                 ReviewQueue(review_db_url), self._current_policy,
                 labels_db=Path(labels_db) if labels_db else None,
@@ -141,6 +77,10 @@ class Ingress:
         self._resolved: dict[tuple[str, float], dict[str, ResolvedTenant]] = {}
         self._meta: dict[str, dict[str, Any]] = {}
         self.started_at = time.time()
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """Serve asks for the replica's ASGI app once the constructor has run."""
+        return build_api(self)
 
     # -- configuration --------------------------------------------------------------------
     def reconfigure(self, config: dict[str, Any]) -> None:
@@ -152,10 +92,6 @@ class Ingress:
         if hashes is None:
             if not self.keys_file:
                 raise ValueError("user_config has no key_hashes and no keys_file is set")
-            from pathlib import Path
-
-            from bastion.core.keys import key_hashes, load_keys
-
             hashes = key_hashes(load_keys(Path(self.keys_file)))
         state = _PolicyState(policy, {h: t for t, h in hashes.items()}, time.time(),
                              dict(config.get("reviewer_hashes") or {}))
@@ -167,6 +103,12 @@ class Ingress:
             raise ReviewError("no policy loaded yet; retry shortly")
         return self._policy.policy
 
+    def _loaded(self) -> _PolicyState:
+        state = self._policy
+        if state is None:
+            raise ApiError(503, "no policy loaded yet; retry shortly")
+        return state
+
     def _block_thresholds(self, tenant: str) -> dict[str, float]:
         """The block thresholds serving uses now (the newest resolved model version)."""
         for resolved in reversed(list(self._resolved.values())):
@@ -176,8 +118,7 @@ class Ingress:
         return {}
 
     async def _resolved_for(self, version: str) -> dict[str, ResolvedTenant]:
-        state = self._policy
-        assert state is not None
+        state = self._loaded()
         key = (version, state.loaded_at)
         if key not in self._resolved:
             if version not in self._meta:
@@ -204,268 +145,34 @@ class Ingress:
                 await asyncio.sleep(0.05 * (attempt + 1))
         raise ApiError(503, f"no Scorer replica holds model version {version}; retry shortly")
 
-    # -- auth and input -------------------------------------------------------------------
-    def _authenticate(self, request: Request, tenant: str) -> str:
-        state = self._policy
-        if state is None:
-            raise ApiError(503, "no policy loaded yet; retry shortly")
-        key = _bearer(request) or request.headers.get("x-api-key", "").strip()
-        if not key:
-            raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'")
-        owner = _holder(state.key_to_tenant, key)
-        if owner is None or owner != tenant:
-            raise ApiError(401, f"the API key is not valid for tenant {tenant!r}")
-        if tenant not in state.policy.tenants:
-            raise ApiError(404, f"tenant {tenant!r} has no policy; add it to the policy file")
-        return tenant
+    # -- what serving.api and bastion.review.routes call --------------------------------------
+    def authenticate(self, request: Request, tenant: str) -> str:
+        state = self._loaded()
+        return authenticate_tenant(request, tenant, state.key_to_tenant, state.policy.tenants)
 
-    async def _parse(self, request: Request) -> ModerateRequest:
-        body = await request.body()
-        lim = self.limits
-        if len(body) > lim.max_body_bytes:
-            raise ApiError(413, f"request body is {len(body)} bytes; the limit is "
-                                f"{lim.max_body_bytes} (limits.max_body_bytes)")
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise ApiError(400, f"request body is not valid UTF-8 (byte {err.start}: "
-                                f"{err.reason}); encode the JSON as UTF-8") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ApiError(400, f"request body is not valid JSON: {err.msg} at line "
-                                f"{err.lineno} column {err.colno}") from None
-        try:
-            req = ModerateRequest.model_validate(data)
-        except ValidationError as err:
-            raise ApiError(422, "invalid request", details=_validation_messages(err)) from None
-        if len(req.items) > lim.max_items:
-            raise ApiError(413, f"{len(req.items)} items in one request; the limit is "
-                                f"{lim.max_items} (limits.max_items): split the batch")
-        problems = []
-        seen: set[str] = set()
-        for i, item in enumerate(req.items):
-            if len(item.text) > lim.max_text_chars:
-                problems.append(f"items.{i}.text: {len(item.text)} characters; the limit is "
-                                f"{lim.max_text_chars} (limits.max_text_chars)")
-            if not item.text.strip():
-                problems.append(f"items.{i}.text: only whitespace; send some text")
-            try:
-                item.text.encode("utf-8")
-            except UnicodeEncodeError:
-                problems.append(f"items.{i}.text: contains invalid Unicode (a lone surrogate)")
-            ids = [item.id, item.context.session_id or "", item.context.user_id or ""]
-            if any(len(x) > lim.max_id_chars for x in ids):
-                problems.append(f"items.{i}: an id is longer than {lim.max_id_chars} characters")
-            if item.id in seen:
-                problems.append(f"items.{i}.id: {item.id!r} appears twice in this request")
-            seen.add(item.id)
-        if problems:
-            raise ApiError(422, "invalid request", details=problems)
-        return req
+    def reviewer_hashes(self) -> Mapping[str, Mapping[str, Any]]:
+        return self._loaded().reviewers
 
-    # -- endpoints ------------------------------------------------------------------------
-    @api.post("/v1/moderate", response_model=ModerateResponse, openapi_extra=_MODERATE_SCHEMA,
-              summary="Score items against a tenant's policy and decide.")
-    async def moderate(self, request: Request) -> dict[str, Any]:
-        req = await self._parse(request)
-        tenant = self._authenticate(request, req.tenant)
-        texts = [it.text for it in req.items]
-        step = 64
-        chunks = await asyncio.gather(*[
-            self.scorer.score.remote(texts[i:i + step]) for i in range(0, len(texts), step)
-        ])
-        request_id = uuid.uuid4().hex
-        results, events = [], []
-        review_items: list[ReviewItem] = []
-        now = time.time()
-        for chunk_index, res in enumerate(chunks):
-            resolved = await self._resolved_for(res.model_version)
-            rt = resolved[tenant]
-            if req.categories is not None:
-                known = {c.name for c in rt.categories}
-                unknown = sorted(set(req.categories) - known)
-                if unknown:
-                    raise ApiError(422, f"unknown categories {unknown} for tenant {tenant!r}; "
-                                        f"it enforces {sorted(known)}")
-            for j in range(len(res.scores)):
-                item = req.items[chunk_index * step + j]
-                d = decide(rt, item.text, res.scores[j], req.categories)
-                results.append({"id": item.id, **d, "model_version": res.model_version,
-                                "policy_version": rt.version})
-                in_review = d["decision"] == "review"
-                if self.intake is not None and (in_review or item.context.session_id):
-                    # a session's other items join its review task as context (if it has one)
-                    review_items.append(ReviewItem(
-                        tenant=tenant, item_id=item.id, text=item.text,
-                        text_sha256=text_digest(item.text), session_id=item.context.session_id,
-                        user_id=item.context.user_id,
-                        source="decision" if in_review else "context", scores=d["scores"],
-                        keyword_hits=[str(h.get("rule") or h.get("category") or "")
-                                      for h in d["keyword_hits"]],
-                        decision=d["decision"], model_version=res.model_version,
-                        policy_version=rt.version, ts=now))
-                events.append(DecisionEvent(
-                    ts=now, request_id=request_id, tenant=tenant, item_id=item.id,
-                    session_id=item.context.session_id, user_id=item.context.user_id,
-                    text=item.text if rt.store_raw_text else None,
-                    text_sha256=text_digest(item.text), text_len=len(item.text),
-                    decision=d["decision"], scores=d["scores"], reasons=d["reasons"],
-                    model_version=res.model_version, policy_version=rt.version,
-                    embedding=res.embeddings[j],
-                ))
-        self.writer.submit(events)
-        if self.intake is not None:
-            self.intake.submit(review_items)
-        return {"request_id": request_id, "tenant": tenant,
-                "model_version": results[0]["model_version"],
-                "policy_version": results[0]["policy_version"], "results": results}
-
-    # -- human review: intake ---------------------------------------------------------------
-    def _review(self) -> ReviewService:
+    def review_service(self) -> ReviewService:
         if self.review is None:
             raise ApiError(503, "human review is not enabled on this deployment")
         return self.review
 
-    async def _body(self, request: Request, model: Any) -> Any:
-        body = await request.body()
-        if len(body) > self.limits.max_body_bytes:
-            raise ApiError(413, f"request body is {len(body)} bytes; the limit is "
-                                f"{self.limits.max_body_bytes} (limits.max_body_bytes)")
-        try:
-            data = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ApiError(400, f"request body is not valid UTF-8 JSON: {err}") from None
-        try:
-            return model.model_validate(data)
-        except ValidationError as err:
-            raise ApiError(422, "invalid request", details=_validation_messages(err)) from None
+    async def moderate(self, req: ModerateRequest, request: Request) -> dict[str, Any]:
+        tenant = self.authenticate(request, req.tenant)
+        texts = [it.text for it in req.items]
+        chunks = await asyncio.gather(*[
+            self.scorer.score.remote(texts[i:i + _CHUNK]) for i in range(0, len(texts), _CHUNK)
+        ])
+        scored = [(res, (await self._resolved_for(res.model_version))[tenant]) for res in chunks]
+        out = assemble(req, tenant, scored, request_id=uuid.uuid4().hex, now=time.time(),
+                       review=self.intake is not None)
+        self.writer.submit(out.events)
+        if self.intake is not None:
+            self.intake.submit(out.review_items)
+        return out.response
 
-    @api.post("/v1/reports", status_code=202, summary="A user reports another user or an item.")
-    async def report(self, request: Request) -> dict[str, Any]:
-        req = await self._body(request, ReportRequest)
-        tenant = self._authenticate(request, req.tenant)
-        if not (req.reported_user or req.reported_item or req.session_id):
-            raise ApiError(422, "a report names reported_user, reported_item or session_id")
-        ts = req.ts or time.time()
-        rid = req.report_id or hashlib.sha256(json.dumps(
-            [req.reporter, req.reported_user, req.reported_item, req.session_id, req.reason,
-             req.text, ts]).encode()).hexdigest()[:24]
-        report = Report(tenant=tenant, report_id=rid, reporter=req.reporter,
-                        reported_user=req.reported_user, reported_item=req.reported_item,
-                        session_id=req.session_id, reason=req.reason, text=req.text, ts=ts)
-        try:
-            task_id = await asyncio.to_thread(self._review().report, report)
-        except ReviewError as err:
-            raise ApiError(422, str(err)) from None
-        return {"report_id": rid, "task_id": task_id}
-
-    @api.post("/v1/events", status_code=202,
-              summary="Session events (mute, leave, block, ...) that may call for review.")
-    async def events(self, request: Request) -> dict[str, Any]:
-        req = await self._body(request, EventsRequest)
-        tenant = self._authenticate(request, req.tenant)
-        out = []
-        for e in req.events:
-            ts = e.ts or time.time()
-            eid = e.event_id or hashlib.sha256(json.dumps(
-                [e.session_id, e.user_id, e.kind, e.target_user, ts]).encode()).hexdigest()[:24]
-            ev = ReviewEvent(tenant=tenant, event_id=eid, session_id=e.session_id,
-                             user_id=e.user_id, kind=e.kind, target_user=e.target_user, ts=ts)
-            try:
-                out.append({"event_id": eid,
-                            "task_id": await asyncio.to_thread(self._review().event, ev)})
-            except ReviewError as err:
-                raise ApiError(422, str(err)) from None
-        return {"accepted": out}
-
-    # -- human review: moderators ------------------------------------------------------------
-    def _reviewer(self, request: Request, roles: tuple[str, ...] = ("moderator", "mlops")
-                  ) -> Reviewer:
-        state = self._policy
-        if state is None:
-            raise ApiError(503, "no policy loaded yet; retry shortly")
-        key = _bearer(request)
-        if not key:
-            raise ApiError(401, "missing reviewer key: send 'Authorization: Bearer <key>' "
-                                "(issue one with 'bastion review keys add')")
-        found = _holder(state.reviewers, key)
-        if found is None:
-            raise ApiError(401, "the key is not a reviewer key")
-        if found["role"] not in roles:
-            raise ApiError(403, f"reviewer {found['name']!r} has role {found['role']!r}; "
-                                f"this needs {' or '.join(roles)}")
-        return Reviewer(str(found["name"]), str(found["role"]), tuple(found["tenants"]))
-
-    @api.post("/v1/review/claim", summary="Lease the most urgent task in your tenants.")
-    async def review_claim(self, request: Request) -> JSONResponse:
-        who = self._reviewer(request)
-        got = await asyncio.to_thread(self._review().claim, who.name, who.tenants)
-        if got is None:
-            return JSONResponse({"claim": None, "message": "nothing to review"}, 200)
-        claim, task = got
-        return JSONResponse({"claim": {"token": claim.token, "task_id": claim.task_id,
-                                       "slot": claim.slot, "leased_until": claim.leased_until},
-                             "task": task_view(task, show_gold=who.role == "mlops")})
-
-    @api.post("/v1/review/submit", summary="Submit labels for a claimed task (idempotent).")
-    async def review_submit(self, request: Request) -> dict[str, Any]:
-        who = self._reviewer(request)
-        req = await self._body(request, SubmitRequest)
-        labels = [LabelIn(x.item_id, x.category, x.value, x.confidence) for x in req.labels]
-        try:
-            owner = await asyncio.to_thread(self._review().queue.claim_of, req.token)
-            if owner.moderator != who.name:
-                raise ApiError(403, "that claim belongs to another reviewer")
-            sub = await asyncio.to_thread(self._review().submit, req.token, req.submission_id,
-                                          labels)
-        except LeaseLost as err:
-            raise ApiError(409, str(err)) from None
-        except NotFound as err:
-            raise ApiError(404, str(err)) from None
-        except ReviewError as err:
-            raise ApiError(422, str(err)) from None
-        return {"submission_id": sub.submission_id, "task_id": sub.task_id,
-                "duplicate": sub.duplicate, "labels": len(sub.labels)}
-
-    @api.post("/v1/review/release", summary="Give a claimed task back to the queue.")
-    async def review_release(self, request: Request) -> dict[str, Any]:
-        who = self._reviewer(request)
-        req = await self._body(request, ClaimToken)
-        try:
-            owner = await asyncio.to_thread(self._review().queue.claim_of, req.token)
-            if owner.moderator != who.name:
-                raise ApiError(403, "that claim belongs to another reviewer")
-            await asyncio.to_thread(self._review().queue.release, req.token)
-        except (LeaseLost, NotFound) as err:
-            raise ApiError(409, str(err)) from None
-        return {"released": True}
-
-    @api.get("/v1/review/tasks/{task_id}", summary="One task, within your tenants.")
-    async def review_task(self, task_id: str, request: Request) -> dict[str, Any]:
-        who = self._reviewer(request)
-        try:
-            task = await asyncio.to_thread(self._review().queue.task, task_id, who.tenants)
-        except NotFound as err:
-            raise ApiError(404, str(err)) from None
-        return task_view(task, show_gold=who.role == "mlops")
-
-    @api.get("/v1/review/queue", summary="Open tasks in your tenants, most urgent first.")
-    async def review_queue(self, request: Request, limit: int = 50) -> dict[str, Any]:
-        who = self._reviewer(request)
-        tasks = await asyncio.to_thread(self._review().queue.pending, who.tenants,
-                                        max(1, min(limit, 500)))
-        return {"tasks": [{"task_id": t.task_id, "tenant": t.tenant, "priority": t.priority,
-                           "reasons": t.reasons, "slots": t.slots, "slots_done": t.slots_done,
-                           "items": len(t.items), "reports": len(t.reports),
-                           "events": len(t.events)} for t in tasks]}
-
-    @api.get("/healthz", summary="Liveness: the ingress answers.")
-    async def healthz(self) -> dict[str, Any]:
-        return {"status": "ok"}
-
-    @api.get("/readyz", summary="Readiness: a model and a policy are loaded, with details.")
-    async def readyz(self) -> JSONResponse:
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
         ctx = serve.get_replica_context()
         details: dict[str, Any] = {
             "ingress": {"replica_id": ctx.replica_id.unique_id, "pid": os.getpid(),
@@ -489,7 +196,7 @@ class Ingress:
                                          if r.problems()}
             except Exception as err:  # noqa: BLE001 - reported, never raised
                 details["policy_fit"] = {"error": str(err)}
-        return JSONResponse({"ready": ready, **details}, status_code=200 if ready else 503)
+        return ready, details
 
     def __del__(self) -> None:
         # Serve calls __del__ on graceful shutdown: flush every accepted decision to disk.

@@ -1,4 +1,5 @@
-"""The wire format of the moderation API (request and response models)."""
+"""The wire format of the moderation API (request and response models), and the limits a
+deployment puts on a request (``limits`` in the settings) that a model cannot express."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bastion.core.http import ApiError, invalid
+from bastion.core.settings import Limits
+
 __all__ = [
     "ItemContext", "Item", "ModerateRequest", "Reason", "ItemResult", "ModerateResponse",
-    "ReportRequest", "SessionEventIn", "EventsRequest", "LabelSubmission", "SubmitRequest",
-    "ClaimToken",
+    "check_limits",
 ]
 
 
@@ -73,66 +76,31 @@ class ModerateResponse(BaseModel):
     results: list[ItemResult]
 
 
-# -- human review ----------------------------------------------------------------------------
-_ID = Field(..., min_length=1, max_length=256)
-
-
-class ReportRequest(BaseModel):
-    """A user's report of another user or of an item."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tenant: str = Field(..., min_length=1, description="Tenant the report belongs to.")
-    report_id: str | None = Field(None, max_length=256, description="Caller's id; a repeat "
-                                  "with the same id is ignored (default: derived from content).")
-    reporter: str = Field(..., min_length=1, max_length=256, description="Reporting user.")
-    reported_user: str | None = Field(None, max_length=256, description="User reported.")
-    reported_item: str | None = Field(None, max_length=256, description="Item id reported.")
-    session_id: str | None = Field(None, max_length=256, description="Session it happened in.")
-    reason: str = Field(..., min_length=1, max_length=64,
-                        description="Reason code, e.g. 'harassment', 'hate', 'spam'.")
-    text: str = Field("", max_length=5000, description="The reporter's own words.")
-    ts: float | None = Field(None, description="When (unix seconds; default now).")
-
-
-class SessionEventIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    event_id: str | None = Field(None, max_length=256, description="Caller's id (idempotency).")
-    session_id: str = Field(..., min_length=1, max_length=256)
-    user_id: str | None = Field(None, max_length=256, description="Who acted.")
-    kind: Literal["mute", "leave", "block", "report", "kick", "unmute"] = Field(
-        ..., description="What the user did.")
-    target_user: str | None = Field(None, max_length=256, description="Whom it was aimed at.")
-    ts: float | None = Field(None, description="When (unix seconds; default now).")
-
-
-class EventsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    tenant: str = Field(..., min_length=1)
-    events: list[SessionEventIn] = Field(..., min_length=1, max_length=1000)
-
-
-class LabelSubmission(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    item_id: str = _ID
-    category: str = Field(..., min_length=1, max_length=64)
-    value: float = Field(..., ge=0, le=1, description="1: the category applies; 0: it does not.")
-    confidence: float = Field(1.0, gt=0, le=1, description="How sure the moderator is.")
-
-
-class SubmitRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    token: str = Field(..., min_length=1, description="The claim's token.")
-    submission_id: str = Field(..., min_length=1, max_length=128,
-                               description="Client's id: resubmitting it is harmless.")
-    labels: list[LabelSubmission] = Field(..., min_length=1, max_length=10000)
-
-
-class ClaimToken(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    token: str = Field(..., min_length=1)
+def check_limits(req: ModerateRequest, limits: Limits) -> None:
+    """Raise 413 past ``limits.max_items``, else a validation error naming every item that
+    breaks a limit (text length, blank text, lone surrogates, id lengths, repeated ids)."""
+    if len(req.items) > limits.max_items:
+        raise ApiError(413, f"{len(req.items)} items in one request; the limit is "
+                            f"{limits.max_items} (limits.max_items): split the batch")
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    seen: set[str] = set()
+    for i, item in enumerate(req.items):
+        text = ("items", i, "text")
+        if len(item.text) > limits.max_text_chars:
+            problems.append((text, f"{len(item.text)} characters; the limit is "
+                                   f"{limits.max_text_chars} (limits.max_text_chars)"))
+        if not item.text.strip():
+            problems.append((text, "only whitespace; send some text"))
+        try:
+            item.text.encode("utf-8")
+        except UnicodeEncodeError:
+            problems.append((text, "contains invalid Unicode (a lone surrogate)"))
+        ids = [item.id, item.context.session_id or "", item.context.user_id or ""]
+        if any(len(x) > limits.max_id_chars for x in ids):
+            problems.append((("items", i), f"an id is longer than {limits.max_id_chars} "
+                                           "characters"))
+        if item.id in seen:
+            problems.append((("items", i, "id"), f"{item.id!r} appears twice in this request"))
+        seen.add(item.id)
+    if problems:
+        raise invalid(*problems)

@@ -1,5 +1,6 @@
-"""Rendered k8s/ overlays, built once per session from a copy of the tree whose git-ignored
-secret files are filled from their ``*.example`` templates, and one schema validator."""
+"""Rendered k8s/ overlays (``kubectl kustomize``), built once per session from a copy of the
+tree whose git-ignored secret files are filled from their ``*.example`` templates, and one
+schema validator."""
 
 from __future__ import annotations
 
@@ -11,17 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from k8s._kustomize import build
+from k8s.kustomize import INSTALL_KUBECTL, build, kubectl_path
 from k8s.render import K8S, REPO
-from k8s.validate import Validator
+from k8s.validate import Validator, default_crd_dir
 from tests._requires import missing
 from tests.k8s._resources import VARIANTS, Resource
 
 
 @pytest.fixture(scope="session")
 def validator() -> Validator:
-    from k8s.validate import default_crd_dir
-
     if not default_crd_dir().is_dir():
         missing(f"the KubeRay CRD schemas ({default_crd_dir()})",
                 "put the shared/ folder beside the checkout or set BASTION_KUBERAY_CRDS")
@@ -46,8 +45,18 @@ def k8s_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def rendered(k8s_copy: Path) -> dict[str, list[Resource]]:
-    return {v: build(k8s_copy / "overlays" / v) for v in VARIANTS}
+def kubectl() -> str:
+    """The kubectl that renders the overlays (``kubectl kustomize``, Kustomize v5)."""
+    found = kubectl_path()
+    if found is None:
+        missing("kubectl (its built-in Kustomize v5 renders the overlays)", INSTALL_KUBECTL)
+    assert found is not None
+    return found
+
+
+@pytest.fixture(scope="session")
+def rendered(k8s_copy: Path, kubectl: str) -> dict[str, list[Resource]]:
+    return {v: build(k8s_copy / "overlays" / v, kubectl) for v in VARIANTS}
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from ray.serve.schema import ServeDeploySchema
 
 from bastion.core.runtime import ray_env
 from k8s.render import K8S, load_serve_settings, serve_config_text
@@ -50,8 +51,6 @@ def test_every_resource_lands_in_the_overlays_namespace(
 def test_serve_config_v2_is_the_generated_serve_config(
     rendered: dict[str, list[Resource]], overlay: str
 ) -> None:
-    from ray.serve.schema import ServeDeploySchema
-
     text = one(rendered[overlay], "RayService", "bastion")["spec"]["serveConfigV2"]
     folder = "base/serving" if overlay == "dev" else "overlays/prod"
     settings = K8S / folder / "serve-settings.yaml"
@@ -193,7 +192,9 @@ def test_retraining_runs_the_one_rayjob_definition(
     # The trigger's ServiceAccount may create and follow RayJobs, nothing more.
     assert one(docs, "ServiceAccount", pod["serviceAccountName"])
     binding = one(docs, "RoleBinding", "bastion-retrain-trigger")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"]}]
+    # kustomize's `namespace:` also sets the namespace of a ServiceAccount subject.
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"],
+                                    "namespace": binding["metadata"]["namespace"]}]
     role = one(docs, "Role", binding["roleRef"]["name"])
     assert role["rules"] == [{"apiGroups": ["ray.io"], "resources": ["rayjobs"],
                               "verbs": ["create", "get", "list"]}]
@@ -210,7 +211,42 @@ def test_trigger_script_creates_the_rayjob_beside_it(rendered: dict[str, list[Re
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_only_ray_pods_reach_mlflow_and_only_mlflow_reaches_postgres(
+def test_every_bastion_container_gets_the_database_url_from_a_secret(
+    rendered: dict[str, list[Resource]], variant: str
+) -> None:
+    docs = rendered[variant]
+    found = _bastion_containers(docs)
+    kinds = {where.split("/")[0] for where, _ in found}
+    expected = {"RayService", "RayJob", "RayCronJob" if variant.endswith("raycronjob")
+                else "CronJob"}
+    assert expected <= kinds, kinds
+    secrets = {d["metadata"]["name"]: d for d in find(docs, "Secret")}
+    for where, container in found:
+        [var] = [v for v in container.get("env", []) if v["name"] == "BASTION_DATABASE_URL"]
+        ref = var["valueFrom"]["secretKeyRef"]
+        assert "value" not in var and ref["key"] in secrets[ref["name"]]["data"], where
+        assert not ref.get("optional"), where
+    # The one setting replaced the review queue's own: no container sets the old one.
+    for where, container in [c for d in all_workloads(docs) for c in containers(d)]:
+        assert "BASTION_REVIEW_DB_URL" not in _env_names(docs, container), where
+        assert "BASTION_DATABASE_URL" not in _effective_env(docs, container), (
+            f"{where}: BASTION_DATABASE_URL inlined or from a ConfigMap")
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_the_serving_cluster_migrates_the_database_before_it_serves(
+    rendered: dict[str, list[Resource]], overlay: str
+) -> None:
+    rayservice = one(rendered[overlay], "RayService", "bastion")
+    head = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    [init] = head["initContainers"]
+    assert init["command"] == ["bastion", "db", "upgrade"]
+    assert init["image"] == head["containers"][0]["image"]
+    assert [v["name"] for v in init["env"]] == ["BASTION_DATABASE_URL"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_only_ray_pods_reach_mlflow_and_only_they_and_mlflow_reach_postgres(
     rendered: dict[str, list[Resource]], variant: str
 ) -> None:
     docs = rendered[variant]
@@ -232,7 +268,7 @@ def test_only_ray_pods_reach_mlflow_and_only_mlflow_reaches_postgres(
         policy = one(docs, "NetworkPolicy", "postgres")
         assert _matches(policy["spec"]["podSelector"]["matchLabels"],
                         postgres[0]["spec"]["template"])
-        assert allowed(policy) == [("Deployment", 0)]
+        assert allowed(policy) == sorted([("Deployment", 0), *ray_templates])
     else:
         assert not postgres and not find(docs, "NetworkPolicy", "postgres")
 
@@ -273,6 +309,22 @@ def _effective_env(docs: list[Resource], container: Resource) -> dict[str, str]:
             env.update(one(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
     env.update({v["name"]: v["value"] for v in container.get("env", []) if "value" in v})
     return env
+
+
+def _bastion_containers(docs: list[Resource]) -> list[tuple[str, Resource]]:
+    """Containers that run Bastion: the Bastion image, except the MLflow server's."""
+    return [(where, c) for d in all_workloads(docs) for where, c in containers(d)
+            if c["image"].startswith("bastion:") and not where.startswith("Deployment/mlflow")]
+
+
+def _env_names(docs: list[Resource], container: Resource) -> set[str]:
+    names = {v["name"] for v in container.get("env", [])}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            names |= set(one(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
+        if "secretRef" in source:
+            names |= set(one(docs, "Secret", source["secretRef"]["name"])["data"])
+    return names
 
 
 def _references(workloads: list[Resource]) -> list[tuple[str, tuple[str, str, str | None]]]:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from k8s._kustomize import build
 from k8s.errors import ManifestError, ManifestInvalidError
+from k8s.kustomize import build
 from k8s.validate import Validator, main
 from tests.k8s._resources import Resource, one
 
@@ -112,14 +112,14 @@ def test_a_typo_in_the_raycronjob_fails(
 
 
 def test_a_typo_in_a_committed_file_fails_the_overlay(
-    k8s_copy: Path, validator: Validator, tmp_path: Path
+    k8s_copy: Path, validator: Validator, tmp_path: Path, kubectl: str
 ) -> None:
     tree = tmp_path / "k8s"
     shutil.copytree(k8s_copy, tree)
     file = tree / "base" / "serving" / "rayservice.bastion.yaml"
     file.write_text(file.read_text().replace("minReplicas: 1", "minReplica: 1"))
     with pytest.raises(ManifestInvalidError, match=r"'minReplica' was unexpected"):
-        validator.check(build(tree / "overlays" / "dev"), "dev")
+        validator.check(build(tree / "overlays" / "dev", kubectl), "dev")
 
 
 def test_missing_crds_say_where_to_get_them(tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ def test_missing_crds_say_where_to_get_them(tmp_path: Path) -> None:
 
 
 def test_the_command_line_builds_and_validates_overlays(
-    k8s_copy: Path, validator: Validator, capsys: pytest.CaptureFixture[str]
+    k8s_copy: Path, validator: Validator, kubectl: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     overlays = [str(k8s_copy / "overlays" / o) for o in ("dev", "prod")]
     assert main(overlays, validator) == 0

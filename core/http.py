@@ -1,0 +1,146 @@
+"""The HTTP API's error contract, shared by every router (moderation, review).
+
+Every error is JSON ``{"error": "...", "details": [...]}`` (``details`` only where there are
+several problems): 400 for a body that is not UTF-8 or not JSON, 413 past a size limit, 422 for
+fields that fail validation, each problem named by its path (``items.3.text: ...``). Request
+bodies are pydantic models in the route signatures; FastAPI's :class:`RequestValidationError`
+reaches one handler (:func:`install_error_handlers`), and checks a model cannot express (limits
+set per deployment) raise the same error through :func:`invalid`. :class:`BodyGuard` checks
+each body's size and encoding while it streams in, before anything parses it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["ApiError", "BodyGuard", "bearer_token", "error_response", "install_error_handlers",
+           "invalid", "problem_messages"]
+
+_JSON = "application/json"
+
+
+class ApiError(HTTPException):
+    """An error the API returns as ``{"error": message, **extra}`` with ``status``.
+
+    A Starlette ``HTTPException``, so that FastAPI passes one raised while it reads the body
+    (by :class:`BodyGuard`) on to the handler instead of turning it into a generic 400.
+    """
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(status, message)
+        self.status, self.message, self.extra = status, message, extra
+
+
+def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def invalid(*problems: tuple[Sequence[str | int], str]) -> RequestValidationError:
+    """A validation error for checks a model cannot express: ``(path, message)`` pairs, the
+    path inside the body (``("items", 3, "text")``), as pydantic's would be."""
+    return RequestValidationError([{"type": "value_error", "loc": ("body", *path), "msg": msg}
+                                   for path, msg in problems])
+
+
+def problem_messages(errors: Sequence[Any]) -> list[str]:
+    """``path: message`` for each validation error; the path leaves out FastAPI's ``body``."""
+    out = []
+    for e in errors:
+        loc = list(e["loc"])
+        if loc[:1] == ["body"] and len(loc) > 1:
+            loc = loc[1:]
+        msg = "unknown field; remove it" if e["type"] == "extra_forbidden" else e["msg"]
+        out.append(f"{'.'.join(str(p) for p in loc)}: {msg}")
+    return out
+
+
+async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.message, **exc.extra)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    for e in errors:
+        if e["type"] == "json_invalid":
+            # FastAPI keeps the parser's position and message; rebuild its line and column.
+            doc = exc.body if isinstance(exc.body, str) else ""
+            pos = e["loc"][1] if len(e["loc"]) > 1 and isinstance(e["loc"][1], int) else 0
+            err = json.JSONDecodeError(e.get("ctx", {}).get("error", e["msg"]), doc, pos)
+            return error_response(400, f"request body is not valid JSON: {err.msg} at line "
+                                       f"{err.lineno} column {err.colno}")
+    return error_response(422, "invalid request", details=problem_messages(errors))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """The API's two handlers: :class:`ApiError` and FastAPI's validation error."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+
+def bearer_token(request: Request) -> str:
+    """The key of ``Authorization: Bearer <key>``, or ``""``."""
+    auth = request.headers.get("authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+
+
+class BodyGuard:
+    """ASGI middleware: every request body, before anything parses it, is at most
+    ``max_bytes`` (``setting`` names where that limit is set) and UTF-8, and is read as JSON.
+
+    A declared ``Content-Length`` past the limit is refused before a byte is read; otherwise
+    the bytes are counted and decoded as they arrive, and the first one past the limit or not
+    UTF-8 stops the request. Every body of this API is JSON, so the content type is set to
+    JSON for the router: clients such as ``curl -d`` send ``application/x-www-form-urlencoded``.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, setting: str) -> None:
+        self.app, self.max_bytes, self.setting = app, max_bytes, setting
+
+    def _too_large(self, size: str) -> ApiError:
+        return ApiError(413, f"request body is {size} bytes; the limit is {self.max_bytes} "
+                             f"({self.setting})")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            err = self._too_large(declared)
+            await error_response(err.status, err.message)(scope, receive, send)
+            return
+        headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+        scope = {**scope, "headers": [*headers, (b"content-type", _JSON.encode())]}
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        seen = 0
+
+        async def guarded() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                chunk = message.get("body", b"")
+                offset = seen - len(decoder.getstate()[0])  # bytes held from the last chunk
+                seen += len(chunk)
+                if seen > self.max_bytes:
+                    raise self._too_large(f"more than {self.max_bytes}")
+                try:
+                    decoder.decode(chunk, final=not message.get("more_body", False))
+                except UnicodeDecodeError as err:
+                    raise ApiError(400, f"request body is not valid UTF-8 (byte "
+                                        f"{offset + err.start}: {err.reason}); encode the JSON "
+                                        "as UTF-8") from None
+            return message
+
+        await self.app(scope, guarded, send)
