@@ -17,6 +17,7 @@ from typing import Any
 from bastion.core.decision import ResolvedTenant, fit_problems, resolve_policy
 from bastion.core.errors import ConfigError, PolicyError
 from bastion.core.keys import ensure_keys, load_reviewers, reviewers_path
+from bastion.core.model import ModelMetadata
 from bastion.core.policy import PolicySet, ensure_policy_file, load_policy
 from bastion.core.runtime import start_ray, stop_ray
 from bastion.core.settings import Settings
@@ -38,13 +39,13 @@ __all__ = [
 Say = Callable[[str], None]
 
 
-def champion_metadata(settings: Settings) -> dict[str, Any]:
+def champion_metadata(settings: Settings) -> ModelMetadata:
     """Metadata of the @champion version (heads, held-out curves), from the local cache."""
     registry = ModelRegistry(settings)
     return registry.metadata(registry.by_alias(CHAMPION).version)
 
 
-def check_policy(policy: PolicySet, meta: dict[str, Any]) -> dict[str, ResolvedTenant]:
+def check_policy(policy: PolicySet, meta: ModelMetadata) -> dict[str, ResolvedTenant]:
     """Resolve the policy against a model. Never raises for a category the model cannot
     serve as written: see :func:`core.decision.fit_problems` for what falls back."""
     return resolve_policy(policy, meta["heads"]["keys"], meta)

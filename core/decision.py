@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from bastion.core.errors import PolicyError
+from bastion.core.model import ModelMetadata
 from bastion.core.policy import Action, CategoryPolicy, PolicySet, TenantPolicy
 
 __all__ = [
@@ -140,7 +141,7 @@ def fit_problems(resolved: dict[str, ResolvedTenant]) -> list[str]:
     return [p for t in resolved.values() for p in t.problems()]
 
 
-def _curve(meta: dict[str, Any], head_key: str) -> dict[str, list[float]] | None:
+def _curve(meta: ModelMetadata, head_key: str) -> dict[str, list[float]] | None:
     return meta.get("curves", {}).get(head_key)
 
 
@@ -178,7 +179,7 @@ def head_key_for(tenant: str, category: str, cpol: CategoryPolicy,
 
 
 def resolve_policy(
-    policy: PolicySet, head_keys: Sequence[str], model_meta: dict[str, Any],
+    policy: PolicySet, head_keys: Sequence[str], model_meta: ModelMetadata,
     strict: bool = False,
 ) -> dict[str, ResolvedTenant]:
     """Bind every tenant's categories to the model's heads and concrete thresholds.

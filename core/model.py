@@ -12,7 +12,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -23,6 +23,8 @@ from bastion.core.plugins import PluginRegistry
 __all__ = [
     "HeadSpec",
     "LinearHeads",
+    "ModelMetadata",
+    "HeadsInfo",
     "ModerationModel",
     "create_heads",
     "register_heads",
@@ -36,6 +38,39 @@ BUNDLED_ENCODER_DIR = "encoder"
 _HEADS: PluginRegistry[LinearHeads] = PluginRegistry("head kind")
 register_heads = _HEADS.register
 head_kinds = _HEADS.names
+
+
+class HeadsInfo(TypedDict):
+    kind: str
+    keys: list[str]  # one per column of the stacked heads: "<category>" or "<tenant>/<category>"
+
+
+class ModelMetadata(TypedDict, total=False):
+    """``metadata.json`` of a model artifact: the one definition every stage reads it by
+    (serving, the gate, drift, the CLI). ``save`` fills ``format``, ``encoder`` and ``heads``;
+    the registry adds ``version`` when it hands a version out."""
+
+    format: int
+    kind: str  # "starter", "retrain-heads" or "retrain-full"
+    version: str
+    created_at: str
+    command: str | None
+    train_run: str
+    base_version: str | None
+    categories: list[str]
+    category_descriptions: dict[str, str]
+    heads: HeadsInfo
+    encoder: dict[str, Any]  # the encoder's identity (name, fingerprint, precision, ...)
+    data: dict[str, Any]  # what it was trained on: fingerprint, sources, split sizes
+    metrics: dict[str, dict[str, Any]]  # head key -> held-out metrics
+    curves: dict[str, dict[str, list[float]]]  # head key -> held-out precision/recall curve
+    thresholds: dict[str, dict[str, Any]]
+    thin: dict[str, str]  # category -> why its data is thin
+    weak: dict[str, str]  # category -> why it is weak
+    cross_source: dict[str, Any]
+    history: list[dict[str, Any]]
+    scoring_check: dict[str, Any]
+    timings_s: dict[str, float]
 
 
 def create_heads(kind: str, **cfg: Any) -> LinearHeads:
@@ -107,7 +142,7 @@ class ModerationModel:
 
     encoder: Encoder
     heads: LinearHeads
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: ModelMetadata = field(default_factory=lambda: ModelMetadata())
 
     @property
     def head_keys(self) -> list[str]:
@@ -130,7 +165,7 @@ class ModerationModel:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.heads.save(directory / "heads.npz")
-        meta = dict(self.metadata)
+        meta: dict[str, Any] = dict(self.metadata)
         identity = dict(self.encoder.identity)
         target = directory / BUNDLED_ENCODER_DIR
         bundled = Path(identity["path"]).resolve() == target.resolve()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bastion.core.model import ModelMetadata
+
 __all__ = ["category_lines", "format_ci", "format_metric"]
 
 
@@ -18,7 +20,7 @@ def format_metric(m: dict[str, Any], name: str) -> str:
     return f"{m[name]:.3f} {format_ci(m.get(name + '_ci'))}".strip()
 
 
-def category_lines(meta: dict[str, Any]) -> list[str]:
+def category_lines(meta: ModelMetadata) -> list[str]:
     """One line per category: pooled AUROC with its interval and positives; thin ones say so."""
     out = []
     for key in meta.get("categories", []):

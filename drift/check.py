@@ -21,7 +21,7 @@ import numpy as np
 
 from bastion.core.decision import resolve_policy
 from bastion.core.errors import ModelError
-from bastion.core.model import ModerationModel
+from bastion.core.model import ModelMetadata, ModerationModel
 from bastion.core.policy import PolicySet
 from bastion.core.settings import Settings
 from bastion.drift.monitor import DriftReport, Reference, check_window, render_html
@@ -85,7 +85,7 @@ def champion_reference(settings: Settings, policy: PolicySet, tenants: list[str]
     version = info.version
     model = ModerationModel.load(registry.download(version),
                                  precision=settings.serving.precision)
-    meta = dict(model.metadata, version=version)
+    meta: ModelMetadata = {**model.metadata, "version": version}
     resolved = resolve_policy(policy, model.head_keys, meta)
     texts = _reference_texts(registry, version, n, seed)
     cache = EmbeddingCache(embeddings_dir(settings.state_dir), model.encoder)

@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, Schema
 
 from bastion.core.errors import ModelError, RegistryEmptyError
+from bastion.core.model import ModelMetadata
 from bastion.core.settings import Settings
 from bastion.registry.aliases import CHALLENGER, CHAMPION
 from bastion.registry.pyfunc import BastionPyfunc
@@ -213,9 +214,9 @@ class ModelRegistry:
             (self.get(str(v.version)) for v in versions), key=lambda v: int(v.version)
         )
 
-    def metadata(self, version: str) -> dict[str, Any]:
+    def metadata(self, version: str) -> ModelMetadata:
         """A version's Bastion metadata (heads, held-out curves), with ``version`` set."""
-        meta: dict[str, Any] = json.loads((self.download(version) / "metadata.json").read_text())
+        meta: ModelMetadata = json.loads((self.download(version) / "metadata.json").read_text())
         meta["version"] = str(version)
         return meta
 

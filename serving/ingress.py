@@ -27,6 +27,7 @@ from bastion.core.decision import ResolvedTenant, fit_problems, resolve_policy
 from bastion.core.events import EventLog, EventWriter
 from bastion.core.http import ApiError
 from bastion.core.keys import key_hashes, load_keys
+from bastion.core.model import ModelMetadata
 from bastion.core.policy import PolicySet, parse_policy
 from bastion.core.settings import Limits
 from bastion.review.queue import ReviewQueue
@@ -75,7 +76,7 @@ class Ingress:
             self.intake = IntakeWriter(self.review)
         self._policy: _PolicyState | None = None
         self._resolved: dict[tuple[str, float], dict[str, ResolvedTenant]] = {}
-        self._meta: dict[str, dict[str, Any]] = {}
+        self._meta: dict[str, ModelMetadata] = {}
         self.started_at = time.time()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -126,7 +127,7 @@ class Ingress:
             meta = self._meta[version]
             # never raises: a category the model cannot serve as written runs review-only
             # or is left out, and /readyz and the decisions' reasons say so
-            resolved = resolve_policy(state.policy, meta["head_keys"], meta)
+            resolved = resolve_policy(state.policy, meta["heads"]["keys"], meta)
             for problem in fit_problems(resolved):
                 log.warning("Policy on model version %s: %s", version, problem)
             # Keep every version resolved under the current policy: mid-swap, batches on the
@@ -135,7 +136,7 @@ class Ingress:
             self._resolved[key] = resolved
         return self._resolved[key]
 
-    async def _metadata(self, version: str) -> dict[str, Any]:
+    async def _metadata(self, version: str) -> ModelMetadata:
         # With several Scorer replicas mid-swap, the call may reach one that does not hold
         # this version yet (or any more): ask again, another replica answers.
         for attempt in range(8):

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from bastion.core.model import ModerationModel
+from bastion.core.model import ModelMetadata, ModerationModel
 from bastion.core.settings import load_settings
 from bastion.registry.aliases import CHAMPION
 
@@ -190,15 +190,13 @@ class Scorer:
     async def score(self, texts: list[str]) -> ScoreResult:
         return await self.score_batch(texts)
 
-    def metadata(self, version: str | None = None) -> dict[str, Any]:
+    def metadata(self, version: str | None = None) -> ModelMetadata:
         """A loaded version's metadata (heads, curves): what the ingress resolves policy with."""
         held = next((m for m in (self._current, self._previous)
                      if m is not None and (version is None or m.version == version)), None)
         if held is None:
             raise KeyError(f"version {version} is not loaded in this replica")
-        meta = dict(held.model.metadata)
-        meta["head_keys"] = held.model.head_keys
-        return meta
+        return held.model.metadata
 
     def status(self) -> dict[str, Any]:
         import torch  # loaded by __init__ already; see there

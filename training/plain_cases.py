@@ -46,7 +46,7 @@ def run_cases(model: ModerationModel, policy: PolicySet, tenant: str = "demo",
     """Per kind: how many cases came back as expected, with and without keyword rules, and
     the misses (text, decision, scores)."""
     cases = cases if cases is not None else load_cases()
-    meta = dict(model.metadata)
+    meta = model.metadata
     resolved = resolve_policy(policy, model.head_keys, meta)[tenant]
     bare = resolve_policy(policy.model_copy(update={"tenants": {tenant: policy.tenants[
         tenant].model_copy(update={"keywords": ()})}}), model.head_keys, meta)[tenant]

@@ -31,7 +31,7 @@ import numpy as np
 from bastion.core.decision import threshold_for_precision
 from bastion.core.encoders import Encoder, create_encoder
 from bastion.core.errors import ModelError
-from bastion.core.model import HeadSpec, LinearHeads, ModerationModel
+from bastion.core.model import HeadSpec, LinearHeads, ModelMetadata, ModerationModel
 from bastion.core.policy import PolicySet
 from bastion.core.settings import Settings
 from bastion.training.datasets import (
@@ -214,7 +214,7 @@ def build_starter(
             weak[key] = "; ".join(why)
     src_counts = {s: int(n) for s, n in zip(*np.unique(data.sources, return_counts=True),
                                             strict=True)}
-    meta: dict[str, Any] = {
+    meta: ModelMetadata = {
         "kind": "starter",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": command,
@@ -276,7 +276,7 @@ def shipped_starter(path: Path = SHIPPED_DIR) -> Path | None:
     return path if (path / "metadata.json").is_file() and (path / "heads.npz").is_file() else None
 
 
-def _flat_metrics(meta: dict[str, Any]) -> dict[str, float]:
+def _flat_metrics(meta: ModelMetadata) -> dict[str, float]:
     out = {}
     for key, by_source in meta.get("metrics", {}).items():
         for src, m in by_source.items():
