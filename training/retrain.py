@@ -35,9 +35,10 @@ from bastion.core.errors import BastionError
 from bastion.core.model import HeadSpec, LinearHeads, ModerationModel
 from bastion.core.policy import PolicySet
 from bastion.core.settings import Settings
+from bastion.registry.evaluation import evaluate_heads
 from bastion.training.datasets import LabelledSet
 from bastion.training.finetune import FinetuneConfig, run_finetune
-from bastion.training.heads import FitConfig, evaluate_heads, fit_heads, pos_weights
+from bastion.training.heads import FitConfig, fit_heads, pos_weights
 from bastion.training.snapshot import Snapshot, build_snapshot
 
 __all__ = ["RetrainOptions", "RetrainResult", "RetrainError", "retrain", "options_from_policy"]

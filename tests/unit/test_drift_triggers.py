@@ -26,7 +26,7 @@ from bastion.drift.triggers import (
     maybe_retrain,
     triggers_db_path,
 )
-from bastion.training.heads import pr_curve
+from bastion.registry.evaluation import pr_curve
 
 TENANTS = {"acme": {"categories": {"hate": {"block_threshold": 0.8}}}}
 
