@@ -47,8 +47,8 @@ class DriftResult:
             0.0 when the test was skipped.
         p_value: Its p-value where the test gives one, else None (also when skipped).
         threshold: The threshold the decision used: a p-value threshold (drift when
-            ``p_value <= threshold``) for the MMD, KS and flag-rate tests, a PSI threshold (drift
-            when ``statistic > threshold``) for PSI.
+            ``p_value <= threshold``) for the MMD, KS, flag-rate and precision tests, a PSI
+            threshold (drift when ``statistic > threshold``) for PSI.
         drift: Whether the window drifted at the stated false-alarm rate.
         detail: What a person needs to read the result: sizes, means, rates, bins; ``"skipped"``
             holds the reason when the test could not run.
@@ -62,6 +62,7 @@ class DriftResult:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+# -- input handling the tests share (the drift package's own, not in __all__) ----------------
 def check_rate(value: float, what: str) -> None:
     """Raise ``ValueError`` naming ``what`` unless ``value`` is a rate in (0, 1)."""
     if not 0.0 < value < 1.0:
@@ -83,7 +84,7 @@ def finite_1d(values: np.ndarray, what: str) -> tuple[np.ndarray, int]:
 
 
 def two_samples(reference: np.ndarray, window: np.ndarray, test: str
-                 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+                ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Both samples' finite values, and the sizes every result's detail starts with."""
     ref, ref_dropped = finite_1d(reference, f"{test}: reference")
     win, win_dropped = finite_1d(window, f"{test}: window")

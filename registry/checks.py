@@ -19,7 +19,7 @@ from mlflow.models import MetricThreshold
 from mlflow.models.evaluation import EvaluationResult
 from mlflow.models.evaluation.validation import ModelValidationFailedException
 
-from bastion.registry.evaluation import CategoryEvaluation, VersionEvaluation
+from bastion.registry.evaluation import CategoryEvaluation, Pair, VersionEvaluation
 from bastion.registry.report import (
     AGREEMENT,
     AUROC,
@@ -47,8 +47,6 @@ __all__ = [
     "present_check",
     "recall_check",
 ]
-
-Pair = tuple[str, str]
 
 AUROC_TOLERANCE = 0.02  # how far held-out AUROC may fall below the champion's
 AGREEMENT_TOLERANCE = 0.02  # p99 of |candidate - champion| score on the evaluation items

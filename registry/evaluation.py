@@ -1,9 +1,9 @@
 """Held-out measurement, one definition for training's reports and the promotion gate.
 
 A text counts for a category only where someone labelled it for that category (the strict
-``mask`` of a :class:`~bastion.training.datasets.LabelledSet`); weak negatives never enter a
-metric. Soft targets are binarised at 0.5, and a score is compared with a threshold rounded to
-6 decimals, as serving compares it (``core.decision.decide``).
+``mask`` of the labelled set); weak negatives never enter a metric. Soft targets are binarised
+at 0.5, and a score is compared with a threshold rounded to 6 decimals, as serving compares it
+(``core.decision.decide``).
 
 - Metrics of one head: :func:`binary_metrics` (AUROC, average precision and calibration error
   with 95% percentile-bootstrap intervals, precision and recall at named thresholds with Wilson
@@ -36,6 +36,7 @@ from bastion.core.policy import PolicySet
 __all__ = [
     "MIN_POSITIVES",
     "CategoryEvaluation",
+    "Pair",
     "VersionEvaluation",
     "binary_metrics",
     "bootstrap_ci",
@@ -49,7 +50,7 @@ __all__ = [
 
 MIN_POSITIVES = 10  # fewer held-out positives (or negatives) than this: no ranking metrics
 
-Pair = tuple[str, str]
+Pair = tuple[str, str]  # (tenant, category)
 
 
 # -- metric definitions ----------------------------------------------------------------------
@@ -295,7 +296,7 @@ class VersionEvaluation:
     """One model version measured on held-out data, per (tenant, category) of the policy."""
 
     version: str
-    categories: dict[tuple[str, str], CategoryEvaluation]
+    categories: dict[Pair, CategoryEvaluation]
     p99_ms: float | None  # in-process latency of scoring one item, measured by the caller
     head_keys: list[str]
 

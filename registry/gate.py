@@ -20,12 +20,10 @@ from bastion.registry.checks import (
     present_check,
     recall_check,
 )
-from bastion.registry.evaluation import VersionEvaluation
+from bastion.registry.evaluation import Pair, VersionEvaluation
 from bastion.registry.report import Check, GateReport, measured
 
 __all__ = ["run_gate"]
-
-Pair = tuple[str, str]
 
 
 def _rule(policy: PolicySet, tenant: str, category: str) -> Rule:
