@@ -40,8 +40,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bastion.core.model import HeadSpec  # noqa: E402
+from bastion.registry.evaluation import evaluate_heads  # noqa: E402
 from bastion.review.selection import PREFILTER, select  # noqa: E402
-from bastion.training.heads import FitConfig, evaluate_heads, fit_heads, group_split  # noqa: E402
+from bastion.training.heads import FitConfig, fit_heads, group_split  # noqa: E402
 
 KEYS = ["hate", "offensive"]
 START, STEP, MAX_LABELS = 100, 100, 3000

@@ -318,7 +318,8 @@ class Items:
 def build_items() -> Items:
     from bastion.core.decision import threshold_for_precision
     from bastion.core.model import HeadSpec
-    from bastion.training.heads import FitConfig, evaluate_heads, fit_heads, pr_curve
+    from bastion.registry.evaluation import evaluate_heads, pr_curve
+    from bastion.training.heads import FitConfig, fit_heads
     from bench import _drift_sources as src
 
     df = src.davidson_frame()

@@ -112,7 +112,7 @@ def fit_and_score(emb_train: np.ndarray, targets: np.ndarray, weights: np.ndarra
 def evaluate(scores: np.ndarray, truth: np.ndarray) -> dict[str, dict[str, Any]]:
     from sklearn.metrics import average_precision_score
 
-    from bastion.training.heads import evaluate_heads
+    from bastion.registry.evaluation import evaluate_heads
 
     metrics, _ = evaluate_heads(scores, truth, np.ones(truth.shape, dtype=bool), CATEGORIES,
                                 target_precision=TARGET_PRECISION)
@@ -223,7 +223,7 @@ def part_aggregation(df: Any, emb: np.ndarray, seeds: list[int]) -> dict[str, An
             "rows. Heads: training.heads.fit_heads on the MiniLM embeddings of the train rows "
             "with each aggregator's soft labels and weights (the crowd row: the truth, weight "
             "1, an upper bound); evaluated on the held-out 20% against the crowd labels "
-            "(training.heads.evaluate_heads, block threshold at held-out precision 0.9)."
+            "(registry.evaluation.evaluate_heads, block threshold at held-out precision 0.9)."
         ),
         "moderators": {a: {"sensitivity": s, "specificity": t}
                        for a, (s, t) in MODERATORS.items()},

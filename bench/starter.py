@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 from bastion.core.model import ModerationModel  # noqa: E402
 from bastion.core.policy import parse_policy  # noqa: E402
+from bastion.registry.evaluation import binary_metrics  # noqa: E402
 from bastion.training.datasets import SOURCES, available_sources, load_starter_data  # noqa: E402
 from bastion.training.embcache import EmbeddingCache  # noqa: E402
-from bastion.training.evaluation import binary_metrics  # noqa: E402
 from bastion.training.heads import FitConfig, fit_heads, group_split  # noqa: E402
 from bastion.training.plain_cases import run_cases  # noqa: E402
 from bastion.training.retrain import HEAD_ANCHOR  # noqa: E402

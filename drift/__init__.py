@@ -1,2 +1,2 @@
-"""Drift monitoring: data validation (great-expectations) and distribution drift on the event
-log, triggering retraining. Arrives with the drift monitor issue."""
+"""Drift monitoring: data validation (great-expectations) and drift tests on windows of the
+event log, and the triggers that submit retraining."""

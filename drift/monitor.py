@@ -2,12 +2,14 @@
 trained on, as a report a machine reads (JSON) and one a person reads (HTML with plots).
 
 The window is validated with the reference's great-expectations suite (``drift.validation``)
-and tested for drift (``drift.detectors``): MMD on the shared embedding, KS on the text lengths,
-and per category KS on the scores, Fisher's test on the flag rate (score at or above the block
-threshold) and, where moderators reviewed items the champion scored, the precision test. The
-family of tests of one window keeps the stated false-alarm rate: half of it goes to the
-embedding test, the other half is split evenly (Bonferroni) across the others. Each category's
-calibrated PSI is reported beside them but does not count (it asks what the score KS asks).
+and tested for drift: MMD on the shared embedding (``drift.mmd``), KS on the text lengths and,
+per category, KS on the scores (``drift.univariate``), Fisher's test on the flag rate (score at
+or above the block threshold) and, where moderators reviewed items the champion scored, the
+precision test (``drift.rates``). The distribution tests of one window keep the stated
+false-alarm rate together through their Cauchy combination (``drift.combine``), weight one
+half for the embedding test and the other half split evenly across the others; each test's
+own flag is at its share of the rate, to name what moved. Each category's calibrated PSI is
+reported beside them but does not count (it asks what the score KS asks).
 """
 
 from __future__ import annotations
@@ -23,15 +25,11 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from bastion.drift.detectors import (
-    DriftResult,
-    MMDDetector,
-    cauchy_combination,
-    flag_rate_test,
-    ks_test,
-    precision_test,
-    psi,
-)
+from bastion.drift.combine import cauchy_combination
+from bastion.drift.mmd import MMDDetector
+from bastion.drift.rates import flag_rate_test, precision_test
+from bastion.drift.result import DriftResult
+from bastion.drift.univariate import ks_test, psi
 from bastion.drift.validation import build_suite, reference_frame_from_texts, validate, window_frame
 
 __all__ = ["Reference", "DriftReport", "check_window", "render_html"]

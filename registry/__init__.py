@@ -1,1 +1,2 @@
-"""The MLflow model registry: versions, the @champion/@challenger aliases, downloads for serving."""
+"""The MLflow model registry: versions, the @champion/@challenger aliases, downloads for serving,
+held-out evaluation and the promotion gate."""

@@ -24,7 +24,9 @@ from bastion.core.labelled import LabelledSet
 from bastion.core.model import ModerationModel
 from bastion.core.policy import PolicySet
 from bastion.core.settings import Settings
-from bastion.registry.gate import Check, GateReport, VersionEvaluation, evaluate_version, run_gate
+from bastion.registry.evaluation import VersionEvaluation, evaluate_version
+from bastion.registry.gate import run_gate
+from bastion.registry.report import Check, GateReport
 from bastion.registry.store import CHALLENGER, CHAMPION, ModelRegistry
 
 __all__ = ["Lifecycle", "PromotionResult", "GateRefused"]

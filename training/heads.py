@@ -1,4 +1,4 @@
-"""Fitting the stacked heads on frozen embeddings, and measuring them on held-out data.
+"""Fitting the stacked heads on frozen embeddings (measuring them: ``registry.evaluation``).
 
 All heads train together as one (dim x n_heads) layer with a masked, soft-target binary
 cross-entropy: each item teaches only the categories it is labelled for. Positives are
@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from bastion.core.model import HeadSpec, LinearHeads
 
-__all__ = [
-    "FitConfig", "fit_heads", "evaluate_heads", "group_split", "pr_curve", "pos_weights",
-]
+__all__ = ["FitConfig", "fit_heads", "group_split", "pos_weights"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +68,8 @@ def fit_heads(
             ``cfg.anchor`` the fit is also pulled toward them.
         history: filled with {"epoch", "train_loss", "val_loss"} at each validation check.
     """
+    # torch here, not at the top, for start-up time: group_split is imported by the snapshot
+    # and the starter commands, which should not pay for loading torch.
     import torch
 
     cfg = cfg or FitConfig()
@@ -133,68 +132,3 @@ def fit_heads(
     w = layer.weight.detach().numpy().T.copy()
     b = layer.bias.detach().numpy().copy()
     return LinearHeads(specs, w, b)
-
-
-def pr_curve(y: np.ndarray, s: np.ndarray, max_points: int = 200) -> dict[str, list[float]]:
-    """Precision, recall and predicted-positive count at ascending thresholds."""
-    order = np.argsort(-s, kind="stable")
-    s_sorted, y_sorted = s[order], y[order]
-    tp = np.cumsum(y_sorted)
-    n_pred = np.arange(1, len(s) + 1)
-    # keep the last index of each distinct score (ties decided together)
-    last = np.r_[np.nonzero(np.diff(s_sorted))[0], len(s) - 1]
-    if len(last) > max_points:
-        last = last[np.unique(np.linspace(0, len(last) - 1, max_points).round().astype(int))]
-    total_pos = max(float(y.sum()), 1.0)
-    thr = s_sorted[last][::-1]
-    prec = (tp[last] / n_pred[last])[::-1]
-    rec = (tp[last] / total_pos)[::-1]
-    return {
-        "threshold": [round(float(v), 6) for v in thr],
-        "precision": [round(float(v), 6) for v in prec],
-        "recall": [round(float(v), 6) for v in rec],
-        "n_pred": [int(v) for v in n_pred[last][::-1]],
-    }
-
-
-def evaluate_heads(
-    scores: np.ndarray, targets: np.ndarray, mask: np.ndarray, keys: list[str],
-    target_precision: float = 0.9, review_recall: float = 0.9,
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, list[float]]]]:
-    """Per-head held-out metrics and PR curves (labels binarised at a soft target of 0.5)."""
-    from sklearn.metrics import roc_auc_score
-
-    from bastion.core.decision import threshold_for_precision, threshold_for_recall
-
-    metrics: dict[str, dict[str, Any]] = {}
-    curves: dict[str, dict[str, list[float]]] = {}
-    for j, key in enumerate(keys):
-        known = mask[:, j]
-        y = (targets[known, j] >= 0.5).astype(np.float64)
-        s = scores[known, j].astype(np.float64)
-        n_pos = int(y.sum())
-        entry: dict[str, Any] = {"n": int(known.sum()), "n_pos": n_pos}
-        if n_pos == 0 or n_pos == len(y):
-            entry["note"] = "held-out set has one class only; no metrics"
-            metrics[key] = entry
-            continue
-        curve = pr_curve(y, s)
-        curves[key] = curve
-        entry["auroc"] = round(float(roc_auc_score(y, s)), 4)
-        entry["prevalence"] = round(n_pos / len(y), 4)
-        block = threshold_for_precision(curve, target_precision)
-        entry[f"block_threshold_at_p{int(target_precision * 100)}"] = block
-        if block is not None:
-            pred = s >= block
-            tp = float((pred & (y == 1)).sum())
-            entry["precision_at_block"] = round(float(tp / max(pred.sum(), 1)), 4)
-            entry["recall_at_block"] = round(tp / n_pos, 4)
-        review = threshold_for_recall(curve, review_recall)
-        entry[f"review_threshold_at_r{int(review_recall * 100)}"] = review
-        if review is not None:
-            pred = s >= review
-            tp = float((pred & (y == 1)).sum())
-            entry["precision_at_review"] = round(float(tp / max(pred.sum(), 1)), 4)
-            entry["recall_at_review"] = round(tp / n_pos, 4)
-        metrics[key] = entry
-    return metrics, curves

@@ -42,11 +42,12 @@ from bastion.core.model import HeadSpec, LinearHeads, ModerationModel
 from bastion.core.policy import PolicySet
 from bastion.core.runtime import start_ray
 from bastion.core.settings import Settings
+from bastion.registry.evaluation import evaluate_heads
 from bastion.registry.lifecycle import GateRefused, Lifecycle
 from bastion.registry.store import CHALLENGER, CHAMPION, ModelRegistry
 from bastion.training.embcache import EmbeddingCache, embeddings_dir
 from bastion.training.finetune import FinetuneConfig, run_finetune
-from bastion.training.heads import FitConfig, evaluate_heads, fit_heads, pos_weights
+from bastion.training.heads import FitConfig, fit_heads, pos_weights
 from bastion.training.reference import sample as reference_sample
 from bastion.training.snapshot import Snapshot, build_snapshot
 from bastion.training.starter import tenant_metrics

@@ -3,7 +3,7 @@ shipped with the project, registered as the first champion in seconds.
 
 ``bastion starter build [--data DIR]`` trains the stacked heads on every available source
 (``training.datasets.SOURCES``: the packaged ones and, where present, the development data in
-``../shared/data``), measures them honestly (``training.evaluation``: per category, per
+``../shared/data``), measures them honestly (``registry.evaluation``: per category, per
 source, across sources) and writes the artifact to ``training/starter_model/`` (heads.npz +
 metadata.json: a few hundred KB). The artifact records each source with the SHA-256 of the
 files it read, the command that built it, and its metrics; ``docs/starter-model.md`` is
@@ -34,6 +34,13 @@ from bastion.core.errors import ModelError
 from bastion.core.model import HeadSpec, LinearHeads, ModelMetadata, ModerationModel
 from bastion.core.policy import PolicySet
 from bastion.core.settings import Settings
+from bastion.registry.evaluation import (
+    MIN_POSITIVES,
+    binary_metrics,
+    evaluate_version,
+    metrics_by_source,
+    pr_curve,
+)
 from bastion.training.datasets import (
     CATEGORIES,
     CATEGORY_DESCRIPTIONS,
@@ -43,8 +50,7 @@ from bastion.training.datasets import (
     load_starter_data,
     source_fingerprint,
 )
-from bastion.training.evaluation import MIN_POSITIVES, binary_metrics, metrics_by_source
-from bastion.training.heads import FitConfig, fit_heads, group_split, pr_curve
+from bastion.training.heads import FitConfig, fit_heads, group_split
 from bastion.training.reference import seed_reference
 
 __all__ = [
@@ -330,8 +336,6 @@ def tenant_metrics(model: ModerationModel, heldout: LabelledSet, scores: np.ndar
                    policy: PolicySet) -> dict[str, float]:
     """Held-out metrics per (tenant, category) under ``policy``, as MLflow metric names
     ``<tenant>.<category>.<metric>`` (the thresholds serving would use for this version)."""
-    from bastion.registry.gate import evaluate_version
-
     evaluation = evaluate_version(
         str(model.metadata.get("version", "new")), model.head_keys, model.metadata, scores,
         heldout.targets, heldout.mask, heldout.categories, policy)

@@ -1,6 +1,5 @@
-"""Trigger rules, dedupe and cooldown, the precision-on-reviewed-items test, and the monitor's
-schedule. The Ray Jobs client is a fake here (unit tests); tests/integration/test_triggers.py
-submits a real job."""
+"""Trigger rules, dedupe and cooldown, and the monitor's schedule. The Ray Jobs client is a
+fake here (unit tests); tests/integration/test_triggers.py submits a real job."""
 
 from __future__ import annotations
 
@@ -11,13 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from bastion.core.errors import PolicyError
 from bastion.core.policy import PolicySet, parse_policy
 from bastion.core.settings import load_settings
-from bastion.drift.detectors import expected_precision, precision_test
 from bastion.drift.triggers import (
     JOB_KIND,
     Signals,
@@ -26,7 +23,6 @@ from bastion.drift.triggers import (
     maybe_retrain,
     triggers_db_path,
 )
-from bastion.training.heads import pr_curve
 
 TENANTS = {"acme": {"categories": {"hate": {"block_threshold": 0.8}}}}
 
@@ -171,51 +167,6 @@ def test_two_monitors_at_once_submit_one_job(settings: Any) -> None:
         t.join()
     assert sorted(outcomes) == ["running", "submitted"]
     assert len(jobs.submitted) == 1
-
-
-# -- precision on reviewed items -----------------------------------------------------------------
-
-
-def heldout(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and labels where P(positive | score) = score (a calibrated head)."""
-    rng = np.random.default_rng(seed)
-    s = rng.beta(0.7, 1.5, size=n)
-    return s, (rng.random(n) < s).astype(float)
-
-
-def test_expected_precision_reads_the_held_out_curve_per_score_band() -> None:
-    s, y = heldout(20000, 0)
-    exp = expected_precision(pr_curve(y, s), np.array([0.1, 0.5, 0.9, 0.999]))
-    assert np.allclose(exp, [0.1, 0.5, 0.9, 0.97], atol=0.06)
-
-
-def test_precision_test_keeps_its_false_alarm_rate_on_review_band_items() -> None:
-    s_h, y_h = heldout(20000, 0)
-    curve = pr_curve(y_h, s_h)
-    alarms = 0
-    runs = 400
-    for seed in range(runs):
-        s, y = heldout(3000, seed + 1)
-        band = (s >= 0.4) & (s < 0.8)  # reviewed because they scored in the review band
-        r = precision_test(s[band][:150], y[band][:150], curve, 0.4, p_threshold=0.05,
-                           name="precision:hate")
-        alarms += r.drift
-    assert alarms / runs <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / runs)
-
-
-def test_precision_test_catches_a_drop_and_skips_when_few_were_reviewed() -> None:
-    s_h, y_h = heldout(20000, 0)
-    curve = pr_curve(y_h, s_h)
-    rng = np.random.default_rng(5)
-    s = rng.uniform(0.5, 0.9, size=200)
-    y = (rng.random(200) < s - 0.2).astype(float)  # 20 points less precise than held-out
-    r = precision_test(s, y, curve, 0.5, p_threshold=0.01, name="precision:hate")
-    assert r.drift and r.statistic < -0.1 and r.p_value is not None and r.p_value < 0.001
-    assert r.detail["n_flagged_reviewed"] == 200
-    few = precision_test(s[:5], y[:5], curve, 0.5, name="precision:hate")
-    assert few.skipped and not few.drift and "at least" in few.detail["skipped"]
-    below = precision_test(s, y, curve, 0.95, name="precision:hate")
-    assert below.skipped  # nothing reviewed was scored that high
 
 
 # -- the schedule inside 'bastion up' -------------------------------------------------------------

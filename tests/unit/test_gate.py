@@ -10,16 +10,14 @@ import pytest
 
 from bastion.core.decision import resolve_policy
 from bastion.core.policy import PolicySet, parse_policy
-from bastion.registry.gate import (
+from bastion.registry.evaluation import (
     CategoryEvaluation,
-    Check,
-    GateReport,
     VersionEvaluation,
-    ece,
     evaluate_version,
-    run_gate,
+    pr_curve,
 )
-from bastion.training.heads import pr_curve
+from bastion.registry.gate import run_gate
+from bastion.registry.report import Check, GateReport
 
 HEADS = ["hate", "spam", "acme/spam"]
 CATEGORIES = ["hate", "spam", "violence"]
@@ -140,35 +138,6 @@ def test_evaluate_version_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match=r"mask has shape \(600, 2\), expected \(600, 3\)"):
         evaluate_version("2", HEADS, {}, scores_for(), DATA.targets, DATA.mask[:, :2],
                          CATEGORIES, POLICY)
-
-
-# -- ece ---------------------------------------------------------------------------------------
-def test_ece_is_zero_when_calibrated_and_large_when_not() -> None:
-    calibrated = ece(np.full(400, 0.25), np.r_[np.ones(100), np.zeros(300)])
-    overconfident = ece(np.full(400, 0.95), np.zeros(400))
-    assert calibrated == pytest.approx(0.0)
-    assert overconfident == pytest.approx(0.95)
-    # two bins, each off by 0.1, weighted by size: (100 * 0.1 + 300 * 0.1) / 400
-    mixed = ece(np.r_[np.full(100, 0.9), np.full(300, 0.1)],
-                np.r_[np.ones(100), np.zeros(300)])
-    assert mixed == pytest.approx(0.1)
-    assert ece(np.array([1.0]), np.array([1.0])) == pytest.approx(0.0)  # 1.0 is in the last bin
-
-
-def test_ece_of_draws_from_the_probabilities_is_small() -> None:
-    rng = np.random.default_rng(1)
-    p = rng.random(20000)
-    assert ece(p, (rng.random(20000) < p).astype(float)) < 0.02
-    assert ece(p, (rng.random(20000) < p**3).astype(float)) > 0.1
-
-
-def test_ece_rejects_bad_input() -> None:
-    with pytest.raises(ValueError, match="not logits"):
-        ece(np.array([-2.0, 3.0]), np.array([0.0, 1.0]))
-    with pytest.raises(ValueError, match="one label per probability"):
-        ece(np.array([0.2, 0.3]), np.array([1.0]))
-    with pytest.raises(ValueError, match="at least one item"):
-        ece(np.array([]), np.array([]))
 
 
 # -- run_gate ----------------------------------------------------------------------------------

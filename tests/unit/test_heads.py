@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 
 from bastion.core.model import HeadSpec
-from bastion.training.heads import evaluate_heads, fit_heads, group_split, pr_curve
+from bastion.registry.evaluation import evaluate_heads
+from bastion.training.heads import fit_heads, group_split
 
 
 def synthetic(n: int = 600, seed: int = 0):
@@ -32,15 +33,6 @@ def test_masked_targets_do_not_teach() -> None:
     clean = fit_heads(x, y, mask, [HeadSpec("a"), HeadSpec("b")])
     dirty = fit_heads(x, poisoned, mask, [HeadSpec("a"), HeadSpec("b")])
     np.testing.assert_allclose(clean.weight, dirty.weight, atol=1e-6)
-
-
-def test_pr_curve_is_ordered() -> None:
-    y = np.array([0, 0, 1, 1, 1, 0, 1], dtype=float)
-    s = np.array([0.1, 0.2, 0.3, 0.8, 0.9, 0.4, 0.7])
-    c = pr_curve(y, s)
-    assert c["threshold"] == sorted(c["threshold"])
-    assert c["recall"] == sorted(c["recall"], reverse=True)
-    assert c["recall"][0] == 1.0 and c["precision"][-1] == 1.0
 
 
 def test_group_split_keeps_groups_on_one_side() -> None:
