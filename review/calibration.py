@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy.stats import beta
 
 from bastion.core.errors import PolicyError
 from bastion.core.policy import PolicySet, parse_policy
@@ -100,8 +101,6 @@ def _lower_bounds(tp: npt.NDArray[np.int64], n: npt.NDArray[np.int64],
                   confidence: float) -> npt.NDArray[np.float64]:
     """One-sided Clopper-Pearson lower bounds of tp/n: the (1 - confidence) quantile of
     Beta(tp, n - tp + 1); 0 where tp is 0."""
-    from scipy.stats import beta
-
     out = np.zeros(len(tp), dtype=np.float64)
     hit = tp > 0
     out[hit] = beta.ppf(1.0 - confidence, tp[hit], n[hit] - tp[hit] + 1)

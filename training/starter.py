@@ -41,6 +41,7 @@ from bastion.registry.evaluation import (
     metrics_by_source,
     pr_curve,
 )
+from bastion.registry.store import ModelRegistry
 from bastion.training.datasets import (
     CATEGORIES,
     CATEGORY_DESCRIPTIONS,
@@ -301,8 +302,6 @@ def register_starter(settings: Settings, policy: PolicySet | None = None,
     Raises:
         ModelError: there is no artifact, or its heads were trained on other encoder weights.
     """
-    from bastion.registry.store import ModelRegistry
-
     path = path or shipped_starter()
     if path is None:
         raise ModelError(f"no starter artifact in {SHIPPED_DIR}; build one with "
