@@ -5,8 +5,8 @@ item without a session. It needs ``slots`` labels from different moderators; eac
 to one moderator at a time. Every state change is one transaction on SQLite (``BEGIN
 IMMEDIATE``: writers queue on the file lock) or PostgreSQL (``FOR UPDATE SKIP LOCKED``: claimers
 pass each other), so threads and processes may share a queue and a dying process leaves at most
-a lease that expires. Labels land in ``review_labels``; :meth:`ReviewQueue.labels_since` feeds
-them to :class:`core.labels.LabelStore`.
+a lease that expires. A submission's labels land in the one ``labels`` table (``core.labels``)
+in the submission's own transaction: what retraining and drift read.
 """
 
 from __future__ import annotations
@@ -18,40 +18,36 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Collection, Iterable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
     CursorResult,
+    Engine,
     Insert,
     Table,
     and_,
     case,
-    create_engine,
     func,
     insert,
     or_,
     select,
     update,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import ColumnElement
 
+from bastion.core.labels import item_key, put_item, put_label
 from bastion.core.policy import SLUG
-from bastion.review._tables import (
-    claims,
-    create_tables,
-    events,
-    insert_ignore,
-    items,
-    reports,
-    slots,
-    sqlite_engine,
-    tasks,
-)
-from bastion.review._tables import labels as labels_t  # `labels` is submit's argument
+from bastion.core.store import READ, insert_ignore, is_postgres, open_store
+from bastion.core.store.tables import labels as labels_t  # `labels` is submit's argument
+from bastion.core.store.tables import review_claims as claims
+from bastion.core.store.tables import review_events as events
+from bastion.core.store.tables import review_items as items
+from bastion.core.store.tables import review_reports as reports
+from bastion.core.store.tables import review_slots as slots
+from bastion.core.store.tables import review_tasks as tasks
 from bastion.review.records import (
     Claim,
     LabelIn,
@@ -77,7 +73,6 @@ __all__ = [
     "SessionEvent",
     "Submission",
     "Task",
-    "review_db_url",
 ]
 
 
@@ -85,13 +80,7 @@ SOURCES = ("decision", "report", "event", "sample", "context")
 _FREE, _LEASED, _DONE = "free", "leased", "done"
 _RETRIES = 8  # a unique-key race (same moderator in two threads) or a PostgreSQL deadlock
 _PG_RETRY_CODES = {"23505", "40001", "40P01"}  # unique_violation, serialization, deadlock
-_LABEL_LOCK = 0x62617374_02  # pg_advisory_xact_lock key: label seq order = commit order
 T = TypeVar("T")
-
-
-def review_db_url(state_dir: str | Path) -> str:
-    """The embedded default: a SQLite file ``review.db`` under the state directory."""
-    return f"sqlite:///{Path(state_dir) / 'review.db'}"
 
 
 class _Retry(Exception):
@@ -149,38 +138,31 @@ def _item(m: Any) -> ReviewItem:
 
 
 class ReviewQueue:
-    """The review queue in the database at ``url`` (SQLAlchemy URL: SQLite file or PostgreSQL).
+    """The review queue in the shared database (``Settings.database_url``: a SQLite file or
+    PostgreSQL; ``?options=-csearch_path%3Dschema`` selects a PostgreSQL schema).
 
     Args:
-        url: ``review_db_url(state_dir)`` for the embedded default, or
-            ``postgresql+psycopg://user@host/db`` (``?options=-csearch_path%3Dschema`` selects a
-            schema).
+        url: The database URL, or an engine (the caller's to dispose).
         lease_s: How long a claim holds its slot unless renewed.
         clock: Unix time source; tests inject one to expire leases without sleeping.
     """
 
-    def __init__(self, url: str, *, lease_s: float = 600.0,
+    def __init__(self, url: str | URL | Engine, *, lease_s: float = 600.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.lease_s = _number(lease_s, "lease_s", 0.0, 7 * 86400.0, lo_open=True)
         self._clock = clock
-        u = make_url(url)
-        self._pg = u.get_backend_name() == "postgresql"
-        if u.get_backend_name() == "sqlite":
-            if not u.database or u.database == ":memory:":
-                raise ReviewError(f"review queue URL {url!r} is an in-memory SQLite database, "
-                                  "which each connection sees empty; use review_db_url(state_dir)")
-            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-            self._engine = sqlite_engine(u)
-        elif self._pg:
-            self._engine = create_engine(u, pool_pre_ping=True)
-        else:
-            raise ReviewError(f"review queue URL {url!r}: only sqlite:/// and "
-                              "postgresql+psycopg:// databases are supported")
-        self._write(lambda conn: create_tables(conn, self._pg))
+        self._engine, self._owned = open_store(url)
+        self._pg = is_postgres(self._engine)
+
+    @property
+    def engine(self) -> Engine:
+        """The database's engine: the label store and event log beside the queue share it."""
+        return self._engine
 
     def close(self) -> None:
-        """Close the queue's database connections."""
-        self._engine.dispose()
+        """Close the queue's database connections (when it opened them)."""
+        if self._owned:
+            self._engine.dispose()
 
     # -- transactions ----------------------------------------------------------------------
 
@@ -208,12 +190,12 @@ class ReviewQueue:
         with self._engine.connect() as conn:
             # one snapshot for the several SELECTs of a task listing
             conn.execution_options(**({"isolation_level": "REPEATABLE READ"} if self._pg
-                                       else {"bastion_read": True}))
+                                       else READ))
             with conn.begin():
                 return fn(conn)
 
     def _insert_ignore(self, table: Table) -> Insert:
-        return insert_ignore(self._pg, table)
+        return insert_ignore(self._engine, table)
 
     # -- intake ----------------------------------------------------------------------------
 
@@ -524,8 +506,6 @@ class ReviewQueue:
             raise ReviewError("submission_id must be at most 128 characters")
 
         def run(conn: Connection) -> Submission:
-            if self._pg:  # label seq numbers then commit in order: labels_since misses none
-                conn.execute(select(func.pg_advisory_xact_lock(_LABEL_LOCK)))
             c = self._claim_row(conn, token)
             if c.submission_id is not None:
                 if c.submission_id != submission_id:
@@ -548,11 +528,7 @@ class ReviewQueue:
                 raise LeaseLost(_lost(c))
             conn.execute(update(claims).where(claims.c.token == token).values(
                 state="submitted", submission_id=submission_id, submitted_ts=now))
-            tenant = conn.execute(select(tasks.c.tenant)
-                                  .where(tasks.c.task_id == c.task_id)).scalar_one()
-            conn.execute(insert(labels_t), [
-                {"submission_id": submission_id, "tenant": tenant, "task_id": c.task_id,
-                 "moderator": c.moderator, "ts": now, **r} for r in rows])
+            self._store_labels(conn, c, submission_id, rows, now)
             conn.execute(update(tasks).where(tasks.c.task_id == c.task_id).values(
                 slots_done=tasks.c.slots_done + 1, updated_ts=now))
             conn.execute(update(tasks).where(tasks.c.task_id == c.task_id,
@@ -563,29 +539,43 @@ class ReviewQueue:
 
         return self._write(run)
 
+    def _store_labels(self, conn: Connection, c: Any, submission_id: str,
+                      rows: list[dict[str, Any]], now: float) -> None:
+        """The labels into the one label table, in the submission's transaction: retraining
+        and drift read them from there, nothing copies them later."""
+        tenant = conn.execute(select(tasks.c.tenant)
+                              .where(tasks.c.task_id == c.task_id)).scalar_one()
+        ids = sorted({r["item_id"] for r in rows})
+        for it in conn.execute(select(items).where(items.c.tenant == tenant,
+                                                   items.c.item_id.in_(ids))):
+            put_item(conn, tenant=tenant, item_id=it.item_id, text=it.text,
+                     text_sha256=it.text_sha256, session_id=it.session_id, user_id=it.user_id,
+                     source="review", ts=it.ts)
+        for r in rows:
+            put_label(conn, tenant=tenant, item_id=r["item_id"], annotator=c.moderator,
+                      category=r["category"], value=r["value"], confidence=r["confidence"],
+                      ts=now, submission_id=submission_id)
+
     def _stored(self, conn: Connection, c: Any) -> Submission:
         got = conn.execute(select(labels_t.c.item_id, labels_t.c.category, labels_t.c.value,
                                   labels_t.c.confidence)
                            .where(labels_t.c.submission_id == c.submission_id)
-                           .order_by(labels_t.c.seq)).all()
+                           .order_by(labels_t.c.item_id, labels_t.c.category)).all()
         return Submission(c.submission_id, c.task_id, c.slot, c.moderator,
                           [LabelIn(*r) for r in got], c.submitted_ts, duplicate=True)
 
-    def labels_since(self, seq: int = 0, limit: int = 10000
-                     ) -> list[tuple[int, str, ReviewItem, str, str, float, float, float]]:
-        """Labels with a sequence number above ``seq``, oldest first, to sync into the label store.
-
-        Returns:
-            ``(seq, tenant, item, moderator, category, value, confidence, ts)`` tuples.
-        """
-        q = (select(items, labels_t.c.seq, labels_t.c.moderator, labels_t.c.category,
-                    labels_t.c.value, labels_t.c.confidence, labels_t.c.ts.label("label_ts"))
-             .join(items, and_(items.c.tenant == labels_t.c.tenant,
-                               items.c.item_id == labels_t.c.item_id))
-             .where(labels_t.c.seq > seq).order_by(labels_t.c.seq).limit(limit))
+    def reviewed_scores(self, model_version: str | None = None) -> dict[str, dict[str, float]]:
+        """:func:`~bastion.core.labels.item_key` -> the model's scores, of every queued item a
+        moderator labelled (scored by ``model_version`` only, when given)."""
+        labelled = (select(labels_t.c.tenant, labels_t.c.item_id)
+                    .where(labels_t.c.submission_id.is_not(None)).distinct().subquery())
+        q = (select(items.c.tenant, items.c.item_id, items.c.scores)
+             .join(labelled, and_(labelled.c.tenant == items.c.tenant,
+                                  labelled.c.item_id == items.c.item_id)))
+        if model_version is not None:
+            q = q.where(items.c.model_version == model_version)
         rows = self._read(lambda conn: conn.execute(q).all())
-        return [(r.seq, r.tenant, _item(r._mapping), r.moderator, r.category, r.value,
-                 r.confidence, r.label_ts) for r in rows]
+        return {item_key(r.tenant, r.item_id): json.loads(r.scores) for r in rows}
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -605,7 +595,7 @@ class ReviewQueue:
         """(confirmed, resolved) of a reporter's earlier reports: resolved once a moderator
         labelled the reported item, confirmed when some category's mean label is >= 0.5."""
         per_cat = (select(labels_t.c.item_id, func.avg(labels_t.c.value).label("mean"))
-                   .where(labels_t.c.tenant == tenant)
+                   .where(labels_t.c.tenant == tenant, labels_t.c.submission_id.is_not(None))
                    .group_by(labels_t.c.item_id, labels_t.c.category).subquery())
         per_item = (select(per_cat.c.item_id, func.max(per_cat.c.mean).label("top"))
                     .group_by(per_cat.c.item_id).subquery())
@@ -670,9 +660,10 @@ class ReviewQueue:
             out["slots_expired"] = conn.execute(select(func.count()).select_from(slots).where(
                 slots.c.state == _LEASED, slots.c.leased_until <= now)).scalar_one()
             out["slots_leased"] = out.get("slots_leased", 0) - out["slots_expired"]
-            for name, table in (("items", items), ("reports", reports), ("events", events),
-                                ("labels", labels_t)):
+            for name, table in (("items", items), ("reports", reports), ("events", events)):
                 out[name] = conn.execute(select(func.count()).select_from(table)).scalar_one()
+            out["labels"] = conn.execute(select(func.count()).select_from(labels_t).where(
+                labels_t.c.submission_id.is_not(None))).scalar_one()
             out["open_by_tenant"] = dict(conn.execute(
                 select(tasks.c.tenant, func.count()).where(tasks.c.status == "open")
                 .group_by(tasks.c.tenant)).tuples().all())
