@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from bastion.core.errors import BastionError
+from bastion.core.store.cli import db
 
 __all__ = ["main", "cli"]
 
@@ -59,6 +60,9 @@ def _exit_if_rejected(file: Path, problems: list[str]) -> None:
 @click.group(help="Bastion: Trust & Safety moderation on Ray.")
 def cli() -> None:
     pass
+
+
+cli.add_command(db)
 
 
 @cli.command(help="Start the platform locally (Ray, MLflow registry, moderation API) and stay "
@@ -458,10 +462,10 @@ def labels() -> None:
 def labels_import(state_dir: Path | None, file: Path, annotator: str) -> None:
     from contextlib import closing
 
-    from bastion.core.labels import LabelStore, labels_db_path
+    from bastion.core.labels import LabelStore
 
     settings = _settings(state_dir)
-    with closing(LabelStore(labels_db_path(settings.state_dir))) as store:
+    with closing(LabelStore(settings.database_url)) as store:
         report = store.import_file(file, default_annotator=annotator)
     click.echo(f"imported {report.items} item(s): {report.labels_added} label(s) added, "
                f"{report.labels_unchanged} unchanged, {report.labels_revised} revised")
@@ -475,10 +479,12 @@ def labels_import(state_dir: Path | None, file: Path, annotator: str) -> None:
 def labels_stats(state_dir: Path | None) -> None:
     from contextlib import closing
 
-    from bastion.core.labels import LabelStore, labels_db_path
+    from bastion.core.labels import LabelStore
+    from bastion.core.store import normalise_url
 
-    path = labels_db_path(_settings(state_dir).state_dir)
-    with closing(LabelStore(path)) as store:
+    url = _settings(state_dir).database_url
+    path = normalise_url(url).render_as_string(hide_password=True)
+    with closing(LabelStore(url)) as store:
         st = store.stats()
     last = st["last_label_ts"]
     when = "-" if last is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last))
@@ -542,16 +548,15 @@ def review_keys_list(state_dir: Path | None) -> None:
 @contextlib.contextmanager
 def _review_service(settings: Any) -> Iterator[Any]:
     """The review service of a state directory (its queue closed on exit)."""
-    from bastion.core.labels import labels_db_path
     from bastion.core.launcher import ensure_policy_file
     from bastion.core.policy import load_policy
     from bastion.review.queue import ReviewQueue
     from bastion.review.service import ReviewService
 
     pol = load_policy(ensure_policy_file(settings))
-    queue = ReviewQueue(settings.review_url)
+    queue = ReviewQueue(settings.database_url)
     try:
-        yield ReviewService(queue, lambda: pol, labels_db=labels_db_path(settings.state_dir))
+        yield ReviewService(queue, lambda: pol)
     finally:
         queue.close()
 
@@ -573,16 +578,6 @@ def review_queue(state_dir: Path | None, tenants: tuple[str, ...], limit: int) -
                    f"slots={t.slots_done}/{t.slots}  [{why}]")
 
 
-@review.command("sync", help="Hand submitted labels to the label store retraining reads "
-                "(also done after every submission and by 'bastion retrain').")
-@_state_dir_option
-@_guard
-def review_sync(state_dir: Path | None) -> None:
-    with _review_service(_settings(state_dir)) as svc:
-        n = svc.sync_labels()
-    click.echo(f"{n} label(s) handed to the label store")
-
-
 @review.command("select", help="Active learning: queue the logged items that would teach the "
                 "model most (uncertain, rare categories first, unlike each other), BUDGET per "
                 "tenant. Needs decisions whose text the policy keeps (store_raw_text).")
@@ -598,7 +593,7 @@ def review_select(state_dir: Path | None, budget: int, tenants: tuple[str, ...],
     settings = _settings(state_dir)
     since = time.time() - days * 86400 if days else None
     with _review_service(settings) as svc:
-        picks = svc.select_for_labelling(settings.events_db, budget,
+        picks = svc.select_for_labelling(budget,
                                          tenants=list(tenants) or None, since=since)
     for p in picks:
         click.echo(json.dumps(p, sort_keys=True))
@@ -760,18 +755,17 @@ def drift_check(state_dir: Path | None, tenants: tuple[str, ...], hours: float |
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_guard
 def drift_triggers(state_dir: Path | None, limit: int, as_json: bool) -> None:
-    from bastion.drift.triggers import TriggerLog, triggers_db_path
+    from bastion.drift.triggers import TriggerLog
 
     settings = _settings(state_dir)
-    path = triggers_db_path(settings.state_dir)
-    if not path.exists():
-        click.echo("No trigger has fired yet.")
-        return
-    log = TriggerLog(path)
+    log = TriggerLog(settings.database_url)
     try:
         rows = log.recent(limit)
     finally:
         log.close()
+    if not rows:
+        click.echo("No trigger has fired yet.")
+        return
     dashboard = _platform_dashboard(settings)
     if dashboard is not None:  # the platform runs: say how each submitted job ended
         from ray.job_submission import JobSubmissionClient

@@ -11,6 +11,7 @@ and one sample weight per (item, category), by Dawid-Skene (``core.aggregation``
 
 from __future__ import annotations
 
+import json
 import numbers
 import re
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 from sqlalchemy.engine import URL
 
@@ -31,7 +33,7 @@ from bastion.core.errors import LabelError
 from bastion.core.events import text_digest
 from bastion.core.policy import SLUG
 from bastion.core.store import READ, open_store
-from bastion.core.store.tables import label_history, label_items, labels
+from bastion.core.store.tables import label_history, label_items, labels, review_items
 
 __all__ = [
     "Aggregate",
@@ -257,8 +259,8 @@ class LabelStore:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def votes(self, tenants: Collection[str] | None = None, since: float | None = None
-              ) -> dict[tuple[str, str], list[Vote]]:
+    def votes(self, tenants: Collection[str] | None = None, since: float | None = None,
+              reviewed: bool = False) -> dict[tuple[str, str], list[Vote]]:
         """Every current label as votes per (:func:`item_key`, category), ordered by item,
         category and annotator.
 
@@ -266,11 +268,13 @@ class LabelStore:
             tenants: only these tenants' items (default: every tenant).
             since: only items with a label given after this unix time (strictly); such an
                 item comes with all its current labels, older ones included.
+            reviewed: only moderators' labels from review submissions (not imported or gold
+                ones): what measures moderators and the model on reviewed traffic.
         """
-        return self._votes(tenants, since)[0]
+        return self._votes(tenants, since, reviewed=reviewed)[0]
 
     def _votes(self, tenants: Collection[str] | None, since: float | None,
-               with_text: bool = False
+               with_text: bool = False, reviewed: bool = False
                ) -> tuple[dict[tuple[str, str], list[Vote]], dict[str, Any]]:
         q = (select(labels.c.tenant, labels.c.item_id, labels.c.category, labels.c.annotator,
                     labels.c.value, labels.c.confidence, label_items.c.text,
@@ -281,6 +285,8 @@ class LabelStore:
             q = q.where(labels.c.tenant.in_(sorted(set(tenants))))
         if with_text:
             q = q.where(label_items.c.text.is_not(None))
+        if reviewed:
+            q = q.where(labels.c.submission_id.is_not(None))
         if since is not None:
             fresh = (select(labels.c.tenant, labels.c.item_id).where(labels.c.ts > since)
                      .distinct().subquery())
@@ -297,6 +303,33 @@ class LabelStore:
             votes.setdefault((key, r.category), []).append(
                 Vote(r.annotator, r.value, r.confidence))
         return votes, items
+
+    def reviewed(self, model_version: str | None = None
+                 ) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+        """(tenant, category) -> (model scores, Dawid-Skene labels) of every item moderators
+        labelled in review that the model scored for that category (``model_version``: only
+        items that version scored): threshold calibration's evidence, and the drift check's
+        precision on reviewed items."""
+        votes = self.votes(reviewed=True)
+        q = (select(review_items.c.tenant, review_items.c.item_id, review_items.c.scores)
+             .where(select(labels.c.item_id).where(
+                 labels.c.tenant == review_items.c.tenant,
+                 labels.c.item_id == review_items.c.item_id,
+                 labels.c.submission_id.is_not(None)).exists()))
+        if model_version is not None:
+            q = q.where(review_items.c.model_version == model_version)
+        with self._read() as conn, conn.begin():
+            scores = {item_key(r.tenant, r.item_id): json.loads(r.scores)
+                      for r in conn.execute(q)}
+        out: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+        for (key, category), (soft, _w) in (dawid_skene_weights(votes) if votes else {}).items():
+            score = scores.get(key, {}).get(category)
+            if score is None:
+                continue
+            s_list, y_list = out.setdefault((split_item_key(key)[0], category), ([], []))
+            s_list.append(float(score))
+            y_list.append(soft)
+        return {k: (np.array(s), np.array(y)) for k, (s, y) in out.items()}
 
     def aggregated(
         self, tenants: Collection[str] | None = None, since: float | None = None,

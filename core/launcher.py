@@ -1,5 +1,5 @@
-"""``bastion up``: prepare the state directory, train the starter model if the registry is
-empty, start local Ray and the Serve application, and hot-reload the policy file."""
+"""``bastion up``: prepare the state directory, bring the database's schema to head, train the
+starter model if the registry is empty, start local Ray and the Serve application, and hot-reload the policy file."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from bastion.core.errors import ConfigError, PolicyError
 from bastion.core.keys import ensure_keys
 from bastion.core.policy import PolicySet, load_policy
 from bastion.core.settings import Settings
+from bastion.core.store import normalise_url
+from bastion.core.store.schema import upgrade_url
 
 __all__ = [
     "ensure_policy_file",
@@ -208,6 +210,10 @@ def run_platform(
     say(f"State directory: {settings.state_dir}")
     say(f"Policy file:     {policy_path} (edits apply live)")
     say(f"MLflow:          {settings.tracking_uri}")
+    before, after = upgrade_url(settings.database_url)
+    where = normalise_url(settings.database_url).render_as_string(hide_password=True)
+    say(f"Database:        {where} (schema {after}"
+        + (f", upgraded from {before or 'empty'})" if before != after else ")"))
 
     registry = ModelRegistry(settings)
     if not registry.has_champion():

@@ -18,9 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from bastion.core.events import EventLog
+from bastion.core.labels import LabelStore
 from bastion.core.policy import PolicySet
 from bastion.core.settings import Settings
 from bastion.drift.monitor import DriftReport, Reference, check_window, render_html
+from bastion.training.embcache import EmbeddingCache
 
 __all__ = ["champion_reference", "check_tenants", "drift_dir", "monitor_pass"]
 
@@ -83,7 +86,6 @@ def champion_reference(settings: Settings, policy: PolicySet, tenants: list[str]
     from bastion.core.decision import resolve_policy
     from bastion.core.model import ModerationModel
     from bastion.registry.store import CHAMPION, ModelRegistry
-    from bastion.training.embcache import EmbeddingCache, embeddings_dir
 
     registry = ModelRegistry(settings)
     info = registry.by_alias(CHAMPION)
@@ -93,7 +95,7 @@ def champion_reference(settings: Settings, policy: PolicySet, tenants: list[str]
     meta = dict(model.metadata, version=version)
     resolved = resolve_policy(policy, model.head_keys, meta)
     texts = _reference_texts(settings, meta, n, seed)
-    cache = EmbeddingCache(embeddings_dir(settings.state_dir), model.encoder)
+    cache = EmbeddingCache(settings.database_url, model.encoder)
     try:
         emb, _ = cache.embed(texts)
     finally:
@@ -123,23 +125,16 @@ def champion_reference(settings: Settings, policy: PolicySet, tenants: list[str]
 def _reviewed_evidence(settings: Settings, policy: PolicySet, version: str | None
                        ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """tenant -> category -> (scores, aggregated labels) of reviewed items ``version`` scored.
-    An unreachable review queue is logged and skipped: the rest of the check still runs."""
-    from bastion.review.queue import ReviewQueue
-    from bastion.review.service import ReviewService
-
+    They are read from the label table the review queue writes."""
+    store = LabelStore(settings.database_url)
     try:
-        queue = ReviewQueue(settings.review_url)
-    except Exception as err:  # noqa: BLE001
-        log.warning("review queue %s unavailable, no precision check: %s",
-                    settings.review_url, err)
-        return {}
-    try:
-        evidence = ReviewService(queue, lambda: policy).reviewed(model_version=version)
+        evidence = store.reviewed(model_version=version)
     finally:
-        queue.close()
+        store.close()
     out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for (tenant, category), pair in evidence.items():
-        out.setdefault(tenant, {})[category] = pair
+        if tenant in policy.tenants and category in policy.tenants[tenant].categories:
+            out.setdefault(tenant, {})[category] = pair
     return out
 
 
@@ -149,18 +144,17 @@ def check_tenants(settings: Settings, policy: PolicySet, *, tenants: list[str] |
                   log_mlflow: bool = True) -> list[tuple[DriftReport | None, str]]:
     """Check each tenant's last ``hours`` of traffic; returns (report or None, message).
     Unset window, size and rate come from the policy's ``drift`` section."""
-    from bastion.core.events import EventLog
-
     dp = policy.drift
     hours = dp.window_hours if hours is None else hours
     min_items = dp.min_items if min_items is None else min_items
     false_alarm_rate = dp.false_alarm_rate if false_alarm_rate is None else false_alarm_rate
     out: list[tuple[DriftReport | None, str]] = []
-    log_ = EventLog(settings.events_db)
+    log_ = EventLog(settings.database_url)
     try:
         windows: dict[str, list[dict[str, Any]]] = {}
         for tenant in tenants or sorted(policy.tenants):
-            rows = list(log_.read(tenant=tenant, since=time.time() - hours * 3600))
+            # the monitor reads the records' fields by name (vars: no copy of the embeddings)
+            rows = [vars(e) for e in log_.read(tenant=tenant, since=time.time() - hours * 3600)]
             if len(rows) < min_items:
                 out.append((None, f"{tenant}: {len(rows)} item(s) in the last {hours:g} h, "
                                   f"fewer than {min_items}: not checked"))

@@ -26,6 +26,7 @@ from bastion.core.settings import Settings
 from bastion.registry.gate import Check, GateReport, VersionEvaluation, evaluate_version, run_gate
 from bastion.registry.store import CHALLENGER, CHAMPION, ModelRegistry
 from bastion.training.datasets import LabelledSet
+from bastion.training.embcache import EmbeddingCache
 
 __all__ = ["Lifecycle", "PromotionResult", "heldout_data", "GateRefused"]
 
@@ -96,9 +97,7 @@ class Lifecycle:
         fp = model.encoder.identity["fingerprint"]
         data = self.eval_data
         if fp not in self._embeddings:
-            from bastion.training.embcache import EmbeddingCache, embeddings_dir
-
-            cache = EmbeddingCache(embeddings_dir(self.settings.state_dir), model.encoder)
+            cache = EmbeddingCache(self.settings.database_url, model.encoder)
             try:
                 self._embeddings[fp] = cache.embed(data.texts)[0]
             finally:

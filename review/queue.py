@@ -38,7 +38,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import ColumnElement
 
-from bastion.core.labels import item_key, put_item, put_label
+from bastion.core.labels import put_item, put_label
 from bastion.core.policy import SLUG
 from bastion.core.store import READ, insert_ignore, is_postgres, open_store
 from bastion.core.store.tables import labels as labels_t  # `labels` is submit's argument
@@ -563,19 +563,6 @@ class ReviewQueue:
                            .order_by(labels_t.c.item_id, labels_t.c.category)).all()
         return Submission(c.submission_id, c.task_id, c.slot, c.moderator,
                           [LabelIn(*r) for r in got], c.submitted_ts, duplicate=True)
-
-    def reviewed_scores(self, model_version: str | None = None) -> dict[str, dict[str, float]]:
-        """:func:`~bastion.core.labels.item_key` -> the model's scores, of every queued item a
-        moderator labelled (scored by ``model_version`` only, when given)."""
-        labelled = (select(labels_t.c.tenant, labels_t.c.item_id)
-                    .where(labels_t.c.submission_id.is_not(None)).distinct().subquery())
-        q = (select(items.c.tenant, items.c.item_id, items.c.scores)
-             .join(labelled, and_(labelled.c.tenant == items.c.tenant,
-                                  labelled.c.item_id == items.c.item_id)))
-        if model_version is not None:
-            q = q.where(items.c.model_version == model_version)
-        rows = self._read(lambda conn: conn.execute(q).all())
-        return {item_key(r.tenant, r.item_id): json.loads(r.scores) for r in rows}
 
     # -- reading ---------------------------------------------------------------------------
 

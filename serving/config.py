@@ -44,7 +44,7 @@ def serve_config(
         limits=settings.limits,
         serving=settings.serving,
         keys_file=keys_file,
-        review_db_url=settings.review_db_url,
+        database_url=settings.database_url,
     ).model_dump(mode="json")
     ingress_config: dict[str, Any] = {
         "policy": policy.model_dump(mode="json", exclude_none=True)}

@@ -36,6 +36,7 @@ from bastion.core.model import HeadSpec, LinearHeads, ModerationModel
 from bastion.core.policy import PolicySet
 from bastion.core.settings import Settings
 from bastion.training.datasets import LabelledSet
+from bastion.training.embcache import EmbeddingCache
 from bastion.training.finetune import FinetuneConfig, run_finetune
 from bastion.training.heads import FitConfig, evaluate_heads, fit_heads, pos_weights
 from bastion.training.snapshot import Snapshot, build_snapshot
@@ -200,9 +201,8 @@ def _train_heads(settings: Settings, snap: Snapshot, keys: list[str], encoder: E
     from ray.train import LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from bastion.training.embcache import EmbeddingCache, embeddings_dir
 
-    cache = EmbeddingCache(embeddings_dir(settings.state_dir), encoder)
+    cache = EmbeddingCache(settings.database_url, encoder)
     t0 = time.perf_counter()
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -285,22 +285,6 @@ def _train_full(settings: Settings, snap: Snapshot, keys: list[str], base_path: 
     return res.encoder_dir, heads, res.history, res.restarts
 
 
-def _sync_review_labels(settings: Settings, policy: PolicySet) -> int:
-    """Labels moderators submitted in the review queue, into the label store (idempotent)."""
-    from bastion.core.labels import labels_db_path
-    from bastion.review.queue import ReviewQueue
-    from bastion.review.service import ReviewService
-
-    if settings.review_db_url is None and not (settings.state_dir / "review.db").exists():
-        return 0
-    queue = ReviewQueue(settings.review_url)
-    try:
-        svc = ReviewService(queue, lambda: policy, labels_db=labels_db_path(settings.state_dir))
-        return svc.sync_labels()
-    finally:
-        queue.close()
-
-
 def _already_registered(settings: Settings, run_name: str) -> str | None:
     from bastion.registry.store import ModelRegistry
 
@@ -325,9 +309,6 @@ def retrain(settings: Settings, policy: PolicySet, opts: RetrainOptions,
 
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
-    synced = _sync_review_labels(settings, policy)
-    if synced:
-        say(f"Handed {synced} new review label(s) to the label store.")
     say("Building the training snapshot (seed data + human labels)...")
     t0 = time.perf_counter()
     snap = build_snapshot(settings, seed_data=opts.seed_data,
@@ -399,9 +380,7 @@ def retrain(settings: Settings, policy: PolicySet, opts: RetrainOptions,
                 bundle = True
                 gate_emb = {encoder.identity["fingerprint"]: test_emb}
                 if base is not None:  # the champion's side of the gate, from the cache
-                    from bastion.training.embcache import EmbeddingCache, embeddings_dir
-
-                    cache = EmbeddingCache(embeddings_dir(settings.state_dir), base.encoder)
+                    cache = EmbeddingCache(settings.database_url, base.encoder)
                     try:
                         fp = base.encoder.identity["fingerprint"]
                         gate_emb[fp] = cache.embed(snap.part("test").texts)[0]

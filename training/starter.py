@@ -34,6 +34,7 @@ from bastion.core.errors import ModelError
 from bastion.core.model import HeadSpec, LinearHeads, ModerationModel
 from bastion.core.policy import PolicySet
 from bastion.core.settings import Settings
+from bastion.core.store import default_database_url
 from bastion.training.datasets import (
     CATEGORIES,
     CATEGORY_DESCRIPTIONS,
@@ -43,6 +44,7 @@ from bastion.training.datasets import (
     load_starter_data,
     source_fingerprint,
 )
+from bastion.training.embcache import EmbeddingCache
 from bastion.training.evaluation import MIN_POSITIVES, binary_metrics, metrics_by_source
 from bastion.training.heads import FitConfig, fit_heads, group_split, pr_curve
 
@@ -349,15 +351,15 @@ def build_from_sources(
     command: str | None = None,
 ) -> ModerationModel:
     """Load the sources, embed them through the embedding cache, build the starter."""
-    from bastion.training.embcache import EmbeddingCache, embeddings_dir
-
     names = sources or available_sources()
     data = load_starter_data(limit_per_source=limit_per_source,
                              davidson_limit=davidson_limit, sources=names)
     # fp32 whatever the CPU: the shipped heads must not depend on the machine that built them
     # (serving picks its own numerics when it loads them)
     encoder = encoder or create_encoder("minilm", precision="fp32")
-    cache = EmbeddingCache(cache_dir or embeddings_dir(settings.state_dir), encoder)
+    # --cache DIR: a database of its own there (the starter build may run without a platform)
+    cache = EmbeddingCache(default_database_url(cache_dir) if cache_dir else settings.database_url,
+                           encoder)
     try:
         return build_starter(
             data, encoder, embed=lambda texts, prog: cache.embed(texts, prog)[0],

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
+from bastion.core.errors import BastionError
 from bastion.core.settings import load_settings
 from bastion.core.store.engine import open_engine
 from bastion.core.store.schema import current_revision, head_revision, upgrade
@@ -19,8 +22,11 @@ _URL = click.option("--url", default=None,
                          "in the state directory).")
 
 
-def _url(state_dir: Path | None, url: str | None) -> str:
-    return url or load_settings(state_dir).database_url
+def _engine(state_dir: Path | None, url: str | None) -> Engine:
+    try:
+        return open_engine(url or load_settings(state_dir).database_url)
+    except BastionError as err:
+        raise click.ClickException(str(err)) from None
 
 
 @click.group()
@@ -33,9 +39,11 @@ def db() -> None:
 @_URL
 def db_upgrade(state_dir: Path | None, url: str | None) -> None:
     """Bring the database's schema to the newest revision (run after an upgrade of Bastion)."""
-    engine = open_engine(_url(state_dir, url))
+    engine = _engine(state_dir, url)
     try:
         before, after = upgrade(engine)
+    except SQLAlchemyError as err:
+        raise click.ClickException(f"cannot upgrade {engine.url!r}: {err}") from None
     finally:
         engine.dispose()
     where = engine.url.render_as_string(hide_password=True)
@@ -50,9 +58,11 @@ def db_upgrade(state_dir: Path | None, url: str | None) -> None:
 @_URL
 def db_current(state_dir: Path | None, url: str | None) -> None:
     """Show the database's schema revision and whether it is the newest (head)."""
-    engine = open_engine(_url(state_dir, url))
+    engine = _engine(state_dir, url)
     try:
         rev = current_revision(engine)
+    except SQLAlchemyError as err:
+        raise click.ClickException(f"cannot read {engine.url!r}: {err}") from None
     finally:
         engine.dispose()
     head = head_revision()
