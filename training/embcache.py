@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL
 
 from bastion.core.encoders import Encoder
 from bastion.core.errors import ModelError
-from bastion.core.store import READ, insert_ignore, open_store
+from bastion.core.store import READ, insert_ignore, is_postgres, open_store
 from bastion.core.store.tables import embedding_encoders, embeddings
 
 __all__ = ["CacheStats", "EmbeddingCache"]
@@ -29,6 +29,7 @@ __all__ = ["CacheStats", "EmbeddingCache"]
 # Hashes per `IN (...)` query: under the 999-parameter limit of SQLite builds before 3.32.
 # Measured on 100k rows (384-d): as fast as joining a temporary table, and simpler.
 _LOOKUP_BATCH = 500
+_ANALYZE_AFTER = 1000  # new rows after which PostgreSQL's statistics are refreshed
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,11 @@ class EmbeddingCache:
             unique[part] = vecs
             if progress is not None:
                 progress("encoding", start + len(part), len(missing))
+        if len(missing) >= _ANALYZE_AFTER and is_postgres(self._engine):
+            # Fresh statistics: with the planner's picture of a small table, the next lookups
+            # scan it sequentially (measured: 12 s instead of 0.7 s for 20k rows).
+            with self._engine.begin() as conn:
+                conn.exec_driver_sql("ANALYZE embeddings")
         stats = CacheStats(
             hits=len(texts) - misses,
             misses=misses,
