@@ -153,7 +153,7 @@ def simulate_votes(truth: np.ndarray, seed: int) -> tuple[dict[tuple[str, str], 
 
 
 def part_aggregation(df: Any, emb: np.ndarray, seeds: list[int]) -> dict[str, Any]:
-    from bastion.review.aggregation import dawid_skene, majority_vote
+    from bastion.core.aggregation import dawid_skene, majority_vote
 
     train = ~df["test"].to_numpy()
     truth_tr = df.loc[train, CATEGORIES].to_numpy(np.float32)
