@@ -1,5 +1,6 @@
 """``bastion up``: prepare the state directory, bring the database's schema to head, train the
-starter model if the registry is empty, start local Ray and the Serve application, and hot-reload the policy file."""
+starter model if the registry is empty, start local Ray and the Serve application, and
+hot-reload the policy file."""
 
 from __future__ import annotations
 
