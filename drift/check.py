@@ -18,11 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from bastion.core.decision import resolve_policy
 from bastion.core.events import EventLog
 from bastion.core.labels import LabelStore
+from bastion.core.model import ModerationModel
 from bastion.core.policy import PolicySet
 from bastion.core.settings import Settings
 from bastion.drift.monitor import DriftReport, Reference, check_window, render_html
+from bastion.drift.triggers import gather_signals, maybe_retrain
+from bastion.drift.validation import suite_version
 from bastion.training.embcache import EmbeddingCache
 
 __all__ = ["champion_reference", "check_tenants", "drift_dir", "monitor_pass"]
@@ -36,7 +40,7 @@ def drift_dir(state_dir: Path) -> Path:
 
 
 def _reference_texts(settings: Settings, meta: dict[str, Any], n: int, seed: int) -> list[str]:
-    import pandas as pd
+    import pandas as pd  # start-up time: only the drift check reads a snapshot
 
     fp = str(meta.get("data", {}).get("fingerprint", ""))
     snap = settings.state_dir / "snapshots" / f"{fp[:16]}.parquet"
@@ -63,8 +67,6 @@ def _keep_suite(path: Path, registry: Any, version: str, run_id: str | None, ten
     """Store a newly built suite beside the drift reports and with the version's MLflow run
     (``drift/``), so every later check of the same champion validates against the very same
     suite."""
-    from bastion.drift.validation import suite_version
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(suite, indent=1, default=str))
@@ -83,8 +85,7 @@ def champion_reference(settings: Settings, policy: PolicySet, tenants: list[str]
     """Each tenant's reference under the current champion: one model load and one embedding
     pass serve every tenant; only the policy's categories and thresholds differ. Each
     tenant's expectation suite is the one stored with this model version."""
-    from bastion.core.decision import resolve_policy
-    from bastion.core.model import ModerationModel
+    # kept here for start-up time: registry.store imports MLflow (seconds)
     from bastion.registry.store import CHAMPION, ModelRegistry
 
     registry = ModelRegistry(settings)
@@ -190,7 +191,7 @@ def _write(settings: Settings, report: DriftReport, page: str) -> tuple[Path, Pa
 
 
 def _log(settings: Settings, report: DriftReport, paths: tuple[Path, Path]) -> None:
-    from bastion.registry.store import ModelRegistry
+    from bastion.registry.store import ModelRegistry  # start-up time: MLflow (seconds)
 
     registry = ModelRegistry(settings)
     client = registry.client
@@ -217,8 +218,6 @@ def monitor_pass(settings: Settings, policy: PolicySet, *, dashboard_url: str | 
     """One pass of the monitor: check every tenant, gather the trigger signals and, where a
     Ray cluster runs (``dashboard_url``), let the policy's rules start a retraining job.
     Returns (results, signals, trigger outcome or None when no cluster was given)."""
-    from bastion.drift.triggers import gather_signals, maybe_retrain
-
     results = check_tenants(settings, policy, tenants=tenants, hours=hours,
                             min_items=min_items, false_alarm_rate=false_alarm_rate)
     for _r, message in results:

@@ -41,6 +41,7 @@ from sqlalchemy.engine import URL
 
 from bastion.core.labels import LabelStore
 from bastion.core.policy import PolicySet, TriggerRule
+from bastion.core.runtime import dashboard_http, ray_env
 from bastion.core.settings import Settings
 from bastion.core.store import is_postgres, open_store
 from bastion.core.store.tables import drift_triggers
@@ -89,6 +90,7 @@ def _champion_age_hours(meta: dict[str, Any], now: float) -> float | None:
 def gather_signals(settings: Settings, reports: Sequence[DriftReport | None],
                    now: float | None = None) -> Signals:
     """Signals from one pass's reports, the label store and the champion's metadata."""
+    # kept here for start-up time: registry.store imports MLflow (seconds)
     from bastion.registry.store import CHALLENGER, CHAMPION, ModelRegistry, RegistryEmptyError
 
     now = time.time() if now is None else now
@@ -242,8 +244,6 @@ def retrain_entrypoint(settings: Settings, reason: str) -> str:
 
 def _job_env() -> dict[str, str]:
     """Settings the job's driver must see as the platform does (endpoints and locations)."""
-    from bastion.core.runtime import ray_env
-
     env = {k: v for k, v in os.environ.items()
            if k.startswith("BASTION_") or k in ("MLFLOW_TRACKING_URI",)}
     return {**ray_env(), **env}
@@ -272,9 +272,7 @@ def maybe_retrain(settings: Settings, policy: PolicySet, signals: Signals, dashb
     reason = f"trigger {rule}: " + "; ".join(reasons)
     cooldown_s = policy.retraining.triggers.cooldown_hours * 3600.0
     if client is None:
-        from ray.job_submission import JobSubmissionClient
-
-        from bastion.core.runtime import dashboard_http
+        from ray.job_submission import JobSubmissionClient  # start-up time: Ray (seconds)
 
         client = JobSubmissionClient(dashboard_http(dashboard_url))
     log = TriggerLog(settings.database_url)

@@ -27,6 +27,7 @@ from bastion.registry.gate import Check, GateReport, VersionEvaluation, evaluate
 from bastion.registry.store import CHALLENGER, CHAMPION, ModelRegistry
 from bastion.training.datasets import LabelledSet
 from bastion.training.embcache import EmbeddingCache
+from bastion.training.snapshot import build_snapshot
 
 __all__ = ["Lifecycle", "PromotionResult", "heldout_data", "GateRefused"]
 
@@ -44,8 +45,6 @@ def heldout_data(settings: Settings, **snapshot: Any) -> LabelledSet:
     i.e. the seed data's held-out split plus the held-out human labels of this state
     directory. No version trained by Bastion has seen these items. ``snapshot`` narrows the
     seed data (``limit_per_source``, as ``bastion retrain``'s options do)."""
-    from bastion.training.snapshot import build_snapshot
-
     return build_snapshot(settings, save=False, **snapshot).part("test")
 
 

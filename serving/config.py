@@ -12,8 +12,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from bastion.core.errors import BastionError
 from bastion.core.keys import key_hashes, reviewer_hashes
 from bastion.core.policy import PolicySet
+from bastion.core.runtime import dashboard_http
 from bastion.core.settings import Settings
 from bastion.serving.app import APP_NAME, AppArgs
 
@@ -35,7 +37,7 @@ def serve_config(
     With ``keys_file`` (a path inside the replicas, e.g. a mounted Secret) the tenant keys
     stay out of the config; otherwise their SHA-256 digests go into the Ingress's user_config.
     """
-    from ray.serve.schema import ServeDeploySchema
+    from ray.serve.schema import ServeDeploySchema  # start-up time: Ray (seconds)
 
     args = AppArgs(
         state_dir=str(settings.state_dir),
@@ -73,9 +75,7 @@ def serve_config(
 
 def deploy_config(config: dict[str, Any], dashboard_url: str) -> None:
     """Submit a Serve config to a running cluster (what ``serve deploy`` does)."""
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
-    from bastion.core.runtime import dashboard_http
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient  # start-up time: Ray
 
     ServeSubmissionClient(dashboard_http(dashboard_url)).deploy_applications(config)
 
@@ -84,10 +84,7 @@ def wait_until_running(
     dashboard_url: str, timeout_s: float = 300.0, since: float | None = None
 ) -> dict[str, Any]:
     """Block until the application is RUNNING with every deployment HEALTHY."""
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
-    from bastion.core.errors import BastionError
-    from bastion.core.runtime import dashboard_http
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient  # start-up time: Ray
 
     client = ServeSubmissionClient(dashboard_http(dashboard_url))
     deadline = time.monotonic() + timeout_s
