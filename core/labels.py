@@ -32,7 +32,7 @@ from bastion.core.aggregation import MIN_WEIGHT, Vote, dawid_skene_weights
 from bastion.core.errors import LabelError
 from bastion.core.events import text_digest
 from bastion.core.policy import SLUG
-from bastion.core.store import READ, open_store
+from bastion.core.store import READ, insert_ignore, is_postgres, open_store
 from bastion.core.store.tables import label_history, label_items, labels, review_items
 
 __all__ = [
@@ -138,13 +138,16 @@ def put_item(conn: Connection, *, tenant: str, item_id: str, text: str | None,
     if digest is None:
         raise LabelError(f"item {item_id!r} of tenant {tenant!r} has neither text nor digest")
     where = and_(label_items.c.tenant == tenant, label_items.c.item_id == item_id)
-    row = conn.execute(select(label_items.c.text_sha256, label_items.c.text)
-                       .where(where)).first()
-    if row is None:
-        conn.execute(insert(label_items).values(
-            tenant=tenant, item_id=item_id, text=text, text_sha256=digest,
-            session_id=session_id, user_id=user_id, source=source, ts=ts))
+    # ON CONFLICT DO NOTHING: two writers of a new item (PostgreSQL runs them concurrently)
+    # both end up comparing against the one stored row below
+    added = conn.execute(insert_ignore(conn, label_items).values(
+        tenant=tenant, item_id=item_id, text=text, text_sha256=digest,
+        session_id=session_id, user_id=user_id, source=source, ts=ts
+    ).returning(label_items.c.item_id)).first()  # RETURNING: psycopg's rowcount here is -1
+    if added is not None:
         return
+    q = select(label_items.c.text_sha256, label_items.c.text).where(where)
+    row = conn.execute(q.with_for_update() if is_postgres(conn) else q).one()
     if row.text_sha256 != digest:
         stored = f"text {row.text[:40]!r}" if row.text else f"text digest {row.text_sha256[:12]}"
         raise LabelError(
@@ -168,18 +171,24 @@ def put_label(conn: Connection, *, tenant: str, item_id: str, annotator: str, ca
     """
     key = and_(labels.c.tenant == tenant, labels.c.item_id == item_id,
                labels.c.annotator == annotator, labels.c.category == category)
-    old = conn.execute(select(labels.c.value, labels.c.confidence, labels.c.ts,
-                              labels.c.submission_id).where(key)).first()
+    current = select(labels.c.value, labels.c.confidence, labels.c.ts,
+                     labels.c.submission_id).where(key)
+    if is_postgres(conn):  # a concurrent revision of this label waits for this one
+        current = current.with_for_update()
+    old = conn.execute(current).first()
     if old is None:
         if conn.execute(select(label_items.c.item_id).where(
                 label_items.c.tenant == tenant, label_items.c.item_id == item_id)).first() is None:
             raise LabelError(f"no item {item_id!r} of tenant {tenant!r} in the label store; "
                              "store it first with its text (add_item, or a line of 'bastion "
                              "labels import')")
-        conn.execute(insert(labels).values(
+        added = conn.execute(insert_ignore(conn, labels).values(
             tenant=tenant, item_id=item_id, annotator=annotator, category=category,
-            value=value, confidence=confidence, ts=ts, submission_id=submission_id))
-        return "added"
+            value=value, confidence=confidence, ts=ts, submission_id=submission_id
+        ).returning(labels.c.item_id)).first()
+        if added is not None:
+            return "added"
+        old = conn.execute(current).one()  # another writer added it meanwhile
     if (old.value, old.confidence) == (value, confidence):
         return "unchanged"
     conn.execute(insert(label_history).values(

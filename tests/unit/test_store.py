@@ -14,6 +14,7 @@ from sqlalchemy import inspect
 from bastion.core.cli import cli
 from bastion.core.errors import ConfigError, StoreError
 from bastion.core.events import EventLog
+from bastion.core.policy import load_policy
 from bastion.core.settings import load_settings
 from bastion.core.store import (
     current_revision,
@@ -23,6 +24,7 @@ from bastion.core.store import (
     open_engine,
 )
 from bastion.core.store.tables import metadata
+from bastion.serving.config import serve_config
 from tests._databases import postgres_schema, postgres_server
 
 
@@ -112,3 +114,19 @@ def test_the_embedded_default_upgrades_itself(tmp_path: Path) -> None:
     assert f"revision {head_revision()} (at head)" in out.output
     out = CliRunner().invoke(cli, ["db", "upgrade", "--url", "mysql://x/y"])
     assert out.exit_code == 1 and "unsupported scheme 'mysql'" in out.output
+
+
+def test_the_serve_config_carries_only_a_url_that_is_not_the_default(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pods resolve the default themselves (BASTION_DATABASE_URL, else their state directory):
+    the config must not pin the machine that wrote it."""
+    monkeypatch.delenv("BASTION_DATABASE_URL", raising=False)
+    policy = load_policy(Path(__file__).parents[1] / "integration" / "policy.yaml")
+
+    def args(**kw: object) -> dict[str, object]:
+        doc = serve_config(load_settings(tmp_path, **kw), policy, keys={})
+        return dict(doc["applications"][0]["args"])
+
+    assert args()["database_url"] is None
+    url = "postgresql+psycopg://bastion@db:5432/bastion"
+    assert args(database_url="postgresql://bastion@db:5432/bastion")["database_url"] == url
