@@ -23,7 +23,7 @@ from bastion.core.labels import LabelStore
 from bastion.core.model import ModerationModel
 from bastion.core.policy import load_policy
 from bastion.core.settings import Settings
-from bastion.core.store import open_engine
+from bastion.core.store import open_store
 from bastion.core.store.tables import embeddings
 from bastion.registry.lifecycle import Lifecycle, heldout_data
 from bastion.registry.store import CHALLENGER, CHAMPION, ModelRegistry
@@ -77,7 +77,7 @@ def import_labels(settings: Settings, tmp: Path, lines: list[dict]) -> None:
 def labelled(settings: Settings, starter: Starter, dashboard: str,
              tmp_path_factory: pytest.TempPathFactory) -> Path:
     # other modules (a drift check) may have cached embeddings: these tests count encodings
-    engine = open_engine(settings.database_url)
+    engine, _owned = open_store(settings.database_url)  # at head, tables there
     with engine.begin() as conn:
         conn.execute(delete(embeddings))
     engine.dispose()
