@@ -34,6 +34,7 @@ COMMANDS = {
     "review": "bastion.review.cli:review",
     "labels": "bastion.review.cli:labels",
     "drift": "bastion.drift.cli:drift",
+    "db": "bastion.core.store.cli:db",
 }
 
 

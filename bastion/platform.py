@@ -1,5 +1,6 @@
-"""``bastion up``: prepare the state directory, train the starter model if the registry is
-empty, start local Ray and the Serve application, and hot-reload the policy file."""
+"""``bastion up``: prepare the state directory, bring the database's schema to head, train the
+starter model if the registry is empty, start local Ray and the Serve application, and
+hot-reload the policy file."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from bastion.core.model import ModelMetadata
 from bastion.core.policy import PolicySet, ensure_policy_file, load_policy
 from bastion.core.runtime import start_ray, stop_ray
 from bastion.core.settings import Settings
+from bastion.core.store import normalise_url
+from bastion.core.store.schema import upgrade_url
 from bastion.drift.check import monitor_pass
 from bastion.registry.store import CHAMPION, ModelRegistry
 from bastion.serving.config import deploy_config, serve_config, wait_until_running
@@ -189,6 +192,10 @@ def run_platform(
     say(f"State directory: {settings.state_dir}")
     say(f"Policy file:     {policy_path} (edits apply live)")
     say(f"MLflow:          {settings.tracking_uri}")
+    before, after = upgrade_url(settings.database_url)
+    where = normalise_url(settings.database_url).render_as_string(hide_password=True)
+    say(f"Database:        {where} (schema {after}"
+        + (f", upgraded from {before or 'empty'})" if before != after else ")"))
 
     registry = ModelRegistry(settings)
     if not registry.has_champion():

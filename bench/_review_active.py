@@ -321,11 +321,12 @@ def run_active(
 
 
 def _embed(texts: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
+    from bastion.core.embcache import EmbeddingCache
     from bastion.core.encoders import create_encoder
-    from bastion.training.embcache import EmbeddingCache
+    from bastion.core.store import default_database_url
 
     directory = os.environ.get("BASTION_BENCH_CACHE", "/tmp/bastion-bench-cache")
-    cache = EmbeddingCache(directory, create_encoder("minilm"))
+    cache = EmbeddingCache(default_database_url(directory), create_encoder("minilm"))
     try:
         t0 = time.perf_counter()
         emb, stats = cache.embed(texts)

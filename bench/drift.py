@@ -275,11 +275,12 @@ def competitors_worker(npz: Path, out: Path, permutations: int, pre_change_windo
 
 def embed(texts: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
     """MiniLM embeddings through the shared embedding cache."""
+    from bastion.core.embcache import EmbeddingCache
     from bastion.core.encoders import create_encoder
-    from bastion.training.embcache import EmbeddingCache
+    from bastion.core.store import default_database_url
 
     directory = os.environ.get("BASTION_BENCH_CACHE", "/tmp/bastion-bench-cache")
-    cache = EmbeddingCache(directory, create_encoder("minilm"))
+    cache = EmbeddingCache(default_database_url(directory), create_encoder("minilm"))
 
     def progress(_: str, done: int, total: int) -> None:
         print(f"  encoding {done}/{total}", flush=True)

@@ -80,11 +80,12 @@ def load_rows() -> Any:
 
 def embed(texts: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
     """MiniLM embeddings through the shared embedding cache."""
+    from bastion.core.embcache import EmbeddingCache
     from bastion.core.encoders import create_encoder
-    from bastion.training.embcache import EmbeddingCache
+    from bastion.core.store import default_database_url
 
     directory = os.environ.get("BASTION_BENCH_CACHE", "/tmp/bastion-bench-cache")
-    cache = EmbeddingCache(directory, create_encoder("minilm"))
+    cache = EmbeddingCache(default_database_url(directory), create_encoder("minilm"))
 
     def progress(_: str, done: int, total: int) -> None:
         print(f"  encoding {done}/{total}", flush=True)
@@ -152,7 +153,7 @@ def simulate_votes(truth: np.ndarray, seed: int) -> tuple[dict[tuple[str, str], 
 
 
 def part_aggregation(df: Any, emb: np.ndarray, seeds: list[int]) -> dict[str, Any]:
-    from bastion.review.aggregation import dawid_skene, majority_vote
+    from bastion.core.aggregation import dawid_skene, majority_vote
 
     train = ~df["test"].to_numpy()
     truth_tr = df.loc[train, CATEGORIES].to_numpy(np.float32)

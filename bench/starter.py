@@ -26,11 +26,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bastion.core.embcache import EmbeddingCache  # noqa: E402
 from bastion.core.model import ModerationModel  # noqa: E402
 from bastion.core.policy import parse_policy  # noqa: E402
+from bastion.core.store import default_database_url  # noqa: E402
 from bastion.registry.evaluation import binary_metrics  # noqa: E402
 from bastion.training.datasets import SOURCES, available_sources, load_starter_data  # noqa: E402
-from bastion.training.embcache import EmbeddingCache  # noqa: E402
 from bastion.training.heads import FitConfig, fit_heads, group_split  # noqa: E402
 from bastion.training.plain_cases import run_cases  # noqa: E402
 from bastion.training.retrain import HEAD_ANCHOR  # noqa: E402
@@ -44,7 +45,7 @@ def _retention(model: ModerationModel, cache_dir: Path) -> dict:
     if not dev:
         return {"note": "no development data here: nothing to measure retention on"}
     data = load_starter_data(sources=names)
-    cache = EmbeddingCache(cache_dir, model.encoder)
+    cache = EmbeddingCache(default_database_url(cache_dir), model.encoder)
     try:
         emb, _ = cache.embed(data.texts)
     finally:
@@ -128,7 +129,7 @@ def _candidates(model: ModerationModel, cache_dir: Path) -> dict:
     out: dict = {"minilm": {"items_per_s": _speed(model.encoder, short),
                             "auroc": {k: m["all"].get("auroc")
                                       for k, m in model.metadata["metrics"].items()}}}
-    cache = EmbeddingCache(cache_dir, cand)  # type: ignore[arg-type]
+    cache = EmbeddingCache(default_database_url(cache_dir), cand)  # type: ignore[arg-type]
     try:
         built = build_starter(data, cand, embed=lambda t, _p: cache.embed(t)[0],  # type: ignore[arg-type]
                               cross_source=False, command="bench/starter.py candidates")

@@ -67,15 +67,21 @@ def davidson_items(n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 
 def fill_label_store(settings: Any, items: list[dict[str, Any]]) -> float:
-    from bastion.core.labels import LabelStore, labels_db_path
+    from sqlalchemy import delete
 
-    db = labels_db_path(settings.state_dir)
-    for p in db.parent.glob(db.name + "*"):
-        p.unlink()
+    from bastion.core.labels import LabelStore
+    from bastion.core.store import open_engine
+    from bastion.core.store.tables import label_history, label_items, labels
+
+    engine = open_engine(settings.database_url)
+    with engine.begin() as conn:  # a fresh label table for each measurement
+        for table in (labels, label_history, label_items):
+            conn.execute(delete(table))
+    engine.dispose()
     f = settings.state_dir / "bench-labels.jsonl"
     f.write_text("\n".join(json.dumps(x) for x in items))
     t0 = time.perf_counter()
-    store = LabelStore(db)
+    store = LabelStore(settings.database_url)
     try:
         report = store.import_file(f)
     finally:

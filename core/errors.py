@@ -10,6 +10,7 @@ __all__ = [
     "RegistryEmptyError",
     "UnknownPluginError",
     "LabelError",
+    "StoreError",
 ]
 
 
@@ -35,6 +36,10 @@ class RegistryEmptyError(ModelError):
 
 class LabelError(BastionError):
     """A label, labelled item or label file is invalid, or conflicts with what the store holds."""
+
+
+class StoreError(BastionError):
+    """The database is unreachable, or its schema is not the one this code needs."""
 
 
 class UnknownPluginError(BastionError, KeyError):

@@ -1,8 +1,9 @@
-"""The event log: every decision, with its scores and embedding, in an embedded SQLite store.
+"""The event log: every decision, with its scores and embedding, in the shared database.
 
 Writes happen on a background thread in batches, so the request path only enqueues. Raw text
 is kept only when the tenant's policy allows (``store_raw_text``); otherwise its SHA-256.
-Later stages (review, drift, training) read it with :meth:`EventLog.read`.
+Later stages (review, drift, training) read it with :meth:`EventLog.read`, as the same
+:class:`DecisionEvent` records serving wrote.
 """
 
 from __future__ import annotations
@@ -10,45 +11,21 @@ from __future__ import annotations
 import hashlib
 import json
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import Engine, func, insert, select
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 
-__all__ = ["DecisionEvent", "EventLog", "EventWriter", "events_db_path", "text_digest"]
+from bastion.core.store import READ, open_store
+from bastion.core.store.tables import events
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS decisions (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    request_id TEXT NOT NULL,
-    tenant TEXT NOT NULL,
-    item_id TEXT NOT NULL,
-    session_id TEXT,
-    user_id TEXT,
-    text TEXT,
-    text_sha256 TEXT NOT NULL,
-    text_len INTEGER NOT NULL,
-    decision TEXT NOT NULL,
-    scores TEXT NOT NULL,
-    reasons TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    policy_version TEXT NOT NULL,
-    embedding BLOB
-);
-CREATE INDEX IF NOT EXISTS decisions_tenant_ts ON decisions (tenant, ts);
-CREATE INDEX IF NOT EXISTS decisions_session ON decisions (tenant, session_id);
-"""
-
-
-def events_db_path(state_dir: str | Path) -> Path:
-    """Where the embedded default keeps the event log under a state directory."""
-    return Path(state_dir) / "events.db"
+__all__ = ["DecisionEvent", "EventLog", "EventWriter", "text_digest"]
 
 
 def text_digest(text: str) -> str:
@@ -57,6 +34,8 @@ def text_digest(text: str) -> str:
 
 @dataclass(frozen=True)
 class DecisionEvent:
+    """One decision: what serving writes and what :meth:`EventLog.read` gives back."""
+
     ts: float
     request_id: str
     tenant: str
@@ -71,84 +50,75 @@ class DecisionEvent:
     reasons: list[dict[str, Any]]
     model_version: str
     policy_version: str
-    embedding: np.ndarray | None  # float16 on disk
+    embedding: np.ndarray | None  # float16 on disk, float32 when read back
+    seq: int = 0  # arrival order, given by the log; 0 before it is appended
 
-    def row(self) -> tuple[Any, ...]:
+    def row(self) -> dict[str, Any]:
         emb = None if self.embedding is None else self.embedding.astype(np.float16).tobytes()
-        return (
-            self.ts, self.request_id, self.tenant, self.item_id, self.session_id, self.user_id,
-            self.text, self.text_sha256, self.text_len, self.decision,
-            json.dumps(self.scores), json.dumps(self.reasons), self.model_version,
-            self.policy_version, emb,
-        )
+        return {
+            "ts": self.ts, "request_id": self.request_id, "tenant": self.tenant,
+            "item_id": self.item_id, "session_id": self.session_id, "user_id": self.user_id,
+            "text": self.text, "text_sha256": self.text_sha256, "text_len": self.text_len,
+            "decision": self.decision, "scores": json.dumps(self.scores),
+            "reasons": json.dumps(self.reasons), "model_version": self.model_version,
+            "policy_version": self.policy_version, "embedding": emb,
+        }
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(_SCHEMA)
-    return conn
+def _event(m: Any) -> DecisionEvent:
+    blob = m["embedding"]
+    return DecisionEvent(
+        ts=m["ts"], request_id=m["request_id"], tenant=m["tenant"], item_id=m["item_id"],
+        session_id=m["session_id"], user_id=m["user_id"], text=m["text"],
+        text_sha256=m["text_sha256"], text_len=m["text_len"], decision=m["decision"],
+        scores=json.loads(m["scores"]), reasons=json.loads(m["reasons"]),
+        model_version=m["model_version"], policy_version=m["policy_version"],
+        embedding=None if blob is None else np.frombuffer(blob, dtype=np.float16).astype(
+            np.float32),
+        seq=m["seq"],
+    )
 
 
 class EventLog:
-    """Reader/writer of the decision log at ``path`` (several processes may share it: WAL)."""
+    """Reader/writer of the decision log in the database at ``url`` (the platform's
+    ``Settings.database_url``, or an engine); several processes and machines may share it."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._conn = _connect(self.path)
-        self._lock = threading.Lock()
+    def __init__(self, url: str | URL | Engine) -> None:
+        self._engine, self._owned = open_store(url)
 
-    def append(self, events: list[DecisionEvent]) -> None:
-        if not events:
+    def append(self, batch: list[DecisionEvent]) -> None:
+        if not batch:
             return
-        with self._lock, self._conn:
-            self._conn.executemany(
-                "INSERT INTO decisions (ts, request_id, tenant, item_id, session_id, user_id, "
-                "text, text_sha256, text_len, decision, scores, reasons, model_version, "
-                "policy_version, embedding) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [e.row() for e in events],
-            )
+        with self._engine.begin() as conn:
+            conn.execute(insert(events), [e.row() for e in batch])
 
     def count(self, tenant: str | None = None) -> int:
-        sql, args = "SELECT COUNT(*) FROM decisions", ()  # type: tuple[str, tuple[str, ...]]
+        q = select(func.count()).select_from(events)
         if tenant is not None:
-            sql, args = sql + " WHERE tenant = ?", (tenant,)
-        with self._lock:
-            return int(self._conn.execute(sql, args).fetchone()[0])
+            q = q.where(events.c.tenant == tenant)
+        with self._engine.connect().execution_options(**READ) as conn, conn.begin():
+            return int(conn.execute(q).scalar_one())
 
     def read(
         self, tenant: str | None = None, since: float | None = None, limit: int | None = None
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[DecisionEvent]:
         """Decisions in arrival order, embeddings as float32 arrays."""
-        where: list[str] = []
-        args: list[object] = []
+        q = select(events)
         if tenant is not None:
-            where.append("tenant = ?")
-            args.append(tenant)
+            q = q.where(events.c.tenant == tenant)
         if since is not None:
-            where.append("ts >= ?")
-            args.append(since)
-        sql = "SELECT * FROM decisions" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY seq" + (f" LIMIT {int(limit)}" if limit else "")
-        with self._lock:
-            cur = self._conn.execute(sql, args)
-            names = [d[0] for d in cur.description]
-            rows = cur.fetchall()
-        for r in rows:
-            rec = dict(zip(names, r, strict=True))
-            rec["scores"] = json.loads(rec["scores"])
-            rec["reasons"] = json.loads(rec["reasons"])
-            blob = rec["embedding"]
-            rec["embedding"] = (
-                None if blob is None else np.frombuffer(blob, dtype=np.float16).astype(np.float32)
-            )
-            yield rec
+            q = q.where(events.c.ts >= since)
+        q = q.order_by(events.c.seq)
+        if limit:
+            q = q.limit(int(limit))
+        with self._engine.connect().execution_options(**READ) as conn, conn.begin():
+            rows = conn.execute(q).mappings().all()
+        for m in rows:
+            yield _event(m)
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        if self._owned:
+            self._engine.dispose()
 
 
 class EventWriter:
@@ -199,7 +169,7 @@ class EventWriter:
                         self.log.append(pending)
                         pending = []
                         break
-                    except sqlite3.OperationalError:  # locked by another writer: retry
+                    except DBAPIError:  # locked by another writer, a dropped connection: retry
                         self.errors += 1
                         time.sleep(0.1 * (attempt + 1))
 

@@ -1,84 +1,70 @@
-"""The label store: moderators' labels (and imported ones) in an embedded SQLite database.
+"""The label store: moderators' labels (and imported ones) in the one ``labels`` table.
 
 Several annotators may label the same item; each gives, per category, a value in [0, 1]
 (1 = the category applies, fractional = soft or unsure) and a confidence in (0, 1]. There is one
 current label per (item, annotator, category); a revision replaces it and the replaced label
-moves to ``label_history``, so nothing is lost. Retraining reads :meth:`LabelStore.aggregated`:
-one soft target and one sample weight per (item, category).
+moves to ``label_history``, so nothing is lost. The review queue writes a moderator's labels
+here in the submission's own transaction (:func:`put_label`); files come in through
+:meth:`LabelStore.import_file`. Retraining reads :meth:`LabelStore.aggregated`: one soft target
+and one sample weight per (item, category), by Dawid-Skene (``core.aggregation``).
 """
 
 from __future__ import annotations
 
-import math
+import json
 import numbers
 import re
-import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+from sqlalchemy.engine import URL
 
 from bastion.core._label_files import IMPORT_FORMATS as _IMPORT_FORMATS
 from bastion.core._label_files import Row as _Row
 from bastion.core._label_files import csv_rows as _csv_rows
 from bastion.core._label_files import jsonl_rows as _jsonl_rows
+from bastion.core.aggregation import MIN_WEIGHT, Vote, dawid_skene_weights
 from bastion.core.errors import LabelError
 from bastion.core.events import text_digest
 from bastion.core.policy import SLUG
+from bastion.core.store import READ, insert_ignore, is_postgres, open_store
+from bastion.core.store.tables import label_history, label_items, labels, review_items
 
 __all__ = [
+    "Aggregate",
     "ImportReport",
     "LabelStore",
     "LabelledItem",
+    "MIN_WEIGHT",
     "Vote",
-    "labels_db_path",
+    "item_key",
+    "put_item",
+    "put_label",
+    "split_item_key",
 ]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    item_id TEXT PRIMARY KEY,
-    tenant TEXT NOT NULL,
-    text TEXT NOT NULL,
-    text_sha256 TEXT NOT NULL,
-    session_id TEXT,
-    user_id TEXT,
-    source TEXT NOT NULL,
-    ts REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS labels (
-    item_id TEXT NOT NULL REFERENCES items (item_id),
-    annotator TEXT NOT NULL,
-    category TEXT NOT NULL,
-    value REAL NOT NULL,
-    confidence REAL NOT NULL,
-    ts REAL NOT NULL,
-    PRIMARY KEY (item_id, annotator, category)
-);
-CREATE TABLE IF NOT EXISTS label_history (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    item_id TEXT NOT NULL,
-    annotator TEXT NOT NULL,
-    category TEXT NOT NULL,
-    value REAL NOT NULL,
-    confidence REAL NOT NULL,
-    ts REAL NOT NULL,
-    replaced_ts REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS labels_ts ON labels (ts);
-CREATE INDEX IF NOT EXISTS items_tenant ON items (tenant);
-CREATE INDEX IF NOT EXISTS label_history_item ON label_history (item_id);
-"""
-
 TENANT_SLUG = CATEGORY_SLUG = SLUG  # tenant and category names as the policy file has them
-# A contested item (annotators split 0/1) still says something: keep it in training, a little.
-MIN_WEIGHT = 0.05
+# votes -> (soft, weight) per (item key, category), over all of them at once (Dawid-Skene
+# estimates each annotator's reliability jointly over every item)
+Aggregate = Callable[[Mapping[tuple[str, str], Sequence[Vote]]],
+                     Mapping[tuple[str, str], tuple[float, float]]]
 
-def labels_db_path(state_dir: str | Path) -> Path:
-    """Where the embedded default keeps the label store under a state directory."""
-    return Path(state_dir) / "labels.db"
+
+def item_key(tenant: str, item_id: str) -> str:
+    """The one in-memory name of an item, ``tenant:item_id`` (a tenant slug has no ``:``);
+    the tables name it by the two columns ``(tenant, item_id)``."""
+    return f"{tenant}:{item_id}"
+
+
+def split_item_key(key: str) -> tuple[str, str]:
+    """``(tenant, item_id)`` of an :func:`item_key`."""
+    tenant, item_id = key.split(":", 1)
+    return tenant, item_id
 
 
 @dataclass(frozen=True)
@@ -106,14 +92,6 @@ class ImportReport:
     labels_unchanged: int
     labels_revised: int
     errors: list[str] = field(default_factory=list)
-
-
-class Vote(NamedTuple):
-    """One annotator's current label of one (item, category)."""
-
-    annotator: str
-    value: float
-    confidence: float
 
 
 def _is_number(x: object) -> bool:
@@ -146,257 +124,274 @@ def _check_label(item_id: str, annotator: str, category: str, value: Any,
                          f"number in (0, 1], got {confidence!r}")
 
 
-class LabelStore:
-    """Reader/writer of the label store at ``path``; threads and processes may share it (WAL).
+def put_item(conn: Connection, *, tenant: str, item_id: str, text: str | None,
+             text_sha256: str | None = None, session_id: str | None = None,
+             user_id: str | None = None, source: str, ts: float) -> None:
+    """Store an item labels can refer to, in the caller's transaction (the review queue's
+    submission, an import line). The same item again is a no-op: a session or user id, or the
+    text, missing so far is filled in.
 
-    Every write is one ``BEGIN IMMEDIATE`` transaction: it takes SQLite's write lock before
-    reading, so a read-then-write (is this label new?) never races another process.
+    Raises:
+        LabelError: the item is already stored with another text.
+    """
+    digest = text_sha256 or (text_digest(text) if text is not None else None)
+    if digest is None:
+        raise LabelError(f"item {item_id!r} of tenant {tenant!r} has neither text nor digest")
+    where = and_(label_items.c.tenant == tenant, label_items.c.item_id == item_id)
+    # ON CONFLICT DO NOTHING: two writers of a new item (PostgreSQL runs them concurrently)
+    # both end up comparing against the one stored row below
+    added = conn.execute(insert_ignore(conn, label_items).values(
+        tenant=tenant, item_id=item_id, text=text, text_sha256=digest,
+        session_id=session_id, user_id=user_id, source=source, ts=ts
+    ).returning(label_items.c.item_id)).first()  # RETURNING: psycopg's rowcount here is -1
+    if added is not None:
+        return
+    q = select(label_items.c.text_sha256, label_items.c.text).where(where)
+    row = conn.execute(q.with_for_update() if is_postgres(conn) else q).one()
+    if row.text_sha256 != digest:
+        stored = f"text {row.text[:40]!r}" if row.text else f"text digest {row.text_sha256[:12]}"
+        raise LabelError(
+            f"item {item_id!r} of tenant {tenant!r} is already labelled with another {stored}; "
+            "an item id names one text of one tenant: give this one its own item_id, or leave "
+            "item_id out to derive it from the text")
+    conn.execute(update(label_items).where(where).values(
+        text=func.coalesce(label_items.c.text, text),
+        session_id=func.coalesce(label_items.c.session_id, session_id),
+        user_id=func.coalesce(label_items.c.user_id, user_id)))
+
+
+def put_label(conn: Connection, *, tenant: str, item_id: str, annotator: str, category: str,
+              value: float, confidence: float, ts: float,
+              submission_id: str | None = None) -> str:
+    """One annotator's label of a stored item, in the caller's transaction.
+
+    Returns:
+        ``"added"``, ``"unchanged"`` (same value and confidence: nothing written) or
+        ``"revised"`` (the replaced label moves to ``label_history``).
+    """
+    key = and_(labels.c.tenant == tenant, labels.c.item_id == item_id,
+               labels.c.annotator == annotator, labels.c.category == category)
+    current = select(labels.c.value, labels.c.confidence, labels.c.ts,
+                     labels.c.submission_id).where(key)
+    if is_postgres(conn):  # a concurrent revision of this label waits for this one
+        current = current.with_for_update()
+    old = conn.execute(current).first()
+    if old is None:
+        if conn.execute(select(label_items.c.item_id).where(
+                label_items.c.tenant == tenant, label_items.c.item_id == item_id)).first() is None:
+            raise LabelError(f"no item {item_id!r} of tenant {tenant!r} in the label store; "
+                             "store it first with its text (add_item, or a line of 'bastion "
+                             "labels import')")
+        added = conn.execute(insert_ignore(conn, labels).values(
+            tenant=tenant, item_id=item_id, annotator=annotator, category=category,
+            value=value, confidence=confidence, ts=ts, submission_id=submission_id
+        ).returning(labels.c.item_id)).first()
+        if added is not None:
+            return "added"
+        old = conn.execute(current).one()  # another writer added it meanwhile
+    if (old.value, old.confidence) == (value, confidence):
+        return "unchanged"
+    conn.execute(insert(label_history).values(
+        tenant=tenant, item_id=item_id, annotator=annotator, category=category, value=old.value,
+        confidence=old.confidence, ts=old.ts, submission_id=old.submission_id, replaced_ts=ts))
+    conn.execute(update(labels).where(key).values(value=value, confidence=confidence, ts=ts,
+                                                  submission_id=submission_id))
+    return "revised"
+
+
+class LabelStore:
+    """The labels in the database at ``url`` (``Settings.database_url``, or an engine):
+    moderators' (the review queue writes them, :func:`put_label`) and imported ones.
+
+    Every write is one transaction (on SQLite ``BEGIN IMMEDIATE``: the write lock is taken
+    before reading, so a read-then-write (is this label new?) never races another process).
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # timeout=30 is SQLite's busy_timeout: wait up to 30 s for another writer's lock.
-        # isolation_level=None: transactions are explicit (see _write), never implicit.
-        self._conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False,
-                                     isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+    def __init__(self, url: str | URL | Engine) -> None:
+        self._engine, self._owned = open_store(url)
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as err:
-                raise LabelError(f"label store {self.path} is busy ({err}) for more than 30 s; "
-                                 "another process holds its write lock, try again") from None
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+    def close(self) -> None:
+        if self._owned:
+            self._engine.dispose()
 
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        """One snapshot for several SELECTs (WAL: readers never wait for writers)."""
-        with self._lock:
-            self._conn.execute("BEGIN")
-            try:
-                yield self._conn
-            finally:
-                self._conn.execute("COMMIT")
+    def _read(self) -> Any:
+        return self._engine.connect().execution_options(**READ)
 
     # -- writing ---------------------------------------------------------------------------
 
-    def add_item(self, *, item_id: str, tenant: str, text: str, session_id: str | None = None,
-                 user_id: str | None = None, source: str = "review",
+    def add_item(self, *, tenant: str, item_id: str, text: str, session_id: str | None = None,
+                 user_id: str | None = None, source: str = "import",
                  ts: float | None = None) -> None:
-        """Store an item that labels can refer to.
-
-        The same ``item_id`` again with the same tenant and text is a no-op (a session or user
-        id missing so far is filled in).
+        """Store an item that labels can refer to (see :func:`put_item`).
 
         Raises:
-            LabelError: an id, the tenant or the text is invalid, or ``item_id`` is already
-                stored with another tenant or text.
+            LabelError: an id, the tenant or the text is invalid, or ``(tenant, item_id)`` is
+                already stored with another text.
         """
         _check_item(item_id, tenant, text)
-        with self._write() as conn:
-            self._put_item(conn, item_id, tenant, text, session_id, user_id, source, ts)
+        with self._engine.begin() as conn:
+            put_item(conn, tenant=tenant, item_id=item_id, text=text, session_id=session_id,
+                     user_id=user_id, source=source, ts=time.time() if ts is None else ts)
 
-    def _put_item(self, conn: sqlite3.Connection, item_id: str, tenant: str, text: str,
-                  session_id: str | None, user_id: str | None, source: str,
-                  ts: float | None) -> None:
-        row = conn.execute("SELECT tenant, text FROM items WHERE item_id = ?",
-                           (item_id,)).fetchone()
-        if row is None:
-            conn.execute(
-                "INSERT INTO items (item_id, tenant, text, text_sha256, session_id, user_id, "
-                "source, ts) VALUES (?,?,?,?,?,?,?,?)",
-                (item_id, tenant, text, text_digest(text), session_id, user_id, source,
-                 time.time() if ts is None else ts),
-            )
-            return
-        if (row[0], row[1]) != (tenant, text):
-            what = "tenant" if row[0] != tenant else "text"
-            raise LabelError(
-                f"item {item_id!r} is already in {self.path} with another {what} (tenant "
-                f"{row[0]!r}, text {row[1][:40]!r}); an item id names one text of one tenant: "
-                "give this one its own item_id, or leave item_id out to derive it from the text"
-            )
-        conn.execute(
-            "UPDATE items SET session_id = COALESCE(session_id, ?), "
-            "user_id = COALESCE(user_id, ?) WHERE item_id = ?",
-            (session_id, user_id, item_id),
-        )
-
-    def add_label(self, *, item_id: str, annotator: str, category: str, value: float,
-                  confidence: float = 1.0, ts: float | None = None) -> str:
-        """Record one annotator's label of one category of a stored item.
-
-        Returns:
-            ``"added"`` for a first label, ``"unchanged"`` when the same value and confidence
-            are already current (nothing is written), ``"revised"`` when it replaced a
-            different one (the replaced label is kept in ``label_history``).
+    def add_label(self, *, tenant: str, item_id: str, annotator: str, category: str,
+                  value: float, confidence: float = 1.0, ts: float | None = None) -> str:
+        """Record one annotator's label of one category of a stored item (see
+        :func:`put_label` for the outcome).
 
         Raises:
             LabelError: the item is not stored, or the label is invalid.
         """
         _check_label(item_id, annotator, category, value, confidence)
-        with self._write() as conn:
-            return self._put_label(conn, item_id, annotator, category, float(value),
-                                   float(confidence), time.time() if ts is None else ts)
+        with self._engine.begin() as conn:
+            return put_label(conn, tenant=tenant, item_id=item_id, annotator=annotator,
+                             category=category, value=float(value),
+                             confidence=float(confidence), ts=time.time() if ts is None else ts)
 
-    def add_labels(self, item_id: str, annotator: str, labels: Mapping[str, float],
+    def add_labels(self, tenant: str, item_id: str, annotator: str, values: Mapping[str, float],
                    confidence: float = 1.0, ts: float | None = None) -> dict[str, str]:
         """Several categories of one item by one annotator, all or nothing.
 
         Returns:
             Each category's outcome, as :meth:`add_label` returns it.
         """
-        if not labels:
+        if not values:
             raise LabelError(f"no labels given for item {item_id!r} by {annotator!r}; give at "
                              "least one category with a value in [0, 1]")
-        for category, value in labels.items():
+        for category, value in values.items():
             _check_label(item_id, annotator, category, value, confidence)
         now = time.time() if ts is None else ts
-        with self._write() as conn:
-            return {c: self._put_label(conn, item_id, annotator, c, float(v), float(confidence),
-                                       now)
-                    for c, v in labels.items()}
-
-    def _put_label(self, conn: sqlite3.Connection, item_id: str, annotator: str, category: str,
-                   value: float, confidence: float, ts: float) -> str:
-        if conn.execute("SELECT 1 FROM items WHERE item_id = ?", (item_id,)).fetchone() is None:
-            raise LabelError(f"no item {item_id!r} in {self.path}; store it first with its "
-                             "tenant and text (add_item, or a line of 'bastion labels import')")
-        key = (item_id, annotator, category)
-        old = conn.execute(
-            "SELECT value, confidence, ts FROM labels "
-            "WHERE item_id = ? AND annotator = ? AND category = ?", key,
-        ).fetchone()
-        if old is None:
-            conn.execute("INSERT INTO labels (item_id, annotator, category, value, confidence, "
-                         "ts) VALUES (?,?,?,?,?,?)", (*key, value, confidence, ts))
-            return "added"
-        if (old[0], old[1]) == (value, confidence):
-            return "unchanged"
-        conn.execute("INSERT INTO label_history (item_id, annotator, category, value, "
-                     "confidence, ts, replaced_ts) VALUES (?,?,?,?,?,?,?)", (*key, *old, ts))
-        conn.execute("UPDATE labels SET value = ?, confidence = ?, ts = ? "
-                     "WHERE item_id = ? AND annotator = ? AND category = ?",
-                     (value, confidence, ts, *key))
-        return "revised"
+        with self._engine.begin() as conn:
+            return {c: put_label(conn, tenant=tenant, item_id=item_id, annotator=annotator,
+                                 category=c, value=float(v), confidence=float(confidence),
+                                 ts=now)
+                    for c, v in values.items()}
 
     # -- reading ---------------------------------------------------------------------------
 
-    def aggregated(
-        self, tenants: list[str] | None = None, since: float | None = None,
-        aggregate: Callable[[Mapping[tuple[str, str], Sequence[Vote]]],
-                            Mapping[tuple[str, str], tuple[float, float]]] | None = None,
-    ) -> list[LabelledItem]:
-        """One row per labelled (item, category), ordered by (item_id, category).
+    def votes(self, tenants: Collection[str] | None = None, since: float | None = None,
+              reviewed: bool = False) -> dict[tuple[str, str], list[Vote]]:
+        """Every current label as votes per (:func:`item_key`, category), ordered by item,
+        category and annotator.
 
         Args:
             tenants: only these tenants' items (default: every tenant).
-            aggregate: votes -> (soft, weight) per (item, category); default
-                :meth:`aggregate` (retraining passes Dawid-Skene, ``review.aggregation``).
             since: only items with a label given after this unix time (strictly); such an
                 item comes with all its current labels, older ones included.
-
-        The numbers come from :meth:`aggregate`.
+            reviewed: only moderators' labels from review submissions (not imported or gold
+                ones): what measures moderators and the model on reviewed traffic.
         """
-        where: list[str] = []
-        args: list[object] = []
+        return self._votes(tenants, since, reviewed=reviewed)[0]
+
+    def _votes(self, tenants: Collection[str] | None, since: float | None,
+               with_text: bool = False, reviewed: bool = False
+               ) -> tuple[dict[tuple[str, str], list[Vote]], dict[str, Any]]:
+        q = (select(labels.c.tenant, labels.c.item_id, labels.c.category, labels.c.annotator,
+                    labels.c.value, labels.c.confidence, label_items.c.text,
+                    label_items.c.session_id, label_items.c.user_id)
+             .join(label_items, and_(label_items.c.tenant == labels.c.tenant,
+                                     label_items.c.item_id == labels.c.item_id)))
         if tenants is not None:
-            where.append(f"i.tenant IN ({','.join('?' * len(tenants))})")
-            args.extend(tenants)
+            q = q.where(labels.c.tenant.in_(sorted(set(tenants))))
+        if with_text:
+            q = q.where(label_items.c.text.is_not(None))
+        if reviewed:
+            q = q.where(labels.c.submission_id.is_not(None))
         if since is not None:
-            where.append("l.item_id IN (SELECT item_id FROM labels WHERE ts > ?)")
-            args.append(since)
-        sql = (
-            "SELECT i.item_id, i.tenant, i.text, i.session_id, i.user_id, l.category, "
-            "l.annotator, l.value, l.confidence FROM labels l JOIN items i USING (item_id)"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY l.item_id, l.category, l.annotator"
-        )
-        with self._read() as conn:
-            rows = conn.execute(sql, args).fetchall()
-        items: dict[str, tuple[str, str, str | None, str | None]] = {}
+            fresh = (select(labels.c.tenant, labels.c.item_id).where(labels.c.ts > since)
+                     .distinct().subquery())
+            q = q.join(fresh, and_(fresh.c.tenant == labels.c.tenant,
+                                   fresh.c.item_id == labels.c.item_id))
+        q = q.order_by(labels.c.tenant, labels.c.item_id, labels.c.category, labels.c.annotator)
+        with self._read() as conn, conn.begin():
+            rows = conn.execute(q).all()
         votes: dict[tuple[str, str], list[Vote]] = {}
-        for item_id, tenant, text, session_id, user_id, category, annotator, value, conf in rows:
-            items[item_id] = (tenant, text, session_id, user_id)
-            votes.setdefault((item_id, category), []).append(Vote(annotator, value, conf))
-        results = (aggregate or self.aggregate)(votes)
-        out: list[LabelledItem] = []
-        for (item_id, category), vs in votes.items():
-            tenant, text, session_id, user_id = items[item_id]
-            soft, weight = results[(item_id, category)]
-            out.append(LabelledItem(
-                item_id=item_id, tenant=tenant, text=text, session_id=session_id,
-                user_id=user_id, category=category, soft=soft, weight=weight, n_labels=len(vs),
-                annotators=tuple(v.annotator for v in vs),
-            ))
-        return out
+        items: dict[str, Any] = {}
+        for r in rows:
+            key = item_key(r.tenant, r.item_id)
+            items[key] = r
+            votes.setdefault((key, r.category), []).append(
+                Vote(r.annotator, r.value, r.confidence))
+        return votes, items
 
-    def aggregate(
-        self, votes: Mapping[tuple[str, str], Sequence[Vote]]
-    ) -> dict[tuple[str, str], tuple[float, float]]:
-        """Soft target and sample weight of each (item_id, category) from its annotators' votes.
+    def reviewed(self, model_version: str | None = None
+                 ) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+        """(tenant, category) -> (model scores, Dawid-Skene labels) of every item moderators
+        labelled in review that the model scored for that category (``model_version``: only
+        items that version scored): threshold calibration's evidence, and the drift check's
+        precision on reviewed items."""
+        votes = self.votes(reviewed=True)
+        q = (select(review_items.c.tenant, review_items.c.item_id, review_items.c.scores)
+             .where(select(labels.c.item_id).where(
+                 labels.c.tenant == review_items.c.tenant,
+                 labels.c.item_id == review_items.c.item_id,
+                 labels.c.submission_id.is_not(None)).exists()))
+        if model_version is not None:
+            q = q.where(review_items.c.model_version == model_version)
+        with self._read() as conn, conn.begin():
+            scores = {item_key(r.tenant, r.item_id): json.loads(r.scores)
+                      for r in conn.execute(q)}
+        out: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+        for (key, category), (soft, _w) in (dawid_skene_weights(votes) if votes else {}).items():
+            score = scores.get(key, {}).get(category)
+            if score is None:
+                continue
+            s_list, y_list = out.setdefault((split_item_key(key)[0], category), ([], []))
+            s_list.append(float(score))
+            y_list.append(soft)
+        return {k: (np.array(s), np.array(y)) for k, (s, y) in out.items()}
 
-        A simple placeholder, to be replaced by Dawid-Skene (which estimates each annotator's
-        reliability jointly over all items: hence every vote comes in one call):
+    def aggregated(
+        self, tenants: Collection[str] | None = None, since: float | None = None,
+        aggregate: Aggregate = dawid_skene_weights,
+    ) -> list[LabelledItem]:
+        """One row per labelled (item, category) of an item with text, ordered by (tenant,
+        item_id, category): the soft target and sample weight retraining trains on.
 
-        - ``soft = sum(conf_i * value_i) / sum(conf_i)``, the confidence-weighted mean;
-        - ``weight = mean(conf_i) * (1 - disagreement)``, with ``disagreement`` twice the
-          confidence-weighted standard deviation of the values, clipped to [0, 1] (a 0/1 split
-          is 1), and ``weight`` at least ``MIN_WEIGHT``.
-
-        Both are rounded to 6 decimals.
+        Args:
+            tenants, since: as :meth:`votes`.
+            aggregate: votes -> (soft, weight); default Dawid-Skene (``core.aggregation``).
         """
-        out: dict[tuple[str, str], tuple[float, float]] = {}
-        for key, vs in votes.items():
-            total = sum(v.confidence for v in vs)
-            soft = sum(v.confidence * v.value for v in vs) / total
-            var = sum(v.confidence * (v.value - soft) ** 2 for v in vs) / total
-            disagreement = min(1.0, 2.0 * math.sqrt(var))
-            weight = max(MIN_WEIGHT, total / len(vs) * (1.0 - disagreement))
-            out[key] = (round(soft, 6), round(weight, 6))
+        votes, items = self._votes(tenants, since, with_text=True)
+        results = aggregate(votes) if votes else {}
+        out: list[LabelledItem] = []
+        for (key, category), vs in votes.items():
+            r = items[key]
+            soft, weight = results[(key, category)]
+            out.append(LabelledItem(
+                item_id=r.item_id, tenant=r.tenant, text=r.text, session_id=r.session_id,
+                user_id=r.user_id, category=category, soft=soft, weight=weight,
+                n_labels=len(vs), annotators=tuple(v.annotator for v in vs),
+            ))
         return out
 
     def count_labels(self, since: float | None = None, tenant: str | None = None) -> int:
         """Current labels (revised ones count once), given after ``since`` if set."""
-        where: list[str] = []
-        args: list[object] = []
+        q = select(func.count()).select_from(labels)
         if since is not None:
-            where.append("l.ts > ?")
-            args.append(since)
+            q = q.where(labels.c.ts > since)
         if tenant is not None:
-            where.append("i.tenant = ?")
-            args.append(tenant)
-        sql = "SELECT COUNT(*) FROM labels l JOIN items i USING (item_id)"
-        sql += (" WHERE " + " AND ".join(where)) if where else ""
-        with self._read() as conn:
-            return int(conn.execute(sql, args).fetchone()[0])
+            q = q.where(labels.c.tenant == tenant)
+        with self._read() as conn, conn.begin():
+            return int(conn.execute(q).scalar_one())
 
     def stats(self) -> dict[str, Any]:
         """Counts of items, current labels and annotators, per tenant and per category."""
-        with self._read() as conn:
-            n_items = conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-            n_labels, n_annotators, last_ts = conn.execute(
-                "SELECT COUNT(*), COUNT(DISTINCT annotator), MAX(ts) FROM labels").fetchone()
+        with self._read() as conn, conn.begin():
+            n_items = conn.execute(select(func.count()).select_from(label_items)).scalar_one()
+            n_labels, n_annotators, last_ts = conn.execute(select(
+                func.count(), func.count(labels.c.annotator.distinct()), func.max(labels.c.ts)
+            )).one()
+            per_item = (select(label_items.c.tenant, func.count().label("n"))
+                        .group_by(label_items.c.tenant).subquery())
+            per_label = (select(labels.c.tenant, func.count().label("n"))
+                         .group_by(labels.c.tenant).subquery())
             by_tenant = conn.execute(
-                "SELECT i.tenant, COUNT(DISTINCT i.item_id), COUNT(l.item_id) FROM items i "
-                "LEFT JOIN labels l USING (item_id) GROUP BY i.tenant ORDER BY i.tenant"
-            ).fetchall()
+                select(per_item.c.tenant, per_item.c.n, func.coalesce(per_label.c.n, 0))
+                .outerjoin(per_label, per_label.c.tenant == per_item.c.tenant)
+                .order_by(per_item.c.tenant)).all()
             by_category = conn.execute(
-                "SELECT category, COUNT(*) FROM labels GROUP BY category ORDER BY category"
-            ).fetchall()
+                select(labels.c.category, func.count()).group_by(labels.c.category)
+                .order_by(labels.c.category)).all()
         return {
             "items": int(n_items),
             "labels": int(n_labels),
@@ -420,7 +415,8 @@ class LabelStore:
         or CSV (``.csv``) with columns ``item_id, tenant, text`` (optional ``session_id,
         user_id, annotator, confidence``) and one ``label:<category>`` column per category (an
         empty cell is no label). Only ``tenant``, ``text`` and the labels are required; a missing
-        ``item_id`` becomes ``sha256:`` and 16 hex digits of the tenant and text.
+        ``item_id`` becomes ``sha256:`` and 16 hex digits of the tenant and text. An item is
+        ``(tenant, item_id)``, as the review queue names it.
 
         Each line is its own transaction: a bad line is skipped and reported as "line N: why",
         every other line is imported. Importing the same file again changes nothing.
@@ -436,7 +432,7 @@ class LabelStore:
         if not path.is_file():
             raise LabelError(f"cannot import {path}: no such file; give a {_IMPORT_FORMATS} file")
         read = _jsonl_rows if suffix == ".jsonl" else _csv_rows
-        items: set[str] = set()
+        seen: set[tuple[str, str]] = set()
         counts = {"added": 0, "unchanged": 0, "revised": 0}
         errors: list[str] = []
         for lineno, row in read(path, default_annotator):
@@ -448,10 +444,10 @@ class LabelStore:
             except LabelError as err:
                 errors.append(f"line {lineno}: {err}")
                 continue
-            items.add(row.item_id)
+            seen.add((row.tenant, row.item_id))
             for outcome in outcomes.values():
                 counts[outcome] += 1
-        return ImportReport(len(items), counts["added"], counts["unchanged"], counts["revised"],
+        return ImportReport(len(seen), counts["added"], counts["unchanged"], counts["revised"],
                             errors)
 
     def _import_row(self, row: _Row) -> dict[str, str]:
@@ -459,14 +455,10 @@ class LabelStore:
         for category, value in row.labels.items():
             _check_label(row.item_id, row.annotator, category, value, row.confidence)
         now = time.time()
-        with self._write() as conn:
-            self._put_item(conn, row.item_id, row.tenant, row.text, row.session_id, row.user_id,
-                           "import", now)
-            return {c: self._put_label(conn, row.item_id, row.annotator, c, float(v),
-                                       float(row.confidence), now)
+        with self._engine.begin() as conn:
+            put_item(conn, tenant=row.tenant, item_id=row.item_id, text=row.text,
+                     session_id=row.session_id, user_id=row.user_id, source="import", ts=now)
+            return {c: put_label(conn, tenant=row.tenant, item_id=row.item_id,
+                                 annotator=row.annotator, category=c, value=float(v),
+                                 confidence=float(row.confidence), ts=now)
                     for c, v in row.labels.items()}
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-

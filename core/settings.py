@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bastion.core.errors import ConfigError
+from bastion.core.store.engine import default_database_url, normalise_url
 
 __all__ = ["Limits", "ServingConfig", "Settings", "load_settings", "default_state_dir"]
 
@@ -85,10 +86,12 @@ class Settings(BaseSettings):
         None, description="MLflow tracking URI; default a SQLite file in the state directory."
     )
     model_name: str = Field(MODEL_NAME, description="Registered model name in MLflow.")
-    review_db_url: str | None = Field(
-        None, description="Database of the review queue: a SQLAlchemy URL, e.g. "
-        "postgresql+psycopg://user@host/db for more than one machine; default a SQLite file in "
-        "the state directory.",
+    database_url: str = Field(
+        None, validate_default=True,  # type: ignore[assignment]  # filled in by the validator
+        description="The database of every store (event log, review queue, labels, trigger "
+        "log, embedding cache): a SQLAlchemy URL, sqlite:///<path> or postgresql://user@host/db "
+        "(run on psycopg 3) for more than one machine; default the SQLite file "
+        "<state_dir>/bastion.db.",
     )
     train_storage: str | None = Field(
         None, description="Where Ray Train keeps retraining checkpoints: a folder every node "
@@ -96,6 +99,15 @@ class Settings(BaseSettings):
     )
     limits: Limits = Field(default_factory=Limits, description="API input limits.")
     serving: ServingConfig = Field(default_factory=ServingConfig, description="Serve sizing.")
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _database_url(cls, value: object, info: ValidationInfo) -> str:
+        if value is None:
+            state_dir = info.data.get("state_dir") or default_state_dir()
+            return default_database_url(Path(state_dir).expanduser())
+        # a ConfigError (unsupported scheme) is not a ValueError: it reaches the caller as is
+        return normalise_url(str(value)).render_as_string(hide_password=False)
 
     @property
     def resolved_policy_file(self) -> Path:
@@ -106,22 +118,12 @@ class Settings(BaseSettings):
         return self.mlflow_tracking_uri or f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
 
     @property
-    def review_url(self) -> str:
-        return self.review_db_url or f"sqlite:///{(self.state_dir / 'review.db').resolve()}"
-
-    @property
     def train_storage_path(self) -> str:
         return self.train_storage or str(self.state_dir / "ray_results")
 
     @property
     def artifact_root(self) -> Path:
         return self.state_dir / "mlartifacts"
-
-    @property
-    def events_db(self) -> Path:
-        from bastion.core.events import events_db_path
-
-        return events_db_path(self.state_dir)
 
     @property
     def keys_file(self) -> Path:

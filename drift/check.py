@@ -20,11 +20,15 @@ from typing import Any
 import numpy as np
 
 from bastion.core.decision import resolve_policy
+from bastion.core.embcache import EmbeddingCache
 from bastion.core.errors import ModelError
+from bastion.core.events import EventLog
+from bastion.core.labels import LabelStore
 from bastion.core.model import ModelMetadata, ModerationModel
 from bastion.core.policy import PolicySet
 from bastion.core.settings import Settings
 from bastion.drift.monitor import DriftReport, Reference, check_window, render_html
+from bastion.drift.triggers import gather_signals, maybe_retrain
 from bastion.drift.validation import suite_version
 from bastion.registry.store import CHAMPION, ModelRegistry
 
@@ -78,7 +82,6 @@ def champion_reference(settings: Settings, policy: PolicySet, tenants: list[str]
     """Each tenant's reference under the current champion: one model load and one embedding
     pass serve every tenant; only the policy's categories and thresholds differ. Each
     tenant's expectation suite is the one stored with this model version."""
-    from bastion.training.embcache import EmbeddingCache, embeddings_dir  # moves to core
 
     registry = ModelRegistry(settings)
     info = registry.by_alias(CHAMPION)
@@ -88,7 +91,7 @@ def champion_reference(settings: Settings, policy: PolicySet, tenants: list[str]
     meta: ModelMetadata = {**model.metadata, "version": version}
     resolved = resolve_policy(policy, model.head_keys, meta)
     texts = _reference_texts(registry, version, n, seed)
-    cache = EmbeddingCache(embeddings_dir(settings.state_dir), model.encoder)
+    cache = EmbeddingCache(settings.database_url, model.encoder)
     try:
         emb, _ = cache.embed(texts)
     finally:
@@ -118,23 +121,16 @@ def champion_reference(settings: Settings, policy: PolicySet, tenants: list[str]
 def _reviewed_evidence(settings: Settings, policy: PolicySet, version: str | None
                        ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """tenant -> category -> (scores, aggregated labels) of reviewed items ``version`` scored.
-    An unreachable review queue is logged and skipped: the rest of the check still runs."""
-    from bastion.review.queue import ReviewQueue
-    from bastion.review.service import ReviewService
-
+    They are read from the label table the review queue writes."""
+    store = LabelStore(settings.database_url)
     try:
-        queue = ReviewQueue(settings.review_url)
-    except Exception as err:  # noqa: BLE001
-        log.warning("review queue %s unavailable, no precision check: %s",
-                    settings.review_url, err)
-        return {}
-    try:
-        evidence = ReviewService(queue, lambda: policy).reviewed(model_version=version)
+        evidence = store.reviewed(model_version=version)
     finally:
-        queue.close()
+        store.close()
     out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for (tenant, category), pair in evidence.items():
-        out.setdefault(tenant, {})[category] = pair
+        if tenant in policy.tenants and category in policy.tenants[tenant].categories:
+            out.setdefault(tenant, {})[category] = pair
     return out
 
 
@@ -144,18 +140,17 @@ def check_tenants(settings: Settings, policy: PolicySet, *, tenants: list[str] |
                   log_mlflow: bool = True) -> list[tuple[DriftReport | None, str]]:
     """Check each tenant's last ``hours`` of traffic; returns (report or None, message).
     Unset window, size and rate come from the policy's ``drift`` section."""
-    from bastion.core.events import EventLog
-
     dp = policy.drift
     hours = dp.window_hours if hours is None else hours
     min_items = dp.min_items if min_items is None else min_items
     false_alarm_rate = dp.false_alarm_rate if false_alarm_rate is None else false_alarm_rate
     out: list[tuple[DriftReport | None, str]] = []
-    log_ = EventLog(settings.events_db)
+    log_ = EventLog(settings.database_url)
     try:
         windows: dict[str, list[dict[str, Any]]] = {}
         for tenant in tenants or sorted(policy.tenants):
-            rows = list(log_.read(tenant=tenant, since=time.time() - hours * 3600))
+            # the monitor reads the records' fields by name (vars: no copy of the embeddings)
+            rows = [vars(e) for e in log_.read(tenant=tenant, since=time.time() - hours * 3600)]
             if len(rows) < min_items:
                 out.append((None, f"{tenant}: {len(rows)} item(s) in the last {hours:g} h, "
                                   f"fewer than {min_items}: not checked"))
@@ -216,8 +211,6 @@ def monitor_pass(settings: Settings, policy: PolicySet, *, dashboard_url: str | 
     """One pass of the monitor: check every tenant, gather the trigger signals and, where a
     Ray cluster runs (``dashboard_url``), let the policy's rules start a retraining job.
     Returns (results, signals, trigger outcome or None when no cluster was given)."""
-    from bastion.drift.triggers import gather_signals, maybe_retrain
-
     results = check_tenants(settings, policy, tenants=tenants, hours=hours,
                             min_items=min_items, false_alarm_rate=false_alarm_rate)
     for _r, message in results:

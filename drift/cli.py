@@ -14,7 +14,7 @@ from bastion.core.clikit import fail, guard, platform_dashboard, settings_for, s
 from bastion.core.policy import ensure_policy_file, load_policy
 from bastion.core.runtime import dashboard_http
 from bastion.drift.check import monitor_pass
-from bastion.drift.triggers import TriggerLog, fired, triggers_db_path
+from bastion.drift.triggers import TriggerLog, fired
 
 __all__ = ["drift", "drift_check", "drift_triggers"]
 
@@ -71,18 +71,16 @@ def drift_check(state_dir: Path | None, tenants: tuple[str, ...], hours: float |
 @guard
 def drift_triggers(state_dir: Path | None, limit: int, as_json: bool) -> None:
     settings = settings_for(state_dir)
-    path = triggers_db_path(settings.state_dir)
-    if not path.exists():
-        click.echo("No trigger has fired yet.")
-        return
-    log = TriggerLog(path)
+    log = TriggerLog(settings.database_url)
     try:
         rows = log.recent(limit)
     finally:
         log.close()
+    if not rows:
+        click.echo("No trigger has fired yet.")
+        return
     dashboard = platform_dashboard(settings)
     if dashboard is not None:  # the platform runs: say how each submitted job ended
-
         try:
             client = JobSubmissionClient(dashboard_http(dashboard))
             for r in rows:

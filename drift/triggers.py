@@ -13,10 +13,11 @@ API, the same entry point as the Kubernetes RayJob (``k8s/base/retrain``), unles
   runs: the retrained champion needs traffic before the next check can judge it).
 
 Every decision, a submission or a skip, is recorded with its rule and reasons in
-``<state_dir>/drift/triggers.db`` (``bastion drift triggers`` lists it); the job carries the
-reason to the MLflow run (``--reason``, tag ``bastion.reason``). The record is written in one
-SQLite ``BEGIN IMMEDIATE`` transaction around the check and the submission, so two monitors
-(``bastion up``'s and an on-demand ``bastion drift check``) cannot both submit.
+the shared database's ``drift_triggers`` table (``bastion drift triggers`` lists it); the job
+carries the reason to the MLflow run (``--reason``, tag ``bastion.reason``). The record is
+written in one transaction around the check and the submission, holding SQLite's write lock or
+a PostgreSQL advisory lock, so two monitors (``bastion up``'s and an on-demand ``bastion drift
+check``, or two pods) cannot both submit.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import json
 import os
 import shlex
 import shutil
-import sqlite3
 import sys
 import time
 import uuid
@@ -36,8 +36,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Connection, Engine, func, insert, select
+from sqlalchemy.engine import URL
+
+from bastion.core.labels import LabelStore
+from bastion.core.model import ModelMetadata
 from bastion.core.policy import PolicySet, TriggerRule
+from bastion.core.runtime import dashboard_http, ray_env
 from bastion.core.settings import Settings
+from bastion.core.store import is_postgres, open_store
+from bastion.core.store.tables import drift_triggers
 from bastion.drift.monitor import DriftReport
 
 __all__ = [
@@ -48,7 +56,6 @@ __all__ = [
     "gather_signals",
     "maybe_retrain",
     "retrain_entrypoint",
-    "triggers_db_path",
 ]
 
 Say = Callable[[str], None]
@@ -56,25 +63,7 @@ Say = Callable[[str], None]
 # Ray job metadata that marks Bastion's retraining jobs (dedupe looks for it).
 JOB_KIND = {"bastion": "retrain"}
 _ACTIVE = {"PENDING", "RUNNING"}
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS triggers (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    action TEXT NOT NULL,          -- submitted | cooldown | running | failed
-    rule TEXT NOT NULL,
-    reasons TEXT NOT NULL,         -- JSON list
-    job_id TEXT,
-    model_version TEXT,
-    message TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS triggers_action_at ON triggers (action, at);
-"""
-
-
-def triggers_db_path(state_dir: Path) -> Path:
-    return state_dir / "drift" / "triggers.db"
-
+_TRIGGER_LOCK = 0x62617374_03  # pg_advisory_xact_lock key: one trigger evaluation at a time
 
 @dataclass(frozen=True)
 class Signals:
@@ -88,7 +77,7 @@ class Signals:
     model_version: str | None = None
 
 
-def _champion_age_hours(meta: dict[str, Any], now: float) -> float | None:
+def _champion_age_hours(meta: ModelMetadata, now: float) -> float | None:
     created = meta.get("created_at")
     if not created:
         return None
@@ -102,24 +91,24 @@ def _champion_age_hours(meta: dict[str, Any], now: float) -> float | None:
 def gather_signals(settings: Settings, reports: Sequence[DriftReport | None],
                    now: float | None = None) -> Signals:
     """Signals from one pass's reports, the label store and the champion's metadata."""
-    from bastion.core.labels import LabelStore, labels_db_path
+    # kept here for start-up time: registry.store imports MLflow (seconds)
     from bastion.registry.store import CHALLENGER, CHAMPION, ModelRegistry, RegistryEmptyError
 
     now = time.time() if now is None else now
     done = [r for r in reports if r is not None]
     registry = ModelRegistry(settings)
-    metas: dict[str, dict[str, Any]] = {}
+    metas: dict[str, ModelMetadata] = {}
     for alias in (CHAMPION, CHALLENGER):
         try:
             metas[alias] = registry.metadata(registry.by_alias(alias).version)
         except RegistryEmptyError:
             pass
-    meta = metas.get(CHAMPION, {})
+    meta = metas.get(CHAMPION, ModelMetadata())
     # New labels: since the newest training data cut, the champion's or a challenger's that
     # did not pass the gate (retraining on the very same labels again would learn nothing).
     cuts = [m.get("data", {}).get("labels_through") for m in metas.values()]
     since = max((float(c) for c in cuts if c is not None), default=None)
-    store = LabelStore(labels_db_path(settings.state_dir))
+    store = LabelStore(settings.database_url)
     try:
         new_labels = store.count_labels(since=since)
     finally:
@@ -195,47 +184,54 @@ class TriggerOutcome:
 
 
 class TriggerLog:
-    """The record of every trigger decision (SQLite under the state directory)."""
+    """The record of every trigger decision, in the shared database (``drift_triggers``)."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._conn = sqlite3.connect(path, timeout=60, isolation_level=None)
-        self._conn.executescript(_SCHEMA)
+    def __init__(self, url: str | URL | Engine) -> None:
+        self._engine, self._owned = open_store(url)
+        self._conn: Connection | None = None
 
     @contextmanager
-    def exclusive(self) -> Iterator[sqlite3.Connection]:
-        """One writer at a time across processes, for the check-then-submit."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+    def exclusive(self) -> Iterator[Connection]:
+        """One writer at a time across processes and machines, for the check-then-submit: on
+        SQLite the file's write lock (``BEGIN IMMEDIATE``), on PostgreSQL an advisory lock."""
+        with self._engine.begin() as conn:
+            if is_postgres(conn):
+                conn.execute(select(func.pg_advisory_xact_lock(_TRIGGER_LOCK)))
+            self._conn = conn
+            try:
+                yield conn
+            finally:
+                self._conn = None
+
+    def _run(self, fn: Callable[[Connection], Any]) -> Any:
+        if self._conn is not None:  # inside exclusive(): its transaction
+            return fn(self._conn)
+        with self._engine.begin() as conn:
+            return fn(conn)
 
     def last_submitted(self) -> tuple[float, str | None] | None:
-        row = self._conn.execute(
-            "SELECT at, job_id FROM triggers WHERE action = 'submitted' "
-            "ORDER BY at DESC LIMIT 1").fetchone()
-        return (float(row[0]), row[1]) if row else None
+        q = (select(drift_triggers.c.at, drift_triggers.c.job_id)
+             .where(drift_triggers.c.action == "submitted")
+             .order_by(drift_triggers.c.at.desc()).limit(1))
+        row = self._run(lambda conn: conn.execute(q).first())
+        return (float(row.at), row.job_id) if row else None
 
     def record(self, outcome: TriggerOutcome, model_version: str | None) -> None:
-        self._conn.execute(
-            "INSERT INTO triggers (at, action, rule, reasons, job_id, model_version, message) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (outcome.at, outcome.action, outcome.rule or "", json.dumps(outcome.reasons),
-             outcome.job_id, model_version, outcome.message))
+        self._run(lambda conn: conn.execute(insert(drift_triggers).values(
+            at=outcome.at, action=outcome.action, rule=outcome.rule or "",
+            reasons=json.dumps(outcome.reasons), job_id=outcome.job_id,
+            model_version=model_version, message=outcome.message)))
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
-        rows = self._conn.execute(
-            "SELECT at, action, rule, reasons, job_id, model_version, message FROM triggers "
-            "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        return [{"at": r[0], "action": r[1], "rule": r[2], "reasons": json.loads(r[3]),
-                 "job_id": r[4], "model_version": r[5], "message": r[6]} for r in rows]
+        q = select(drift_triggers).order_by(drift_triggers.c.id.desc()).limit(limit)
+        rows = self._run(lambda conn: conn.execute(q).all())
+        return [{"at": r.at, "action": r.action, "rule": r.rule, "reasons": json.loads(r.reasons),
+                 "job_id": r.job_id, "model_version": r.model_version, "message": r.message}
+                for r in rows]
 
     def close(self) -> None:
-        self._conn.close()
+        if self._owned:
+            self._engine.dispose()
 
 
 def retrain_entrypoint(settings: Settings, reason: str) -> str:
@@ -249,8 +245,6 @@ def retrain_entrypoint(settings: Settings, reason: str) -> str:
 
 def _job_env() -> dict[str, str]:
     """Settings the job's driver must see as the platform does (endpoints and locations)."""
-    from bastion.core.runtime import ray_env
-
     env = {k: v for k, v in os.environ.items()
            if k.startswith("BASTION_") or k in ("MLFLOW_TRACKING_URI",)}
     return {**ray_env(), **env}
@@ -279,12 +273,10 @@ def maybe_retrain(settings: Settings, policy: PolicySet, signals: Signals, dashb
     reason = f"trigger {rule}: " + "; ".join(reasons)
     cooldown_s = policy.retraining.triggers.cooldown_hours * 3600.0
     if client is None:
-        from ray.job_submission import JobSubmissionClient
-
-        from bastion.core.runtime import dashboard_http
+        from ray.job_submission import JobSubmissionClient  # start-up time: Ray (seconds)
 
         client = JobSubmissionClient(dashboard_http(dashboard_url))
-    log = TriggerLog(triggers_db_path(settings.state_dir))
+    log = TriggerLog(settings.database_url)
     try:
         with log.exclusive():
             now_ = time.time() if now is None else now

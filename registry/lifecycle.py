@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from bastion.core.embcache import EmbeddingCache
 from bastion.core.errors import BastionError, ModelError
 from bastion.core.labelled import LabelledSet
 from bastion.core.model import ModerationModel
@@ -91,9 +92,7 @@ class Lifecycle:
         fp = model.encoder.identity["fingerprint"]
         data = self.eval_data
         if fp not in self._embeddings:
-            from bastion.training.embcache import EmbeddingCache, embeddings_dir
-
-            cache = EmbeddingCache(embeddings_dir(self.settings.state_dir), model.encoder)
+            cache = EmbeddingCache(self.settings.database_url, model.encoder)
             try:
                 self._embeddings[fp] = cache.embed(data.texts)[0]
             finally:

@@ -17,9 +17,10 @@ from bastion.core.clikit import exit_if_rejected, fail, guard, settings_for, sta
 from bastion.core.decision import ResolvedTenant, flag_thresholds, resolve_policy
 from bastion.core.errors import BastionError
 from bastion.core.keys import add_reviewer, load_reviewers, reviewers_path
-from bastion.core.labels import LabelStore, labels_db_path
+from bastion.core.labels import LabelStore
 from bastion.core.policy import ensure_policy_file, load_policy, parse_policy
 from bastion.core.settings import Settings
+from bastion.core.store import normalise_url
 from bastion.registry.store import CHAMPION, ModelRegistry
 from bastion.review.calibration import apply, propose, render
 from bastion.review.queue import ReviewQueue
@@ -34,7 +35,6 @@ __all__ = [
     "review_keys_add",
     "review_keys_list",
     "review_queue",
-    "review_sync",
     "review_select",
     "review_calibrate",
     "review_gold",
@@ -58,7 +58,7 @@ def labels() -> None:
 def labels_import(state_dir: Path | None, file: Path, annotator: str) -> None:
 
     settings = settings_for(state_dir)
-    with closing(LabelStore(labels_db_path(settings.state_dir))) as store:
+    with closing(LabelStore(settings.database_url)) as store:
         report = store.import_file(file, default_annotator=annotator)
     click.echo(f"imported {report.items} item(s): {report.labels_added} label(s) added, "
                f"{report.labels_unchanged} unchanged, {report.labels_revised} revised")
@@ -71,8 +71,9 @@ def labels_import(state_dir: Path | None, file: Path, annotator: str) -> None:
 @guard
 def labels_stats(state_dir: Path | None) -> None:
 
-    path = labels_db_path(settings_for(state_dir).state_dir)
-    with closing(LabelStore(path)) as store:
+    url = settings_for(state_dir).database_url
+    path = normalise_url(url).render_as_string(hide_password=True)
+    with closing(LabelStore(url)) as store:
         st = store.stats()
     last = st["last_label_ts"]
     when = "-" if last is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last))
@@ -138,9 +139,9 @@ def review_service(settings: Settings) -> Iterator[ReviewService]:
     if registry.has_champion():
         meta = registry.metadata(registry.by_alias(CHAMPION).version)
         resolved = resolve_policy(pol, meta["heads"]["keys"], meta)
-    queue = ReviewQueue(settings.review_url)
+    queue = ReviewQueue(settings.database_url)
     try:
-        yield ReviewService(queue, lambda: pol, labels_db=labels_db_path(settings.state_dir),
+        yield ReviewService(queue, lambda: pol,
                             thresholds=lambda tenant: flag_thresholds(resolved, tenant))
     finally:
         queue.close()
@@ -163,16 +164,6 @@ def review_queue(state_dir: Path | None, tenants: tuple[str, ...], limit: int) -
                    f"slots={t.slots_done}/{t.slots}  [{why}]")
 
 
-@review.command("sync", help="Hand submitted labels to the label store retraining reads "
-                "(also done after every submission and by 'bastion retrain').")
-@state_dir_option
-@guard
-def review_sync(state_dir: Path | None) -> None:
-    with review_service(settings_for(state_dir)) as svc:
-        n = svc.sync_labels()
-    click.echo(f"{n} label(s) handed to the label store")
-
-
 @review.command("select", help="Active learning: queue the logged items that would teach the "
                 "model most (uncertain, rare categories first, unlike each other), BUDGET per "
                 "tenant. Needs decisions whose text the policy keeps (store_raw_text).")
@@ -188,7 +179,7 @@ def review_select(state_dir: Path | None, budget: int, tenants: tuple[str, ...],
     settings = settings_for(state_dir)
     since = time.time() - days * 86400 if days else None
     with review_service(settings) as svc:
-        picks = svc.select_for_labelling(settings.events_db, budget,
+        picks = svc.select_for_labelling(budget,
                                          tenants=list(tenants) or None, since=since)
     for p in picks:
         click.echo(json.dumps(p, sort_keys=True))

@@ -4,25 +4,26 @@ labels handed on to retraining.
 Serving calls :meth:`ReviewService.intake_decisions` for every decision in a review band (a
 background thread, off the request path), :meth:`report` and :meth:`event` for user reports
 and session events; moderators claim and submit through the API. Every intake re-ranks the
-task (``review.priority``). Submitted labels reach the label store that retraining reads
-(:meth:`sync_labels`, called after each submission and by ``bastion retrain``); the label
-store makes that idempotent, so a sync that dies half-way is simply repeated.
+task (``review.priority``). A submission's labels go into the one label table in the
+submission's own transaction (``ReviewQueue.submit``), where retraining and drift read them.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import queue as _queue
 import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from bastion.core.aggregation import dawid_skene
 from bastion.core.decision import written_flag_thresholds
-from bastion.core.labels import LabelStore
+from bastion.core.events import EventLog, text_digest
+from bastion.core.labels import LabelStore, item_key
 from bastion.core.policy import PolicySet
 from bastion.review.priority import task_priority
 from bastion.review.queue import ReviewQueue
@@ -36,6 +37,7 @@ from bastion.review.records import (
     Submission,
     Task,
 )
+from bastion.review.selection import select
 
 __all__ = ["ReviewService", "IntakeWriter", "task_view"]
 
@@ -54,20 +56,17 @@ class ReviewService:
     """Intake, ranking, claims and label hand-off for one review queue."""
 
     def __init__(self, queue: ReviewQueue, policy: Callable[[], PolicySet],
-                 labels_db: Path | None = None,
                  thresholds: Callable[[str], dict[str, float]] | None = None) -> None:
         """
         Args:
             queue: the review queue.
             policy: returns the current policy (it may be reloaded while serving).
-            labels_db: the label store to hand submitted labels to (None: keep them queued).
             thresholds: a tenant's block thresholds per category as serving resolved them.
         """
         self.queue = queue
         self._policy = policy
-        self._labels_db = labels_db
+        self.labels = LabelStore(queue.engine)  # the queue writes labels there on submit
         self._thresholds = thresholds or (lambda _t: {})
-        self._sync_lock = threading.Lock()
 
     # -- intake ------------------------------------------------------------------------------
     def _slots(self, tenant: str, item: ReviewItem) -> int:
@@ -140,64 +139,21 @@ class ReviewService:
         return claim, self.queue.task(claim.task_id, scope)
 
     def submit(self, token: str, submission_id: str, labels: list[LabelIn]) -> Submission:
-        sub = self.queue.submit(token, submission_id, labels)
-        try:
-            self.sync_labels()
-        except Exception as err:  # noqa: BLE001 - the labels are safe in the queue; next sync
-            log.warning("label sync after submission %s failed (will retry): %s",
-                        submission_id, err)
-        return sub
+        return self.queue.submit(token, submission_id, labels)
 
     # -- calibration and active learning ------------------------------------------------------
-    def _votes(self, model_version: str | None = None
-               ) -> tuple[dict[tuple[str, str], list[Any]], dict[tuple[str, str], float]]:
-        """Every label in the queue as votes per (tenant\\0item, category), and the model's
-        score of each such pair where the decision carried one (scored by ``model_version``
-        only, when given)."""
-        from bastion.core.labels import Vote
-
-        votes: dict[tuple[str, str], list[Any]] = {}
-        scored: dict[tuple[str, str], float] = {}
-        mark = 0
-        while rows := self.queue.labels_since(mark, limit=10000):
-            for seq, tenant, item, moderator, category, value, conf, _ts in rows:
-                mark = seq
-                key = (f"{tenant}\0{item.item_id}", category)
-                votes.setdefault(key, []).append(Vote(moderator, value, conf))
-                if category in item.scores and (model_version is None
-                                                or item.model_version == model_version):
-                    scored[key] = float(item.scores[category])
-        return votes, scored
-
     def reviewed(self, model_version: str | None = None
-                 ) -> dict[tuple[str, str], tuple[Any, Any]]:
-        """(tenant, category) -> (model scores, Dawid-Skene labels) of every reviewed item
-        the model scored for that category: the evidence threshold calibration reads, and the
-        drift monitor's precision check (``model_version``: only items that version scored)."""
-        import numpy as np
-
-        from bastion.review.aggregation import dawid_skene
-
-        votes, scored = self._votes(model_version)
-        agg = dawid_skene(votes).labels if votes else {}
-        out: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
-        for (item_key, category), (soft, _w) in agg.items():
-            if (item_key, category) not in scored:
-                continue
-            tenant = item_key.split("\0", 1)[0]
-            s_list, y_list = out.setdefault((tenant, category), ([], []))
-            s_list.append(scored[(item_key, category)])
-            y_list.append(soft)
+                 ) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+        """(tenant, category) -> (model scores, Dawid-Skene labels) of reviewed items, for the
+        policy's tenants and categories (see ``LabelStore.reviewed``)."""
         policy = self._policy()
-        return {k: (np.array(v[0]), np.array(v[1])) for k, v in out.items()
+        return {k: v for k, v in self.labels.reviewed(model_version).items()
                 if k[0] in policy.tenants and k[1] in policy.tenants[k[0]].categories}
 
     def add_gold(self, tenant: str, item_id: str, text: str, labels: dict[str, float],
                  session_id: str | None = None) -> str:
         """Queue an item whose answer is known: it measures the moderators who label it, and
         its known labels go to the label store as annotator ``gold``."""
-        from bastion.core.events import text_digest
-
         item = ReviewItem(tenant=tenant, item_id=item_id, text=text,
                           text_sha256=text_digest(text), session_id=session_id, user_id=None,
                           source="sample", scores={}, keyword_hits=[], decision=None,
@@ -205,23 +161,16 @@ class ReviewService:
         tid = self.queue.add_item(item, slots=self._policy().tenants[tenant].review.redundancy)
         self.queue.set_gold(tenant, item_id, labels)
         self.rerank(tid)
-        if self._labels_db is not None:
-            store = LabelStore(self._labels_db)
-            try:
-                store.add_item(item_id=f"{tenant}:{item_id}", tenant=tenant, text=text,
-                               session_id=session_id, source="gold")
-                store.add_labels(f"{tenant}:{item_id}", "gold", labels)
-            finally:
-                store.close()
+        self.labels.add_item(tenant=tenant, item_id=item_id, text=text, session_id=session_id,
+                             source="gold")
+        self.labels.add_labels(tenant, item_id, "gold", labels)
         return tid
 
     def moderators(self) -> list[dict[str, Any]]:
         """Each moderator's estimated reliability per category (Dawid-Skene over every label
         in the queue, gold answers clamped), with their accuracy on gold items."""
-        from bastion.review.aggregation import dawid_skene
-
-        votes, _scored = self._votes()
-        gold = {(f"{t}\0{i}", c): v for (t, i), labels in self.queue.gold_items().items()
+        votes = self.labels.votes(reviewed=True)
+        gold = {(item_key(t, i), c): v for (t, i), labels in self.queue.gold_items().items()
                 for c, v in labels.items()}
         if not votes:
             return []
@@ -229,20 +178,15 @@ class ReviewService:
         return [asdict(r) for r in sorted(result.reliability.values(),
                                           key=lambda r: (r.annotator, r.category))]
 
-    def select_for_labelling(self, events_db: Path, budget: int, *,
+    def select_for_labelling(self, budget: int, *,
                              tenants: list[str] | None = None, since: float | None = None,
                              ) -> list[dict[str, Any]]:
         """Active learning: pick up to ``budget`` logged decisions per tenant that teach the
         model most (``review.selection``: uncertain, rare categories first, spread out in
         embedding space), and queue them as ``sample`` tasks. Only decisions whose text the
         event log kept (``store_raw_text``) can be labelled."""
-        import numpy as np
-
-        from bastion.core.events import EventLog
-        from bastion.review.selection import select
-
         policy = self._policy()
-        log_ = EventLog(events_db)
+        log_ = EventLog(self.queue.engine)
         picked: list[dict[str, Any]] = []
         label_counts = self._label_counts()
         try:
@@ -250,13 +194,14 @@ class ReviewService:
                 tpol = policy.tenants[tenant]
                 cats = list(tpol.categories)
                 rows = [r for r in log_.read(tenant=tenant, since=since)
-                        if r["text"] and r["embedding"] is not None]
-                queued = self.queue.known_items(tenant, [r["item_id"] for r in rows])
-                rows = [r for r in rows if r["item_id"] not in queued]
+                        if r.text and r.embedding is not None]
+                queued = self.queue.known_items(tenant, [r.item_id for r in rows])
+                rows = [r for r in rows if r.item_id not in queued]
                 if not rows:
                     continue
-                emb = np.stack([r["embedding"] for r in rows]).astype(np.float32)
-                scores = np.array([[r["scores"].get(c, 0.0) for c in cats] for r in rows])
+                emb = np.stack([r.embedding for r in rows if r.embedding is not None]).astype(
+                    np.float32)
+                scores = np.array([[r.scores.get(c, 0.0) for c in cats] for r in rows])
                 # where serving acts on a score: resolved for the serving model if known,
                 # else as the policy file writes it (0.5 only for a category with neither)
                 th = {c: min(max(t, 1e-3), 1 - 1e-3)
@@ -268,13 +213,13 @@ class ReviewService:
                 for p in picks:
                     r = rows[p.index]
                     items.append(ReviewItem(
-                        tenant=tenant, item_id=r["item_id"], text=r["text"],
-                        text_sha256=r["text_sha256"], session_id=r["session_id"],
-                        user_id=r["user_id"], source="sample", scores=r["scores"],
-                        keyword_hits=[], decision=r["decision"],
-                        model_version=r["model_version"], policy_version=r["policy_version"],
-                        ts=r["ts"]))
-                    picked.append({"tenant": tenant, "item_id": r["item_id"],
+                        tenant=tenant, item_id=r.item_id, text=r.text,
+                        text_sha256=r.text_sha256, session_id=r.session_id,
+                        user_id=r.user_id, source="sample", scores=r.scores,
+                        keyword_hits=[], decision=r.decision,
+                        model_version=r.model_version, policy_version=r.policy_version,
+                        ts=r.ts))
+                    picked.append({"tenant": tenant, "item_id": r.item_id,
                                    "value": round(p.score, 4), "why": p.reasons})
                 self.intake_decisions(items)
         finally:
@@ -282,49 +227,7 @@ class ReviewService:
         return picked
 
     def _label_counts(self) -> dict[str, int]:
-        if self._labels_db is None or not self._labels_db.exists():
-            return {}
-        store = LabelStore(self._labels_db)
-        try:
-            return dict(store.stats()["by_category"])
-        finally:
-            store.close()
-
-    # -- hand-off to retraining ----------------------------------------------------------------
-    def sync_labels(self) -> int:
-        """Copy labels submitted since the last sync into the label store; returns how many.
-
-        The high-water mark is kept beside the label store; a sync that dies is repeated from
-        the old mark, and the label store ignores labels it already holds."""
-        if self._labels_db is None:
-            return 0
-        mark_file = self._labels_db.with_name("review_sync.json")
-        with self._sync_lock:
-            mark = json.loads(mark_file.read_text())["seq"] if mark_file.exists() else 0
-            store = LabelStore(self._labels_db)
-            n = 0
-            try:
-                while True:
-                    rows = self.queue.labels_since(mark, limit=5000)
-                    if not rows:
-                        break
-                    for seq, tenant, item, moderator, category, value, conf, ts in rows:
-                        mark = seq
-                        if not item.text:  # the policy kept no text: nothing to learn from
-                            continue
-                        store.add_item(item_id=f"{tenant}:{item.item_id}", tenant=tenant,
-                                       text=item.text, session_id=item.session_id,
-                                       user_id=item.user_id, source="review", ts=item.ts)
-                        store.add_label(item_id=f"{tenant}:{item.item_id}",
-                                        annotator=moderator, category=category, value=value,
-                                        confidence=conf, ts=ts)
-                        n += 1
-                    tmp = mark_file.with_suffix(".tmp")
-                    tmp.write_text(json.dumps({"seq": mark, "at": time.time()}))
-                    tmp.replace(mark_file)
-            finally:
-                store.close()
-        return n
+        return dict(self.labels.stats()["by_category"])
 
 
 class IntakeWriter:

@@ -8,16 +8,13 @@ running replicas instead of restarting them.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
-from bastion.core.events import events_db_path
-from bastion.core.labels import labels_db_path
-from bastion.core.settings import Limits, ServingConfig
+from bastion.core.settings import Limits, ServingConfig, load_settings
+from bastion.core.store import normalise_url
 from bastion.serving.ingress import Ingress
 from bastion.serving.scorer import Scorer
 
@@ -38,8 +35,9 @@ class AppArgs(BaseModel):
         None, description="JSON file of tenant -> API key (e.g. a mounted Secret), read when "
         "the Ingress's user_config carries no key_hashes.",
     )
-    review_db_url: str | None = Field(
-        None, description="Review queue database URL; default SQLite in the state directory.",
+    database_url: str | None = Field(
+        None, description="The database of the event log, review queue and labels; default "
+        "BASTION_DATABASE_URL, else the SQLite file in the state directory.",
     )
     limits: Limits = Field(default_factory=Limits, description="API input limits.")
     serving: ServingConfig = Field(default_factory=ServingConfig, description="Sizing.")
@@ -59,8 +57,12 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     return Ingress.options(  # type: ignore[attr-defined,no-any-return]
         num_replicas=sv.ingress_replicas,
         max_ongoing_requests=sv.ingress_max_ongoing_requests,
-    ).bind(scorer, str(events_db_path(args.state_dir)), args.limits.model_dump(), args.keys_file,
-           # a RayService's pods get the URL from their environment (BASTION_REVIEW_DB_URL)
-           args.review_db_url or os.environ.get("BASTION_REVIEW_DB_URL")
-           or f"sqlite:///{Path(args.state_dir).resolve() / 'review.db'}",
-           str(labels_db_path(args.state_dir)))
+    ).bind(scorer, _database_url(args), args.limits.model_dump(), args.keys_file)
+
+
+def _database_url(args: AppArgs) -> str:
+    """The args' URL, else the environment's (a RayService's pods get BASTION_DATABASE_URL),
+    else the SQLite file in the state directory: as ``Settings.database_url`` resolves it."""
+    if args.database_url:
+        return normalise_url(args.database_url).render_as_string(hide_password=False)
+    return load_settings(args.state_dir).database_url

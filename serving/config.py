@@ -20,6 +20,7 @@ from bastion.core.keys import key_hashes, reviewer_hashes
 from bastion.core.policy import PolicySet
 from bastion.core.runtime import dashboard_http
 from bastion.core.settings import Settings
+from bastion.core.store import default_database_url
 from bastion.serving.app import APP_NAME, AppArgs
 
 __all__ = ["serve_config", "deploy_config", "wait_until_running", "IMPORT_PATH"]
@@ -47,7 +48,10 @@ def serve_config(
         limits=settings.limits,
         serving=settings.serving,
         keys_file=keys_file,
-        review_db_url=settings.review_db_url,
+        # only a URL other than the state directory's default: pods get theirs from the
+        # environment (BASTION_DATABASE_URL), and a default would pin this machine's path
+        database_url=(None if settings.database_url == default_database_url(settings.state_dir)
+                      else settings.database_url),
     ).model_dump(mode="json")
     ingress_config: dict[str, Any] = {
         "policy": policy.model_dump(mode="json", exclude_none=True)}

@@ -58,22 +58,17 @@ class _PolicyState:
 @serve.ingress()
 class Ingress:
     def __init__(
-        self, scorer: DeploymentHandle, events_db: str, limits: dict[str, Any],
-        keys_file: str | None = None, review_db_url: str | None = None,
-        labels_db: str | None = None,
+        self, scorer: DeploymentHandle, database_url: str, limits: dict[str, Any],
+        keys_file: str | None = None,
     ) -> None:
         self.scorer = scorer
         self.keys_file = keys_file
         self.limits = Limits.model_validate(limits)
-        self.writer = EventWriter(EventLog(events_db))
-        self.review: ReviewService | None = None
-        self.intake: IntakeWriter | None = None
-        if review_db_url:
-            self.review = ReviewService(
-                ReviewQueue(review_db_url), self._current_policy,
-                labels_db=Path(labels_db) if labels_db else None,
-                thresholds=self._block_thresholds)
-            self.intake = IntakeWriter(self.review)
+        # the event log, the review queue and its labels: one database (Settings.database_url)
+        self.writer = EventWriter(EventLog(database_url))
+        self.review: ReviewService | None = ReviewService(
+            ReviewQueue(database_url), self._current_policy, thresholds=self._block_thresholds)
+        self.intake: IntakeWriter | None = IntakeWriter(self.review)
         self._policy: _PolicyState | None = None
         self._resolved: dict[tuple[str, float], dict[str, ResolvedTenant]] = {}
         self._meta: dict[str, ModelMetadata] = {}

@@ -35,6 +35,7 @@ import ray.train
 from ray.train import Checkpoint, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from bastion.core.embcache import EmbeddingCache
 from bastion.core.encoders import Encoder, HFEncoder, create_encoder
 from bastion.core.errors import BastionError
 from bastion.core.labelled import LabelledSet
@@ -45,7 +46,6 @@ from bastion.core.settings import Settings
 from bastion.registry.evaluation import evaluate_heads
 from bastion.registry.lifecycle import GateRefused, Lifecycle
 from bastion.registry.store import CHALLENGER, CHAMPION, ModelRegistry
-from bastion.training.embcache import EmbeddingCache, embeddings_dir
 from bastion.training.finetune import FinetuneConfig, run_finetune
 from bastion.training.heads import FitConfig, fit_heads, pos_weights
 from bastion.training.reference import sample as reference_sample
@@ -220,7 +220,7 @@ def _train_heads(settings: Settings, snap: Snapshot, keys: list[str], encoder: E
                                                      list[dict[str, Any]]]:
 
 
-    cache = EmbeddingCache(embeddings_dir(settings.state_dir), encoder)
+    cache = EmbeddingCache(settings.database_url, encoder)
     t0 = time.perf_counter()
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -301,22 +301,6 @@ def _train_full(settings: Settings, snap: Snapshot, keys: list[str], base_path: 
     return res.encoder_dir, heads, res.history, res.restarts
 
 
-def _sync_review_labels(settings: Settings, policy: PolicySet) -> int:
-    """Labels moderators submitted in the review queue, into the label store (idempotent)."""
-    from bastion.core.labels import labels_db_path
-    from bastion.review.queue import ReviewQueue
-    from bastion.review.service import ReviewService
-
-    if settings.review_db_url is None and not (settings.state_dir / "review.db").exists():
-        return 0
-    queue = ReviewQueue(settings.review_url)
-    try:
-        svc = ReviewService(queue, lambda: policy, labels_db=labels_db_path(settings.state_dir))
-        return svc.sync_labels()
-    finally:
-        queue.close()
-
-
 def _already_registered(settings: Settings, run_name: str) -> str | None:
     for v in ModelRegistry(settings).list_versions():
         if v.tags.get("bastion.train_run") == run_name:
@@ -343,9 +327,6 @@ def _snapshot_for_run(settings: Settings, policy: PolicySet, opts: RetrainOption
                       timings: dict[str, float]) -> tuple[Snapshot, str]:
     """The run's snapshot and its name (data fingerprint + configuration); refuses a run that
     is already a registered version."""
-    synced = _sync_review_labels(settings, policy)
-    if synced:
-        say(f"Handed {synced} new review label(s) to the label store.")
     say("Building the training snapshot (seed data + human labels)...")
     t0 = time.perf_counter()
     snap = build_snapshot(settings, **snapshot_options(opts))
@@ -421,7 +402,7 @@ def _fit_full_mode(settings: Settings, snap: Snapshot, keys: list[str], encoder:
     timings["encode_test"] = time.perf_counter() - t0
     gate_emb = {tuned.identity["fingerprint"]: test_emb}
     if base is not None:  # the champion's side of the gate, from the cache
-        cache = EmbeddingCache(embeddings_dir(settings.state_dir), base.encoder)
+        cache = EmbeddingCache(settings.database_url, base.encoder)
         try:
             gate_emb[base.encoder.identity["fingerprint"]] = cache.embed(test_texts)[0]
         finally:

@@ -17,7 +17,6 @@ import hashlib
 import json
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import numpy as np
 
 from bastion.core.errors import BastionError
 from bastion.core.labelled import LabelledSet
-from bastion.core.labels import LabelledItem, LabelStore, Vote, labels_db_path
+from bastion.core.labels import LabelledItem, LabelStore
 from bastion.core.settings import Settings
 from bastion.training.datasets import CATEGORIES, load_starter_data
 from bastion.training.heads import group_split
@@ -42,15 +41,6 @@ VAL_FRACTION = 0.125  # of the rest: ~10% of all groups, for early stopping
 
 class SnapshotError(BastionError):
     """There is nothing (or not enough) to train on."""
-
-
-def dawid_skene_weights(votes: Mapping[tuple[str, str], Sequence[Vote]]
-                        ) -> dict[tuple[str, str], tuple[float, float]]:
-    """Soft label and training weight per (item, category): Dawid-Skene over all annotators
-    (their reliability estimated from their agreement; ``review.aggregation``)."""
-    from bastion.review.aggregation import dawid_skene
-
-    return dict(dawid_skene(votes).labels)
 
 
 def snapshots_dir(state_dir: str | Path) -> Path:
@@ -83,9 +73,9 @@ def label_column(tenant: str, category: str) -> str:
 
 def labels_to_set(rows: list[LabelledItem]) -> LabelledSet:
     """Aggregated labels as a LabelledSet (one row per item, weights = label confidence)."""
-    by_item: dict[str, list[LabelledItem]] = defaultdict(list)
+    by_item: dict[tuple[str, str], list[LabelledItem]] = defaultdict(list)
     for r in rows:
-        by_item[r.item_id].append(r)
+        by_item[(r.tenant, r.item_id)].append(r)
     columns = list(CATEGORIES)
     columns += sorted({label_column(r.tenant, r.category) for r in rows} - set(CATEGORIES))
     col = {c: i for i, c in enumerate(columns)}
@@ -94,7 +84,7 @@ def labels_to_set(rows: list[LabelledItem]) -> LabelledSet:
     mask = np.zeros((n, len(columns)), bool)
     weights = np.zeros((n, len(columns)), np.float32)
     texts, groups, sources = [], [], []
-    for i, (item_id, item_rows) in enumerate(by_item.items()):
+    for i, ((_tenant, item_id), item_rows) in enumerate(by_item.items()):
         first = item_rows[0]
         texts.append(first.text)
         # the item's own id is its group key until connected_groups joins it to others
@@ -180,13 +170,13 @@ def build_snapshot(
     Raises:
         SnapshotError: neither seed data nor labels, or no training items left after the split.
     """
-    store = LabelStore(labels_db_path(settings.state_dir))
+    store = LabelStore(settings.database_url)
     try:
         # newest label time first: a label landing between the two reads is then in the
         # snapshot without being claimed by labels_through, never the other way round
         labels_through = store.stats().get("last_label_ts")
-        rows = store.aggregated(tenants, aggregate=dawid_skene_weights)
-        sessions = {r.item_id: (r.session_id, r.user_id, r.tenant) for r in rows}
+        rows = store.aggregated(tenants)  # Dawid-Skene: core.aggregation
+        sessions = {(r.tenant, r.item_id): (r.session_id, r.user_id) for r in rows}
     finally:
         store.close()
     parts = []
@@ -205,8 +195,8 @@ def build_snapshot(
     for g, text in zip(data.groups, data.texts, strict=True):
         k = [g, "text:" + hashlib.sha256(" ".join(text.lower().split()).encode()).hexdigest()]
         if g.startswith("item:"):
-            item_id = g.split(":", 2)[2]
-            session, user, tenant = sessions[item_id]
+            _kind, tenant, item_id = g.split(":", 2)
+            session, user = sessions[(tenant, item_id)]
             if session:
                 k.append(f"session:{tenant}:{session}")
             if user:

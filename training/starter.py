@@ -29,11 +29,13 @@ from typing import Any
 import numpy as np
 
 from bastion.core.decision import threshold_for_precision
+from bastion.core.embcache import EmbeddingCache
 from bastion.core.encoders import Encoder, create_encoder
 from bastion.core.errors import ModelError
 from bastion.core.model import HeadSpec, LinearHeads, ModelMetadata, ModerationModel
 from bastion.core.policy import PolicySet
 from bastion.core.settings import Settings
+from bastion.core.store import default_database_url
 from bastion.registry.evaluation import (
     MIN_POSITIVES,
     binary_metrics,
@@ -355,15 +357,15 @@ def build_from_sources(
     command: str | None = None,
 ) -> ModerationModel:
     """Load the sources, embed them through the embedding cache, build the starter."""
-    from bastion.training.embcache import EmbeddingCache, embeddings_dir
-
     names = sources or available_sources()
     data = load_starter_data(limit_per_source=limit_per_source,
                              davidson_limit=davidson_limit, sources=names)
     # fp32 whatever the CPU: the shipped heads must not depend on the machine that built them
     # (serving picks its own numerics when it loads them)
     encoder = encoder or create_encoder("minilm", precision="fp32")
-    cache = EmbeddingCache(cache_dir or embeddings_dir(settings.state_dir), encoder)
+    # --cache DIR: a database of its own there (the starter build may run without a platform)
+    cache = EmbeddingCache(default_database_url(cache_dir) if cache_dir else settings.database_url,
+                           encoder)
     try:
         return build_starter(
             data, encoder, embed=lambda texts, prog: cache.embed(texts, prog)[0],

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.model]
 
 def test_a_window_of_real_traffic_is_checked_and_reported(served: Served) -> None:
     texts = [t for t in load_sms_spam(limit=400, seed=3).texts if t.strip()][:150]
-    log = EventLog(served.settings.events_db)
+    log = EventLog(served.settings.database_url)
     try:
         before = log.count("studio")
         for i in range(0, len(texts), 50):

@@ -17,11 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sqlalchemy import delete
 
-from bastion.core.labels import LabelStore, labels_db_path
+from bastion.core.labels import LabelStore
 from bastion.core.model import ModerationModel
 from bastion.core.policy import load_policy
 from bastion.core.settings import Settings
+from bastion.core.store import open_store
+from bastion.core.store.tables import embeddings
 from bastion.registry.lifecycle import Lifecycle
 from bastion.registry.store import CHALLENGER, CHAMPION, ModelRegistry
 from bastion.training.finetune import FinetuneConfig
@@ -68,7 +71,7 @@ def davidson_label_lines(start: int, n: int) -> list[dict]:
 def import_labels(settings: Settings, tmp: Path, lines: list[dict]) -> None:
     f = tmp / f"labels-{time.time_ns()}.jsonl"
     f.write_text("\n".join(json.dumps(x) for x in lines))
-    store = LabelStore(labels_db_path(settings.state_dir))
+    store = LabelStore(settings.database_url)
     try:
         report = store.import_file(f)
     finally:
@@ -79,12 +82,11 @@ def import_labels(settings: Settings, tmp: Path, lines: list[dict]) -> None:
 @pytest.fixture(scope="module")
 def labelled(settings: Settings, starter: Starter, dashboard: str,
              tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import shutil
-
-    from bastion.training.embcache import embeddings_dir
-
     # other modules (a drift check) may have cached embeddings: these tests count encodings
-    shutil.rmtree(embeddings_dir(settings.state_dir), ignore_errors=True)
+    engine, _owned = open_store(settings.database_url)  # at head, tables there
+    with engine.begin() as conn:
+        conn.execute(delete(embeddings))
+    engine.dispose()
     tmp = tmp_path_factory.mktemp("labels")
     import_labels(settings, tmp, davidson_label_lines(0, 150))
     return tmp
@@ -155,7 +157,7 @@ def test_new_labels_encode_only_the_new_items(settings: Settings, labelled: Path
 def test_splits_keep_a_session_and_a_user_on_one_side(settings: Settings,
                                                       labelled: Path) -> None:
     snap = build_snapshot(settings, save=False, **SEED)
-    store = LabelStore(labels_db_path(settings.state_dir))
+    store = LabelStore(settings.database_url)
     try:
         rows = store.aggregated()
     finally:

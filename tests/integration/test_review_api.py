@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from bastion.core.keys import add_reviewer, reviewers_path
-from bastion.core.labels import LabelStore, labels_db_path
+from bastion.core.labels import LabelStore
 from bastion.platform import deploy
 
 from .conftest import Served
@@ -110,13 +110,16 @@ def test_review_loop_end_to_end(served: Served, reviewers: dict[str, str]) -> No
                      "labels": [{**labels[0], "value": 2}]})
     assert bad.status_code == 422
 
-    # the labels reached the label store retraining reads
-    store = LabelStore(labels_db_path(served.settings.state_dir))
+    # the labels are in the label table retraining reads, written by the submission
+    store = LabelStore(served.settings.database_url)
     try:
-        rows = [r for r in store.aggregated(["acme"])
-                if r.item_id.startswith(f"acme:{session}")]
+        rows = [r for r in store.aggregated(["acme"]) if r.item_id.startswith(session)]
+        votes = store.votes(["acme"], reviewed=True)
     finally:
         store.close()
-    assert {(r.item_id.split(":", 1)[1], r.soft) for r in rows} == {
-        (f"{session}-1", 1.0), (f"{session}-2", 0.0)}
+    assert {r.item_id for r in rows} == {f"{session}-1", f"{session}-2"}
+    assert {k: [v.value for v in vs] for k, vs in votes.items()
+            if k[0].startswith(f"acme:{session}")} == {
+        (f"acme:{session}-1", labels[0]["category"]): [1.0],
+        (f"acme:{session}-2", labels[1]["category"]): [0.0]}
     assert all(r.text for r in rows)

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bastion.core.events import EventLog, text_digest
+from bastion.core.events import DecisionEvent, EventLog, text_digest
 from bastion.core.policy import parse_policy
 from bastion.platform import deploy
 
@@ -111,21 +111,22 @@ def test_health_ready_and_docs(served: Served) -> None:
 
 
 def test_every_decision_is_logged_privately_unless_allowed(served: Served) -> None:
-    log = EventLog(served.settings.events_db)
+    log = EventLog(served.settings.database_url)
     served.moderate("acme", ["private words one"])
     served.moderate("studio", ["studio words two"])
     deadline = time.time() + 10
-    found: dict[str, dict] = {}
+    found: dict[str, DecisionEvent] = {}
     while time.time() < deadline and len(found) < 2:
         for rec in log.read():
-            if rec["text_sha256"] in {text_digest("private words one"),
-                                      text_digest("studio words two")}:
-                found[rec["tenant"]] = rec
+            if rec.text_sha256 in {text_digest("private words one"),
+                                   text_digest("studio words two")}:
+                found[rec.tenant] = rec
         time.sleep(0.3)
-    assert found["acme"]["text"] is None  # privacy by default: only the hash
-    assert found["studio"]["text"] == "studio words two"  # the policy allows raw text
-    assert found["acme"]["embedding"].shape == (384,)
-    assert found["acme"]["model_version"] == "1" and "hate" in found["acme"]["scores"]
+    assert found["acme"].text is None  # privacy by default: only the hash
+    assert found["studio"].text == "studio words two"  # the policy allows raw text
+    emb = found["acme"].embedding
+    assert emb is not None and emb.shape == (384,)
+    assert found["acme"].model_version == "1" and "hate" in found["acme"].scores
 
 
 def test_policy_edit_applies_without_restarting_a_replica(served: Served) -> None:

@@ -17,7 +17,6 @@ from bastion.drift.triggers import (
     TriggerLog,
     gather_signals,
     maybe_retrain,
-    triggers_db_path,
 )
 from bastion.registry.store import ModelRegistry
 
@@ -86,7 +85,7 @@ def test_a_trigger_starts_one_real_retraining_job_not_two_within_the_cooldown(
         assert len(tagged) == 1, logs[-4000:]
         assert "new label(s)" in tagged[0].tags["bastion.reason"]
 
-        log = TriggerLog(triggers_db_path(settings.state_dir))
+        log = TriggerLog(settings.database_url)
         try:
             actions = [r["action"] for r in log.recent()][::-1]
         finally:

@@ -9,9 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from bastion.core.aggregation import MIN_WEIGHT, AggregationResult, Vote, dawid_skene, majority_vote
 from bastion.core.errors import LabelError
-from bastion.core.labels import MIN_WEIGHT, Vote
-from bastion.review.aggregation import AggregationResult, dawid_skene, majority_vote
 
 Votes = dict[tuple[str, str], list[Vote]]
 

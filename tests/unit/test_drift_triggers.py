@@ -21,7 +21,6 @@ from bastion.drift.triggers import (
     TriggerLog,
     fired,
     maybe_retrain,
-    triggers_db_path,
 )
 
 TENANTS = {"acme": {"categories": {"hate": {"block_threshold": 0.8}}}}
@@ -100,7 +99,10 @@ class FakeJobs:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Any:
+def settings(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Settings on the test's database; the CLI (a fresh load_settings) finds it in the
+    environment, as a pod does."""
+    monkeypatch.setenv("BASTION_DATABASE_URL", db_url)
     return load_settings(tmp_path / "state")
 
 
@@ -125,7 +127,7 @@ def test_one_drift_starts_one_job_then_running_then_cooldown_then_again(settings
     assert again.action == "submitted"
     assert len(jobs.submitted) == 2
 
-    log = TriggerLog(triggers_db_path(settings.state_dir))
+    log = TriggerLog(settings.database_url)
     try:
         rows = log.recent()
     finally:
@@ -140,7 +142,9 @@ def test_nothing_fires_nothing_is_recorded_and_a_failed_submission_is_retried(
     pol = policy([{"name": "labels", "new_labels": 10}])
     jobs = FakeJobs(fail=True)
     assert maybe_retrain(settings, pol, Signals(new_labels=1), "x", client=jobs).action == "none"
-    assert not triggers_db_path(settings.state_dir).exists()
+    log = TriggerLog(settings.database_url)
+    assert log.recent() == []
+    log.close()
     failed = maybe_retrain(settings, pol, Signals(new_labels=20), "x", client=jobs)
     assert failed.action == "failed" and "dashboard unreachable" in failed.message
     jobs.fail = False  # a failed submission starts no cooldown

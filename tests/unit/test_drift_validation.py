@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from bastion.core.events import DecisionEvent, EventLog, text_digest
+from bastion.core.store import default_database_url
 from bastion.drift.validation import (
     ValidationResult,
     build_suite,
@@ -70,11 +71,12 @@ def events(texts: Sequence[str | None], seed: int = 1) -> list[dict[str, Any]]:
 
 
 def through_log(rows: list[dict[str, Any]], tmp_path: Path) -> list[dict[str, Any]]:
-    """Write rows as DecisionEvents to a real EventLog and read them back."""
-    log = EventLog(tmp_path / "events.db")
+    """Write rows as DecisionEvents to a real EventLog and read them back, as the drift check
+    hands them to the monitor (the records' fields by name)."""
+    log = EventLog(default_database_url(tmp_path))
     log.append([DecisionEvent(**r, embedding=np.zeros(4, np.float32)) for r in rows])
     try:
-        return list(log.read(tenant="acme"))
+        return [vars(e) for e in log.read(tenant="acme")]
     finally:
         log.close()
 

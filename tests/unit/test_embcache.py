@@ -1,18 +1,16 @@
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from bastion.core.embcache import EmbeddingCache
 from bastion.core.errors import ModelError
-from bastion.training.embcache import EmbeddingCache, embeddings_dir
 
 
 def vector(texts: list[str], dim: int) -> np.ndarray:
@@ -49,7 +47,7 @@ class FakeEncoder:
 
 
 @pytest.fixture
-def caches(tmp_path: Path) -> Iterator[list[EmbeddingCache]]:
+def caches() -> Iterator[list[EmbeddingCache]]:
     """Caches opened by a test, closed after it."""
     opened: list[EmbeddingCache] = []
     yield opened
@@ -57,33 +55,29 @@ def caches(tmp_path: Path) -> Iterator[list[EmbeddingCache]]:
         c.close()
 
 
-def open_cache(caches: list[EmbeddingCache], directory: Path, enc: Any) -> EmbeddingCache:
-    cache = EmbeddingCache(directory, enc)
+def open_cache(caches: list[EmbeddingCache], db_url: str, enc: Any) -> EmbeddingCache:
+    cache = EmbeddingCache(db_url, enc)
     caches.append(cache)
     return cache
 
 
-def test_embeddings_dir() -> None:
-    assert embeddings_dir("/srv/state") == Path("/srv/state/embeddings")
-
-
 def test_order_is_kept_and_duplicates_are_encoded_once(
-    tmp_path: Path, caches: list[EmbeddingCache]
+    db_url: str, caches: list[EmbeddingCache]
 ) -> None:
     enc = FakeEncoder()
-    cache = open_cache(caches, tmp_path, enc)
+    cache = open_cache(caches, db_url, enc)
     texts = ["a", "b", "a", "c", "b", "a"]
     emb, stats = cache.embed(texts)
     assert emb.dtype == np.float32 and emb.shape == (6, 8)
     np.testing.assert_array_equal(emb, vector(texts, 8))
     assert enc.encoded == ["a", "b", "c"]
     assert (stats.hits, stats.misses, stats.encoded) == (0, 6, 3)
-    assert len(cache) == 3 and cache.path.name == f"{'a' * 16}-8.sqlite"
+    assert len(cache) == 3
 
 
-def test_second_call_encodes_nothing(tmp_path: Path, caches: list[EmbeddingCache]) -> None:
+def test_second_call_encodes_nothing(db_url: str, caches: list[EmbeddingCache]) -> None:
     enc = FakeEncoder()
-    cache = open_cache(caches, tmp_path, enc)
+    cache = open_cache(caches, db_url, enc)
     texts = [f"item {i}" for i in range(50)] + ["item 3"]
     first, _ = cache.embed(texts)
     enc.encoded.clear()
@@ -93,9 +87,9 @@ def test_second_call_encodes_nothing(tmp_path: Path, caches: list[EmbeddingCache
     np.testing.assert_array_equal(again, first)
 
 
-def test_only_new_texts_are_encoded(tmp_path: Path, caches: list[EmbeddingCache]) -> None:
+def test_only_new_texts_are_encoded(db_url: str, caches: list[EmbeddingCache]) -> None:
     enc = FakeEncoder()
-    cache = open_cache(caches, tmp_path, enc)
+    cache = open_cache(caches, db_url, enc)
     cache.embed(["old 1", "old 2"])
     enc.encoded.clear()
     texts = ["new 1", "old 2", "new 2", "old 1", "new 1"]
@@ -105,58 +99,45 @@ def test_only_new_texts_are_encoded(tmp_path: Path, caches: list[EmbeddingCache]
     np.testing.assert_array_equal(emb, vector(texts, 8))
 
 
-def test_empty_input(tmp_path: Path, caches: list[EmbeddingCache]) -> None:
-    cache = open_cache(caches, tmp_path, FakeEncoder())
+def test_empty_input(db_url: str, caches: list[EmbeddingCache]) -> None:
+    cache = open_cache(caches, db_url, FakeEncoder())
     emb, stats = cache.embed([])
     assert emb.shape == (0, 8) and (stats.hits, stats.misses, stats.encoded) == (0, 0, 0)
 
 
-def test_another_fingerprint_uses_another_file(
-    tmp_path: Path, caches: list[EmbeddingCache]
+def test_another_fingerprint_has_rows_of_its_own(
+    db_url: str, caches: list[EmbeddingCache]
 ) -> None:
     a, b = FakeEncoder(fingerprint="a" * 64), FakeEncoder(fingerprint="b" * 64)
-    cache_a, cache_b = open_cache(caches, tmp_path, a), open_cache(caches, tmp_path, b)
+    cache_a, cache_b = open_cache(caches, db_url, a), open_cache(caches, db_url, b)
     cache_a.embed(["x", "y"])
     _, stats = cache_b.embed(["x", "y"])
-    assert cache_a.path != cache_b.path
     assert stats.encoded == 2 and b.encoded == ["x", "y"]
     assert len(cache_a) == 2 and len(cache_b) == 2
 
 
-def test_a_file_of_another_encoder_is_refused(
-    tmp_path: Path, caches: list[EmbeddingCache]
+def test_a_fingerprint_with_another_dimension_is_refused(
+    db_url: str, caches: list[EmbeddingCache]
 ) -> None:
-    enc = FakeEncoder()
-    cache = EmbeddingCache(tmp_path, enc)
-    cache.embed(["x"])
-    cache.close()
-    with sqlite3.connect(cache.path) as conn:
-        conn.execute("UPDATE meta SET value = '16' WHERE key = 'dim'")
-    conn.close()
-    with pytest.raises(ModelError, match=r"\(dim 16\), not of this encoder .* \(dim 8\); delete"):
-        EmbeddingCache(tmp_path, enc)
-    with sqlite3.connect(cache.path) as conn:
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'fingerprint'", ("a" * 16 + "f" * 48,))
-        conn.execute("UPDATE meta SET value = '8' WHERE key = 'dim'")
-    conn.close()
-    other = f"encoder {'a' * 16}f{{48}} .*not of this encoder a{{64}} "
-    with pytest.raises(ModelError, match=other):
-        EmbeddingCache(tmp_path, enc)
+    open_cache(caches, db_url, FakeEncoder()).embed(["x"])
+    with pytest.raises(ModelError, match=r"holds encoder a{64} with dim 8, not 16; one "
+                                         "fingerprint names one set of weights"):
+        EmbeddingCache(db_url, FakeEncoder(dim=16))
 
 
-def test_an_encoder_without_fingerprint_is_refused(tmp_path: Path) -> None:
+def test_an_encoder_without_fingerprint_is_refused(db_url: str) -> None:
     enc = FakeEncoder(fingerprint="")
     with pytest.raises(ModelError, match="has no identity\\['fingerprint'\\]"):
-        EmbeddingCache(tmp_path, enc)
+        EmbeddingCache(db_url, enc)
 
 
-def test_embeddings_persist_across_instances(tmp_path: Path) -> None:
+def test_embeddings_persist_across_instances(db_url: str) -> None:
     texts = [f"t{i}" for i in range(20)]
-    first = EmbeddingCache(tmp_path, FakeEncoder())
+    first = EmbeddingCache(db_url, FakeEncoder())
     emb, _ = first.embed(texts)
     first.close()
     enc = FakeEncoder()
-    second = EmbeddingCache(tmp_path, enc)
+    second = EmbeddingCache(db_url, enc)
     try:
         again, stats = second.embed(texts[::-1])
     finally:
@@ -166,10 +147,10 @@ def test_embeddings_persist_across_instances(tmp_path: Path) -> None:
 
 
 def test_progress_is_reported_after_each_chunk(
-    tmp_path: Path, caches: list[EmbeddingCache]
+    db_url: str, caches: list[EmbeddingCache]
 ) -> None:
     enc = FakeEncoder()
-    cache = open_cache(caches, tmp_path, enc)
+    cache = open_cache(caches, db_url, enc)
     cache.embed(["t0", "t1"])
     calls: list[tuple[str, int, int]] = []
     texts = [f"t{i}" for i in range(12)]  # 10 misses
@@ -182,15 +163,15 @@ def test_progress_is_reported_after_each_chunk(
 
 
 def test_an_interrupted_run_keeps_the_chunks_it_encoded(
-    tmp_path: Path, caches: list[EmbeddingCache]
+    db_url: str, caches: list[EmbeddingCache]
 ) -> None:
     texts = [f"t{i}" for i in range(10)]
-    cache = open_cache(caches, tmp_path, FakeEncoder(fail_on_call=3))
+    cache = open_cache(caches, db_url, FakeEncoder(fail_on_call=3))
     with pytest.raises(RuntimeError, match="encoder died"):
         cache.embed(texts, chunk=3)
     assert len(cache) == 6
     enc = FakeEncoder()
-    resumed = open_cache(caches, tmp_path, enc)
+    resumed = open_cache(caches, db_url, enc)
     emb, stats = resumed.embed(texts, chunk=3)
     assert enc.encoded == texts[6:]
     assert (stats.hits, stats.encoded) == (6, 4)
@@ -204,9 +185,9 @@ class BadEncoder(FakeEncoder):
 
 
 def test_bad_encoder_output_is_refused_and_not_cached(
-    tmp_path: Path, caches: list[EmbeddingCache]
+    db_url: str, caches: list[EmbeddingCache]
 ) -> None:
-    cache = open_cache(caches, tmp_path, BadEncoder())
+    cache = open_cache(caches, db_url, BadEncoder())
     with pytest.raises(ModelError, match=r"returned shape \(2, 7\) for 2 texts, expected \(2, 8\)"):
         cache.embed(["x", "y"])
     with pytest.raises(ModelError, match="non-finite"):
@@ -214,9 +195,9 @@ def test_bad_encoder_output_is_refused_and_not_cached(
     assert len(cache) == 0
 
 
-def test_threads_share_one_cache(tmp_path: Path, caches: list[EmbeddingCache]) -> None:
+def test_threads_share_one_cache(db_url: str, caches: list[EmbeddingCache]) -> None:
     enc = FakeEncoder()
-    cache = open_cache(caches, tmp_path, enc)
+    cache = open_cache(caches, db_url, enc)
     texts = [f"t{i}" for i in range(300)]
     results: dict[int, np.ndarray] = {}
 
@@ -234,12 +215,12 @@ def test_threads_share_one_cache(tmp_path: Path, caches: list[EmbeddingCache]) -
 
 
 def test_100k_texts_warm_lookup_returns_the_right_rows(
-    tmp_path: Path, caches: list[EmbeddingCache]
+    db_url: str, caches: list[EmbeddingCache]
 ) -> None:
     n = 100_000
     texts = [f"msg {i}" for i in range(n)]
     enc = FakeEncoder(dim=16)
-    cache = open_cache(caches, tmp_path, enc)
+    cache = open_cache(caches, db_url, enc)
     t0 = time.perf_counter()
     _, cold = cache.embed(texts, chunk=4096)
     t_cold = time.perf_counter() - t0

@@ -20,23 +20,31 @@ def event(i: int, text: str | None = None) -> DecisionEvent:
     )
 
 
-def test_writer_close_flushes_everything_accepted(tmp_path: Path) -> None:
-    log = EventLog(tmp_path / "events.db")
+def test_writer_close_flushes_everything_accepted(db_url: str) -> None:
+    log = EventLog(db_url)
     writer = EventWriter(log, flush_every_s=5.0)  # long interval: close() must still flush
     writer.submit([event(i) for i in range(1000)])
     writer.close()
     assert log.count("acme") == 1000
     rows = list(log.read(tenant="acme", limit=3))
-    assert [r["item_id"] for r in rows] == ["0", "1", "2"]
-    np.testing.assert_allclose(rows[2]["embedding"], 0.2, atol=1e-3)
-    assert rows[0]["text"] is None and rows[0]["text_sha256"] == text_digest("hello")
+    assert all(isinstance(r, DecisionEvent) for r in rows)
+    assert [r.item_id for r in rows] == ["0", "1", "2"]
+    assert rows[0].seq < rows[1].seq < rows[2].seq
+    assert rows[2].embedding is not None
+    np.testing.assert_allclose(rows[2].embedding, 0.2, atol=1e-3)
+    assert rows[0].text is None and rows[0].text_sha256 == text_digest("hello")
+    assert rows[0].scores == {"hate": 0.1} and rows[0].reasons == []
+    log.close()
 
 
-def test_two_processes_share_the_log(tmp_path: Path) -> None:
-    a, b = EventLog(tmp_path / "e.db"), EventLog(tmp_path / "e.db")
+def test_two_writers_share_the_log(db_url: str) -> None:
+    a, b = EventLog(db_url), EventLog(db_url)
     a.append([event(1, text="kept")])
     b.append([event(2)])
-    assert a.count() == 2 and next(b.read())["text"] == "kept"
+    assert a.count() == 2 and next(b.read()).text == "kept"
+    assert [e.item_id for e in a.read(since=0.0)] == ["1", "2"]
+    a.close()
+    b.close()
 
 
 def test_keys_are_private_and_stable(tmp_path: Path) -> None:

@@ -2,60 +2,68 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import create_engine, select
 
 from bastion.cli import cli
+from bastion.core.aggregation import Vote, dawid_skene_weights
 from bastion.core.errors import BastionError, LabelError
-from bastion.core.labels import ImportReport, LabelStore, labels_db_path
+from bastion.core.labels import ImportReport, LabelStore
+from bastion.core.store.tables import label_history
 
 
-def store_with_item(tmp_path: Path, item_id: str = "i1", tenant: str = "acme",
+def store_with_item(db_url: str, item_id: str = "i1", tenant: str = "acme",
                     text: str = "you are awful") -> LabelStore:
-    store = LabelStore(tmp_path / "labels.db")
+    store = LabelStore(db_url)
     store.add_item(item_id=item_id, tenant=tenant, text=text)
     return store
 
 
-def test_resubmitting_a_label_changes_nothing(tmp_path: Path) -> None:
-    store = store_with_item(tmp_path)
-    assert store.add_label(item_id="i1", annotator="ann", category="hate", value=1.0,
+def test_resubmitting_a_label_changes_nothing(db_url: str) -> None:
+    store = store_with_item(db_url)
+    assert store.add_label(tenant="acme", item_id="i1", annotator="ann", category="hate", value=1.0,
                            ts=100.0) == "added"
-    assert store.add_label(item_id="i1", annotator="ann", category="hate", value=1,
+    assert store.add_label(tenant="acme", item_id="i1", annotator="ann", category="hate", value=1,
                            ts=200.0) == "unchanged"
     assert store.count_labels() == 1
     assert store.stats()["last_label_ts"] == 100.0  # no write on "unchanged"
 
 
-def test_a_revision_replaces_the_label_and_keeps_the_old_one(tmp_path: Path) -> None:
-    store = store_with_item(tmp_path)
-    store.add_label(item_id="i1", annotator="ann", category="hate", value=1.0, ts=100.0)
-    assert store.add_label(item_id="i1", annotator="ann", category="hate", value=0.5,
+def test_a_revision_replaces_the_label_and_keeps_the_old_one(db_url: str) -> None:
+    store = store_with_item(db_url)
+    store.add_label(tenant="acme", item_id="i1", annotator="ann", category="hate",
+                    value=1.0, ts=100.0)
+    assert store.add_label(tenant="acme", item_id="i1", annotator="ann", category="hate", value=0.5,
                            confidence=0.8, ts=200.0) == "revised"
-    assert store.add_label(item_id="i1", annotator="ann", category="hate", value=0.5,
+    assert store.add_label(tenant="acme", item_id="i1", annotator="ann", category="hate", value=0.5,
                            confidence=0.6, ts=300.0) == "revised"  # confidence alone counts
     assert store.count_labels() == 1
+    assert store.votes() == {("acme:i1", "hate"): [Vote("ann", 0.5, 0.6)]}
     [row] = store.aggregated()
-    assert (row.soft, row.weight, row.n_labels) == (0.5, 0.6, 1)
-    with sqlite3.connect(tmp_path / "labels.db") as conn:
-        history = conn.execute("SELECT value, confidence, ts, replaced_ts FROM label_history "
-                               "ORDER BY seq").fetchall()
+    assert row.n_labels == 1 and row.annotators == ("ann",)
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        history = conn.execute(select(
+            label_history.c.value, label_history.c.confidence, label_history.c.ts,
+            label_history.c.replaced_ts).order_by(label_history.c.seq)).tuples().all()
+    engine.dispose()
     assert history == [(1.0, 1.0, 100.0, 200.0), (0.5, 0.8, 200.0, 300.0)]
 
 
-def test_an_item_id_names_one_text_of_one_tenant(tmp_path: Path) -> None:
-    store = store_with_item(tmp_path)
+def test_an_item_id_names_one_text_of_one_tenant(db_url: str) -> None:
+    store = store_with_item(db_url)
     store.add_item(item_id="i1", tenant="acme", text="you are awful", session_id="s1",
                    user_id="u1")  # same item again: a no-op that fills in session and user
-    with pytest.raises(LabelError, match=r"item 'i1' is already in .* with another text"):
+    with pytest.raises(LabelError, match=r"item 'i1' of tenant 'acme' is already labelled with "
+                       r"another text 'you are awful'"):
         store.add_item(item_id="i1", tenant="acme", text="you are lovely")
-    with pytest.raises(LabelError, match=r"item 'i1' is already in .* with another tenant"):
-        store.add_item(item_id="i1", tenant="other", text="you are awful")
-    store.add_label(item_id="i1", annotator="ann", category="hate", value=1.0)
+    # an item is (tenant, item_id): another tenant's "i1" is another item
+    store.add_item(item_id="i1", tenant="other", text="you are lovely")
+    store.add_label(tenant="acme", item_id="i1", annotator="ann", category="hate", value=1.0)
     [row] = store.aggregated()
     assert (row.text, row.session_id, row.user_id) == ("you are awful", "s1", "u1")
     assert issubclass(LabelError, BastionError)
@@ -69,20 +77,20 @@ def test_an_item_id_names_one_text_of_one_tenant(tmp_path: Path) -> None:
     ({"category": "Hate"}, r"category 'Hate' on item 'i1' is not a lower-case slug"),
     ({"category": "Self Harm"}, r"category 'Self Harm' .* \(lower-case letters, digits, _ or -"),
     ({"annotator": " "}, r"annotator of item 'i1' must be a non-empty string"),
-    ({"item_id": "nope"}, r"no item 'nope' in .*labels\.db; store it first"),
+    ({"item_id": "nope"}, r"no item 'nope' of tenant 'acme' in the label store; store it first"),
 ])
-def test_invalid_labels_say_what_is_wrong(tmp_path: Path, kwargs: dict[str, object],
+def test_invalid_labels_say_what_is_wrong(db_url: str, kwargs: dict[str, object],
                                           message: str) -> None:
-    store = store_with_item(tmp_path)
+    store = store_with_item(db_url)
     args: dict[str, object] = {"item_id": "i1", "annotator": "ann", "category": "hate",
                                "value": 1.0, "confidence": 1.0} | kwargs
     with pytest.raises(LabelError, match=message):
-        store.add_label(**args)  # type: ignore[arg-type]
+        store.add_label(tenant="acme", **args)  # type: ignore[arg-type]
     assert store.count_labels() == 0
 
 
-def test_invalid_items_say_what_is_wrong(tmp_path: Path) -> None:
-    store = LabelStore(tmp_path / "labels.db")
+def test_invalid_items_say_what_is_wrong(db_url: str) -> None:
+    store = LabelStore(db_url)
     with pytest.raises(LabelError, match=r"tenant 'Acme' of item 'x' is not a lower-case slug"):
         store.add_item(item_id="x", tenant="Acme", text="hi")
     with pytest.raises(LabelError, match=r"item_id must be a non-empty string"):
@@ -92,52 +100,56 @@ def test_invalid_items_say_what_is_wrong(tmp_path: Path) -> None:
     assert store.stats()["items"] == 0
 
 
-def test_add_labels_is_all_or_nothing(tmp_path: Path) -> None:
-    store = store_with_item(tmp_path)
+def test_add_labels_is_all_or_nothing(db_url: str) -> None:
+    store = store_with_item(db_url)
     with pytest.raises(LabelError, match=r"label value of 'offensive'"):
-        store.add_labels("i1", "ann", {"hate": 1.0, "offensive": 2.0})
+        store.add_labels("acme", "i1", "ann", {"hate": 1.0, "offensive": 2.0})
     assert store.count_labels() == 0
-    assert store.add_labels("i1", "ann", {"hate": 1.0, "offensive": 0.5}) == {
+    assert store.add_labels("acme", "i1", "ann", {"hate": 1.0, "offensive": 0.5}) == {
         "hate": "added", "offensive": "added"}
-    assert store.add_labels("i1", "ann", {"hate": 1.0, "offensive": 0.0}) == {
+    assert store.add_labels("acme", "i1", "ann", {"hate": 1.0, "offensive": 0.0}) == {
         "hate": "unchanged", "offensive": "revised"}
     with pytest.raises(LabelError, match=r"no labels given for item 'i1'"):
-        store.add_labels("i1", "ann", {})
+        store.add_labels("acme", "i1", "ann", {})
 
 
-def test_aggregation_of_disagreeing_annotators(tmp_path: Path) -> None:
-    store = LabelStore(tmp_path / "labels.db")
+def test_aggregation_of_disagreeing_annotators(db_url: str) -> None:
+    store = LabelStore(db_url)
     store.add_item(item_id="a", tenant="acme", text="first")
     store.add_item(item_id="b", tenant="games", text="second")
-    # hate on "a": values 1, 1, 0 with confidences 1, .5, .5:
-    #   soft = (1 + .5 + 0) / 2 = .75
-    #   weighted variance = (1 * .25**2 + .5 * .25**2 + .5 * .75**2) / 2 = .1875
-    #   disagreement = 2 * sqrt(.1875) = .866025; weight = (2/3) * (1 - .866025) = .089316
-    store.add_labels("a", "ann1", {"hate": 1.0, "offensive": 1.0}, confidence=1.0)
-    store.add_labels("a", "ann2", {"hate": 1.0, "offensive": 1.0}, confidence=0.5)
-    store.add_labels("a", "ann3", {"hate": 0.0, "offensive": 1.0}, confidence=0.5)
-    # spam on "b": a 0/1 split at equal confidence: soft .5, disagreement 1, weight floor .05
-    store.add_label(item_id="b", annotator="ann1", category="spam", value=1.0)
-    store.add_label(item_id="b", annotator="ann2", category="spam", value=0.0)
-    rows = store.aggregated()
-    got = [(r.item_id, r.tenant, r.category, r.soft, r.weight, r.n_labels, r.annotators)
-           for r in rows]
+    store.add_labels("acme", "a", "ann1", {"hate": 1.0, "offensive": 1.0}, confidence=1.0)
+    store.add_labels("acme", "a", "ann2", {"hate": 1.0, "offensive": 1.0}, confidence=0.5)
+    store.add_labels("acme", "a", "ann3", {"hate": 0.0, "offensive": 1.0}, confidence=0.5)
+    # spam on "b": a 0/1 split at equal confidence
+    store.add_label(tenant="games", item_id="b", annotator="ann1", category="spam", value=1.0)
+    store.add_label(tenant="games", item_id="b", annotator="ann2", category="spam", value=0.0)
+    rows = store.aggregated()  # Dawid-Skene (core.aggregation), the numbers it gives
+    got = [(r.item_id, r.tenant, r.category, r.n_labels, r.annotators) for r in rows]
     assert got == [
-        ("a", "acme", "hate", 0.75, 0.089316, 3, ("ann1", "ann2", "ann3")),
-        ("a", "acme", "offensive", 1.0, 0.666667, 3, ("ann1", "ann2", "ann3")),
-        ("b", "games", "spam", 0.5, 0.05, 2, ("ann1", "ann2")),
+        ("a", "acme", "hate", 3, ("ann1", "ann2", "ann3")),
+        ("a", "acme", "offensive", 3, ("ann1", "ann2", "ann3")),
+        ("b", "games", "spam", 2, ("ann1", "ann2")),
     ]
+    votes = store.votes()
+    assert {(k, c): (r.soft, r.weight) for (k, c), r in zip(votes, rows, strict=True)} == \
+        dawid_skene_weights(votes)
+    hate, offensive, spam = rows
+    assert offensive.soft > hate.soft > 0.5 and offensive.weight > hate.weight
+    assert spam.weight == min(r.weight for r in rows)
     assert [r.item_id for r in store.aggregated(tenants=["games"])] == ["b"]
     assert store.aggregated(tenants=[]) == []
 
 
-def test_since_selects_items_labelled_after_it(tmp_path: Path) -> None:
-    store = LabelStore(tmp_path / "labels.db")
+def test_since_selects_items_labelled_after_it(db_url: str) -> None:
+    store = LabelStore(db_url)
     for item_id in ("old", "new"):
         store.add_item(item_id=item_id, tenant="acme", text=item_id)
-    store.add_label(item_id="old", annotator="ann", category="hate", value=1.0, ts=100.0)
-    store.add_label(item_id="new", annotator="ann", category="hate", value=1.0, ts=100.0)
-    store.add_label(item_id="new", annotator="ann", category="spam", value=0.0, ts=300.0)
+    store.add_label(tenant="acme", item_id="old", annotator="ann", category="hate",
+                    value=1.0, ts=100.0)
+    store.add_label(tenant="acme", item_id="new", annotator="ann", category="hate",
+                    value=1.0, ts=100.0)
+    store.add_label(tenant="acme", item_id="new", annotator="ann", category="spam",
+                    value=0.0, ts=300.0)
     # an item labelled after `since` comes with all its labels, the older ones too
     assert [(r.item_id, r.category) for r in store.aggregated(since=200.0)] == [
         ("new", "hate"), ("new", "spam")]
@@ -146,8 +158,8 @@ def test_since_selects_items_labelled_after_it(tmp_path: Path) -> None:
     assert store.count_labels(tenant="acme") == 3 and store.count_labels(tenant="x") == 0
 
 
-def test_eight_threads_share_one_store(tmp_path: Path) -> None:
-    store = LabelStore(tmp_path / "labels.db")
+def test_eight_threads_share_one_store(db_url: str) -> None:
+    store = LabelStore(db_url)
     for i in range(25):
         store.add_item(item_id=f"i{i}", tenant="acme", text=f"text {i}")
     outcomes: list[str] = []
@@ -155,7 +167,7 @@ def test_eight_threads_share_one_store(tmp_path: Path) -> None:
     def label(annotator: str) -> None:
         for i in range(25):
             for _ in range(2):  # the second submission is a no-op
-                outcomes.append(store.add_label(item_id=f"i{i}", annotator=annotator,
+                outcomes.append(store.add_label(tenant="acme", item_id=f"i{i}", annotator=annotator,
                                                 category="hate", value=i % 2))
 
     threads = [threading.Thread(target=label, args=(f"ann{t}",)) for t in range(8)]
@@ -173,12 +185,12 @@ def _label_from_another_process(path: str, annotator: str) -> None:
     for i in range(100):
         # both processes store the same items: the second add_item of each is a no-op
         store.add_item(item_id=f"i{i}", tenant="acme", text=f"text {i}")
-        store.add_labels(f"i{i}", annotator, {"hate": 1.0, "spam": 0.0})
+        store.add_labels("acme", f"i{i}", annotator, {"hate": 1.0, "spam": 0.0})
     store.close()
 
 
-def test_two_processes_share_one_file(tmp_path: Path) -> None:
-    path = str(tmp_path / "labels.db")
+def test_two_processes_share_one_store(db_url: str) -> None:
+    path = db_url
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_label_from_another_process, args=(path, f"p{n}"))
              for n in range(2)]
@@ -199,11 +211,11 @@ JSONL_LINES = [
 ]
 
 
-def test_jsonl_import_reports_a_bad_line_and_imports_the_rest(tmp_path: Path) -> None:
+def test_jsonl_import_reports_a_bad_line_and_imports_the_rest(tmp_path: Path, db_url: str) -> None:
     file = tmp_path / "labels.jsonl"
     lines = [json.dumps(line) for line in JSONL_LINES]
     file.write_text("\n".join([lines[0], "{not json", "", lines[1], lines[2]]) + "\n")
-    store = LabelStore(tmp_path / "labels.db")
+    store = LabelStore(db_url)
     report = store.import_file(file)
     assert report == ImportReport(items=2, labels_added=3, labels_unchanged=0, labels_revised=0,
                                   errors=[
@@ -212,8 +224,10 @@ def test_jsonl_import_reports_a_bad_line_and_imports_the_rest(tmp_path: Path) ->
         "fractional = unsure), got 3",
     ])
     rows = {(r.item_id, r.category): r for r in store.aggregated()}
-    assert rows[("j1", "hate")].annotators == ("alice",) and rows[("j1", "hate")].weight == 0.9
-    assert rows[("j1", "offensive")].soft == 0.5 and rows[("j1", "hate")].session_id == "s1"
+    votes = store.votes()
+    assert votes[("acme:j1", "hate")] == [Vote("alice", 1.0, 0.9)]
+    assert votes[("acme:j1", "offensive")] == [Vote("alice", 0.5, 0.9)]
+    assert rows[("j1", "hate")].session_id == "s1"
     # a line without item_id gets one derived from tenant and text
     [spam] = [r for r in rows.values() if r.category == "spam"]
     assert spam.item_id.startswith("sha256:") and spam.annotators == ("import",)
@@ -221,7 +235,7 @@ def test_jsonl_import_reports_a_bad_line_and_imports_the_rest(tmp_path: Path) ->
     assert (again.labels_added, again.labels_unchanged, len(again.errors)) == (0, 3, 2)
 
 
-def test_jsonl_line_problems_are_named(tmp_path: Path) -> None:
+def test_jsonl_line_problems_are_named(tmp_path: Path, db_url: str) -> None:
     file = tmp_path / "bad.jsonl"
     file.write_text("\n".join(json.dumps(x) for x in [
         [1, 2],
@@ -231,7 +245,7 @@ def test_jsonl_line_problems_are_named(tmp_path: Path) -> None:
         {"tenant": "acme", "text": "x", "labels": {}},
         {"tenant": "ACME", "text": "x", "labels": {"hate": 1}},
     ]) + "\n")
-    report = LabelStore(tmp_path / "labels.db").import_file(file)
+    report = LabelStore(db_url).import_file(file)
     assert report.items == 0
     assert [e.split(": ", 1)[0] for e in report.errors] == [f"line {n}" for n in range(1, 7)]
     for error, needle in zip(report.errors, [
@@ -242,18 +256,18 @@ def test_jsonl_line_problems_are_named(tmp_path: Path) -> None:
         assert needle in error
 
 
-def test_derived_item_id(tmp_path: Path) -> None:
+def test_derived_item_id(tmp_path: Path, db_url: str) -> None:
     import hashlib
 
     file = tmp_path / "one.jsonl"
     file.write_text(json.dumps({"tenant": "acme", "text": "hi", "labels": {"hate": 0}}) + "\n")
-    store = LabelStore(tmp_path / "labels.db")
+    store = LabelStore(db_url)
     store.import_file(file)
     [row] = store.aggregated()
     assert row.item_id == "sha256:" + hashlib.sha256(b"acme\0hi").hexdigest()[:16]
 
 
-def test_csv_import_reports_a_bad_line_and_imports_the_rest(tmp_path: Path) -> None:
+def test_csv_import_reports_a_bad_line_and_imports_the_rest(tmp_path: Path, db_url: str) -> None:
     file = tmp_path / "labels.csv"
     file.write_text(
         "item_id,tenant,text,annotator,confidence,label:hate,label:spam\n"
@@ -264,21 +278,22 @@ def test_csv_import_reports_a_bad_line_and_imports_the_rest(tmp_path: Path) -> N
         "c5,acme,nothing labelled,bob,,,\n",
         encoding="utf-8",
     )
-    store = LabelStore(tmp_path / "labels.db")
+    store = LabelStore(db_url)
     report = store.import_file(file, default_annotator="tool")
     assert (report.items, report.labels_added) == (3, 4)
     assert report.errors == ["line 4: label:hate must be a number in [0, 1], got 'yes'",
                              "line 6: no label:<category> cell is filled"]
     rows = {(r.item_id, r.category): r for r in store.aggregated()}
-    assert rows[("c1", "hate")].text == "you, are awful" and rows[("c1", "hate")].weight == 0.8
+    assert rows[("c1", "hate")].text == "you, are awful"
+    assert store.votes()[("acme:c1", "hate")] == [Vote("bob", 1.0, 0.8)]
     assert ("c1", "spam") not in rows  # an empty cell is no label
     assert rows[("c2", "spam")].annotators == ("tool",)
     assert store.stats()["by_tenant"] == {"acme": {"items": 2, "labels": 3},
                                           "games": {"items": 1, "labels": 1}}
 
 
-def test_unusable_files_are_rejected_whole(tmp_path: Path) -> None:
-    store = LabelStore(tmp_path / "labels.db")
+def test_unusable_files_are_rejected_whole(tmp_path: Path, db_url: str) -> None:
+    store = LabelStore(db_url)
     with pytest.raises(LabelError, match=r"no such file; give a \.jsonl .* or \.csv"):
         store.import_file(tmp_path / "missing.jsonl")
     (tmp_path / "labels.txt").write_text("x")
@@ -304,7 +319,7 @@ def test_cli_import_and_stats(tmp_path: Path) -> None:
     assert code == 1
     assert "imported 2 item(s): 3 label(s) added, 0 unchanged, 0 revised" in out
     assert "1 line(s) of" in out and "line 3: label value of 'hate' on item 'j3'" in out
-    assert labels_db_path(tmp_path).exists()
+    assert (tmp_path / "bastion.db").exists()
 
     file.write_text("\n".join(json.dumps(x) for x in JSONL_LINES[:2]) + "\n")
     code, out = invoke("labels", "import", str(file), "--state-dir", str(tmp_path),

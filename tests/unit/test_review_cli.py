@@ -9,8 +9,9 @@ import numpy as np
 from click.testing import CliRunner
 
 from bastion.cli import cli
-from bastion.core.events import DecisionEvent, EventLog, events_db_path
+from bastion.core.events import DecisionEvent, EventLog
 from bastion.core.keys import load_reviewers, reviewers_path
+from bastion.core.settings import load_settings
 
 
 def run(state: Path, *args: str) -> tuple[int, str]:
@@ -18,7 +19,7 @@ def run(state: Path, *args: str) -> tuple[int, str]:
     return res.exit_code, res.output
 
 
-def test_keys_gold_queue_moderators_sync_calibrate(tmp_path: Path) -> None:
+def test_keys_gold_queue_moderators_calibrate(tmp_path: Path) -> None:
     state = tmp_path / "state"
     code, out = run(state, "review", "keys", "add", "ann", "--tenant", "demo")
     assert code == 0 and out.strip().startswith("rev_")
@@ -38,8 +39,6 @@ def test_keys_gold_queue_moderators_sync_calibrate(tmp_path: Path) -> None:
     assert code == 0 and "demo" in out and '"tasks_open": 1' in out
     code, out = run(state, "review", "moderators")
     assert code == 0 and "moderator" in out  # no labels yet: the header only
-    code, out = run(state, "review", "sync")
-    assert code == 0 and "0 label(s)" in out
     code, out = run(state, "review", "calibrate")
     assert code == 0 and "Nothing changed" in out
 
@@ -47,7 +46,7 @@ def test_keys_gold_queue_moderators_sync_calibrate(tmp_path: Path) -> None:
 def test_select_queues_uncertain_logged_items(tmp_path: Path) -> None:
     state = tmp_path / "state"
     run(state, "review", "keys", "list")  # writes the default policy
-    log = EventLog(events_db_path(state))
+    log = EventLog(load_settings(state).database_url)
     rng = np.random.default_rng(0)
     log.append([DecisionEvent(
         ts=float(i), request_id="r", tenant="demo", item_id=f"i{i}", session_id=None,

@@ -7,18 +7,20 @@ them against PostgreSQL too.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from bastion.core.errors import BastionError
+from bastion.core.aggregation import Vote
+from bastion.core.errors import BastionError, ConfigError
+from bastion.core.labels import LabelStore
 from bastion.review.queue import (
     LabelIn,
     LeaseLost,
@@ -28,7 +30,6 @@ from bastion.review.queue import (
     ReviewItem,
     ReviewQueue,
     SessionEvent,
-    review_db_url,
 )
 
 
@@ -63,8 +64,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def q(tmp_path: Path, clock: Clock) -> Iterator[ReviewQueue]:
-    queue = ReviewQueue(review_db_url(tmp_path), lease_s=60.0, clock=clock)
+def q(db_url: str, clock: Clock) -> Iterator[ReviewQueue]:
+    queue = ReviewQueue(db_url, lease_s=60.0, clock=clock)
     yield queue
     queue.close()
 
@@ -189,9 +190,9 @@ def test_submission_is_idempotent_by_id(q: ReviewQueue) -> None:
     again = q.submit(a.token, "sub-1", labels)
     assert not first.duplicate and again.duplicate
     assert (again.labels, again.ts, again.slot) == (first.labels, first.ts, first.slot)
-    rows = q.labels_since()
-    assert [(r[2].item_id, r[3], r[4], r[5], r[6]) for r in rows] == [
-        ("i1", "a", "hate", 1.0, 0.8), ("i2", "a", "hate", 0.0, 1.0)]
+    # the labels are in the one label table, written by the submission itself
+    assert LabelStore(q.engine).votes() == {
+        ("acme:i1", "hate"): [Vote("a", 1.0, 0.8)], ("acme:i2", "hate"): [Vote("a", 0.0, 1.0)]}
     assert q.task(tid, ["acme"]).slots_done == 1
     with pytest.raises(ReviewError, match="already submitted as 'sub-1'"):
         q.submit(a.token, "sub-2", labels)
@@ -220,19 +221,32 @@ def test_invalid_labels_are_refused(q: ReviewQueue, labels: list[LabelIn], messa
     assert q.submit(claim.token, "s", [LabelIn("i1", "hate", 1.0)]).duplicate is False
 
 
-def test_labels_since_pages_in_sequence_order(q: ReviewQueue) -> None:
+def test_submitted_labels_land_in_the_label_table(q: ReviewQueue) -> None:
     for name in ("i1", "i2", "i3"):
-        q.add_item(item(name))
+        q.add_item(item(name, user_id=f"u-{name}"))
     for n in range(3):
         claim = q.claim("a", ["acme"])
         assert claim is not None
         iid = q.task(claim.task_id, ["acme"]).items[0].item_id
         q.submit(claim.token, f"s{n}", [LabelIn(iid, "hate", 1.0), LabelIn(iid, "spam", 0.0)])
-    rows = q.labels_since(0, limit=4)
-    assert [r[0] for r in rows] == [1, 2, 3, 4]
-    assert [r[0] for r in q.labels_since(rows[-1][0])] == [5, 6]
-    assert rows[0][1] == "acme" and rows[0][2].text is not None
+    store = LabelStore(q.engine)
+    assert store.count_labels() == 6 and q.stats()["labels"] == 6
+    rows = store.aggregated()
+    assert [(r.tenant, r.item_id, r.category) for r in rows] == [
+        ("acme", i, c) for i in ("i1", "i2", "i3") for c in ("hate", "spam")]
+    assert rows[0].text == "text of i1" and rows[0].user_id == "u-i1"
+    assert store.votes(reviewed=True) == store.votes()
     assert issubclass(ReviewError, BastionError)
+
+
+def test_labels_of_an_item_without_text_count_but_do_not_train(q: ReviewQueue) -> None:
+    q.add_item(dataclasses.replace(item("i1"), text=None))
+    claim = q.claim("a", ["acme"])
+    assert claim is not None
+    q.submit(claim.token, "s", [LabelIn("i1", "hate", 1.0)])
+    store = LabelStore(q.engine)
+    assert store.votes() == {("acme:i1", "hate"): [Vote("a", 1.0, 1.0)]}
+    assert store.aggregated() == []
 
 
 # -- intake --------------------------------------------------------------------------------
@@ -350,7 +364,6 @@ def check_threads(url: str, tenant: str = "acme") -> None:
         assert len({tid for tid, _ in pairs}) == len(pairs)  # never two slots of one task
     stats = queue.stats()
     assert (stats["tasks_done"], stats["labels"]) == (50, 100)
-    assert [r[0] for r in queue.labels_since()] == sorted(r[0] for r in queue.labels_since())
     queue.close()
 
 
@@ -428,25 +441,24 @@ def check_crash(url: str, tenant: str = "acme") -> None:
     queue.close()
 
 
-def test_threads_never_double_claim(tmp_path: Path) -> None:
-    check_threads(review_db_url(tmp_path))
+def test_threads_never_double_claim(db_url: str) -> None:
+    check_threads(db_url)
 
 
-def test_one_moderator_in_many_threads(tmp_path: Path) -> None:
-    check_same_moderator_threads(review_db_url(tmp_path))
+def test_one_moderator_in_many_threads(db_url: str) -> None:
+    check_same_moderator_threads(db_url)
 
 
-def test_processes_never_double_claim(tmp_path: Path) -> None:
-    check_processes(review_db_url(tmp_path))
+def test_processes_never_double_claim(db_url: str) -> None:
+    check_processes(db_url)
 
 
-def test_a_claimer_dying_mid_claim_loses_nothing(tmp_path: Path) -> None:
-    check_crash(review_db_url(tmp_path))
+def test_a_claimer_dying_mid_claim_loses_nothing(db_url: str) -> None:
+    check_crash(db_url)
 
 
-def test_review_db_url(tmp_path: Path) -> None:
-    assert review_db_url(tmp_path) == f"sqlite:///{tmp_path}/review.db"
-    with pytest.raises(ReviewError, match="in-memory SQLite"):
+def test_unusable_database_urls_are_refused() -> None:
+    with pytest.raises(ConfigError, match="in-memory SQLite"):
         ReviewQueue("sqlite://")
-    with pytest.raises(ReviewError, match="only sqlite:/// and postgresql"):
+    with pytest.raises(ConfigError, match="unsupported scheme 'mysql'; give BASTION_DATABASE_URL"):
         ReviewQueue("mysql://x@localhost/db")

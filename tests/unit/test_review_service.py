@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -29,9 +29,10 @@ def item(item_id: str, score: float, session: str | None = "s1", tenant: str = "
 
 
 @pytest.fixture()
-def svc(tmp_path: Path) -> ReviewService:
-    q = ReviewQueue(f"sqlite:///{tmp_path / 'review.db'}")
-    return ReviewService(q, lambda: POLICY, labels_db=tmp_path / "labels.db")
+def svc(db_url: str) -> Iterator[ReviewService]:
+    q = ReviewQueue(db_url)
+    yield ReviewService(q, lambda: POLICY)
+    q.close()
 
 
 def test_intake_groups_a_session_ranks_it_and_asks_more_labels_where_unsure(
@@ -54,23 +55,18 @@ def test_intake_groups_a_session_ranks_it_and_asks_more_labels_where_unsure(
     assert "gold" not in task_view(after) and "gold" in task_view(after, show_gold=True)
 
 
-def test_submitted_labels_reach_the_label_store_once(svc: ReviewService, tmp_path: Path
-                                                     ) -> None:
+def test_submitted_labels_are_in_the_label_table_once(svc: ReviewService) -> None:
     svc.intake_decisions([item("a", 0.5, session=None)])
     got = svc.claim("ann", ["acme"])
     assert got is not None
     claim, task = got
     svc.submit(claim.token, "sub-1", [LabelIn("a", "hate", 1.0, 0.9)])
     svc.submit(claim.token, "sub-1", [LabelIn("a", "hate", 1.0, 0.9)])  # idempotent
-    assert svc.sync_labels() == 0  # already synced by submit
-    store = LabelStore(tmp_path / "labels.db")
-    try:
-        (row,) = store.aggregated()
-        assert (row.item_id, row.category, row.soft, row.n_labels) == ("acme:a", "hate", 1.0, 1)
-    finally:
-        store.close()
-    (mark,) = [p for p in tmp_path.iterdir() if p.name == "review_sync.json"]
-    assert mark.exists()
+    # written by the submission itself, in its transaction: nothing to copy later
+    store = LabelStore(svc.queue.engine)
+    (row,) = store.aggregated()
+    assert (row.tenant, row.item_id, row.category, row.n_labels) == ("acme", "a", "hate", 1)
+    assert row.soft > 0.5
     # calibration evidence: the model's score and the humans' label
     (scores, labels), = svc.reviewed().values()
     assert scores.tolist() == [0.5] and labels[0] > 0.5
@@ -85,9 +81,8 @@ def test_intake_writer_keeps_going_after_bad_data(svc: ReviewService) -> None:
     assert svc.queue.stats()["items"] == 2 and writer.errors == 1
 
 
-def test_active_learning_queues_uncertain_logged_items(svc: ReviewService,
-                                                       tmp_path: Path) -> None:
-    log = EventLog(tmp_path / "events.db")
+def test_active_learning_queues_uncertain_logged_items(svc: ReviewService) -> None:
+    log = EventLog(svc.queue.engine)
     rng = np.random.default_rng(0)
     events = []
     for i, s in enumerate([0.01, 0.79, 0.99, 0.02, 0.81, 0.5]):
@@ -98,14 +93,14 @@ def test_active_learning_queues_uncertain_logged_items(svc: ReviewService,
             policy_version="p", embedding=rng.normal(size=8).astype(np.float32)))
     log.append(events)
     log.close()
-    picks = svc.select_for_labelling(tmp_path / "events.db", 2, tenants=["studio"])
+    picks = svc.select_for_labelling(2, tenants=["studio"])
     assert {p["item_id"] for p in picks} <= {"i1", "i4", "i5"} and len(picks) == 2
     assert svc.queue.stats()["items"] == 2
-    again = svc.select_for_labelling(tmp_path / "events.db", 2, tenants=["studio"])
+    again = svc.select_for_labelling(2, tenants=["studio"])
     assert not {p["item_id"] for p in again} & {p["item_id"] for p in picks}
 
 
-def test_gold_items_measure_moderators(svc: ReviewService, tmp_path: Path) -> None:
+def test_gold_items_measure_moderators(svc: ReviewService) -> None:
     for i in range(6):
         svc.add_gold("acme", f"g{i}", f"gold text {i}", {"hate": float(i % 2)})
     # ann answers every gold item right, bob every one wrong
@@ -119,11 +114,7 @@ def test_gold_items_measure_moderators(svc: ReviewService, tmp_path: Path) -> No
     assert rel["ann"]["gold_accuracy"] == pytest.approx(1.0)
     assert rel["bob"]["gold_accuracy"] == pytest.approx(0.0)
     assert rel["ann"]["n_gold"] == rel["bob"]["n_gold"] == 6
-    store = LabelStore(tmp_path / "labels.db")
-    try:
-        gold_rows = [r for r in store.aggregated() if "gold" in r.annotators]
-    finally:
-        store.close()
+    gold_rows = [r for r in svc.labels.aggregated() if "gold" in r.annotators]
     assert len(gold_rows) == 6
 
 

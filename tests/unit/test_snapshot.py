@@ -84,19 +84,19 @@ def test_retrain_options_come_from_the_policy_and_flags_override() -> None:
 def test_the_gate_reads_the_snapshots_test_split_with_held_out_labels(tmp_path) -> None:  # noqa: ANN001
     """One evaluation set for promote and retrain: the seed test split plus the held-out
     human labels of the state directory."""
-    from bastion.core.labels import LabelStore, labels_db_path
+    from bastion.core.labels import LabelStore
     from bastion.core.policy import ensure_policy_file, load_policy
     from bastion.core.settings import load_settings
     from bastion.training.retrain import heldout_data, options_from_policy, snapshot_options
     from bastion.training.snapshot import build_snapshot
 
     settings = load_settings(tmp_path)
-    store = LabelStore(labels_db_path(tmp_path))
+    store = LabelStore(settings.database_url)
     try:
         for i in range(200):
             store.add_item(item_id=f"i{i}", tenant="acme", text=f"labelled message number {i}",
                            session_id=f"s{i}")
-            store.add_labels(f"i{i}", "ann", {"spam": float(i % 2)})
+            store.add_labels("acme", f"i{i}", "ann", {"spam": float(i % 2)})
     finally:
         store.close()
     policy = load_policy(ensure_policy_file(settings))

@@ -37,6 +37,9 @@ def test_the_wheel_installs_only_bastion_at_top_level(tmp_path: Path) -> None:
     for stage in STAGES:
         assert f"bastion/{stage}/__init__.py" in names
     assert "bastion/core/default_policy.yaml" in names
+    # the Alembic environment and revisions `bastion db upgrade` applies
+    assert {"bastion/core/store/migrations/env.py", "bastion/core/store/migrations/script.py.mako",
+            "bastion/core/store/migrations/versions/0001_schema.py"} <= set(names)
     assert "bastion/training/starter_model/heads.npz" in names
     entry = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith("entry_points.txt"))).decode()

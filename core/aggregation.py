@@ -52,14 +52,26 @@ from __future__ import annotations
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from bastion.core.errors import LabelError
-from bastion.core.labels import MIN_WEIGHT, Vote
 
-__all__ = ["AggregationResult", "AnnotatorReliability", "dawid_skene", "majority_vote"]
+__all__ = ["AggregationResult", "AnnotatorReliability", "MIN_WEIGHT", "Vote", "dawid_skene",
+           "dawid_skene_weights", "majority_vote"]
+
+# A contested item (annotators split 0/1) still says something: keep it in training, a little.
+MIN_WEIGHT = 0.05
+
+
+class Vote(NamedTuple):
+    """One annotator's current label of one (item, category)."""
+
+    annotator: str
+    value: float
+    confidence: float
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -388,3 +400,11 @@ def majority_vote(
     soft = np.where(wsum > 0, yes / np.maximum(wsum, _EPS), 0.5)
     return dict(zip(f.keys, zip(soft.tolist(), np.abs(2.0 * soft - 1.0).tolist(), strict=True),
                     strict=True))
+
+
+def dawid_skene_weights(votes: Mapping[tuple[str, str], Sequence[Vote]]
+                        ) -> dict[tuple[str, str], tuple[float, float]]:
+    """Soft label and training weight per (item, category): Dawid-Skene over all annotators
+    (their reliability estimated from their agreement). What retraining and the label store's
+    :meth:`~bastion.core.labels.LabelStore.aggregated` use."""
+    return dict(dawid_skene(votes).labels)

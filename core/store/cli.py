@@ -1,0 +1,73 @@
+"""``bastion db``: the operator's commands for the database's schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from bastion.core.errors import BastionError
+from bastion.core.settings import load_settings
+from bastion.core.store.engine import open_engine
+from bastion.core.store.schema import current_revision, head_revision, upgrade
+
+__all__ = ["db"]
+
+_STATE = click.option("--state-dir", type=click.Path(path_type=Path), default=None,
+                      help="State directory (default: BASTION_STATE_DIR or ~/.local/share).")
+_URL = click.option("--url", default=None,
+                    help="Database URL (default: BASTION_DATABASE_URL, else the SQLite file "
+                         "in the state directory).")
+
+
+def _engine(state_dir: Path | None, url: str | None) -> Engine:
+    try:
+        return open_engine(url or load_settings(state_dir).database_url)
+    except BastionError as err:
+        raise click.ClickException(str(err)) from None
+
+
+@click.group()
+def db() -> None:
+    """The database every store shares: its schema revision and upgrades."""
+
+
+@db.command("upgrade")
+@_STATE
+@_URL
+def db_upgrade(state_dir: Path | None, url: str | None) -> None:
+    """Bring the database's schema to the newest revision (run after an upgrade of Bastion)."""
+    engine = _engine(state_dir, url)
+    try:
+        before, after = upgrade(engine)
+    except SQLAlchemyError as err:
+        raise click.ClickException(f"cannot upgrade {engine.url!r}: {err}") from None
+    finally:
+        engine.dispose()
+    where = engine.url.render_as_string(hide_password=True)
+    if before == after:
+        click.echo(f"{where}: already at revision {after} (head).")
+    else:
+        click.echo(f"{where}: upgraded from {before or 'an empty database'} to {after} (head).")
+
+
+@db.command("current")
+@_STATE
+@_URL
+def db_current(state_dir: Path | None, url: str | None) -> None:
+    """Show the database's schema revision and whether it is the newest (head)."""
+    engine = _engine(state_dir, url)
+    try:
+        rev = current_revision(engine)
+    except SQLAlchemyError as err:
+        raise click.ClickException(f"cannot read {engine.url!r}: {err}") from None
+    finally:
+        engine.dispose()
+    head = head_revision()
+    where = engine.url.render_as_string(hide_password=True)
+    state = ("at head" if rev == head else
+             "no schema yet: run 'bastion db upgrade'" if rev is None else
+             f"behind head {head}: run 'bastion db upgrade'")
+    click.echo(f"{where}: revision {rev or '(none)'} ({state})")
