@@ -8,25 +8,19 @@ import click
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from bastion.core.errors import BastionError
-from bastion.core.settings import load_settings
+from bastion.core.clikit import fail, guard, settings_for, state_dir_option
 from bastion.core.store.engine import open_engine
 from bastion.core.store.schema import current_revision, head_revision, upgrade
 
 __all__ = ["db"]
 
-_STATE = click.option("--state-dir", type=click.Path(path_type=Path), default=None,
-                      help="State directory (default: BASTION_STATE_DIR or ~/.local/share).")
 _URL = click.option("--url", default=None,
                     help="Database URL (default: BASTION_DATABASE_URL, else the SQLite file "
                          "in the state directory).")
 
 
 def _engine(state_dir: Path | None, url: str | None) -> Engine:
-    try:
-        return open_engine(url or load_settings(state_dir).database_url)
-    except BastionError as err:
-        raise click.ClickException(str(err)) from None
+    return open_engine(url or settings_for(state_dir).database_url)
 
 
 @click.group()
@@ -35,15 +29,17 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@_STATE
+@state_dir_option
 @_URL
+@guard
 def db_upgrade(state_dir: Path | None, url: str | None) -> None:
     """Bring the database's schema to the newest revision (run after an upgrade of Bastion)."""
     engine = _engine(state_dir, url)
     try:
         before, after = upgrade(engine)
     except SQLAlchemyError as err:
-        raise click.ClickException(f"cannot upgrade {engine.url!r}: {err}") from None
+        fail(f"cannot upgrade {engine.url.render_as_string(hide_password=True)}: {err}; check "
+             "the URL (--url or BASTION_DATABASE_URL) and that the server answers")
     finally:
         engine.dispose()
     where = engine.url.render_as_string(hide_password=True)
@@ -54,15 +50,17 @@ def db_upgrade(state_dir: Path | None, url: str | None) -> None:
 
 
 @db.command("current")
-@_STATE
+@state_dir_option
 @_URL
+@guard
 def db_current(state_dir: Path | None, url: str | None) -> None:
     """Show the database's schema revision and whether it is the newest (head)."""
     engine = _engine(state_dir, url)
     try:
         rev = current_revision(engine)
     except SQLAlchemyError as err:
-        raise click.ClickException(f"cannot read {engine.url!r}: {err}") from None
+        fail(f"cannot read {engine.url.render_as_string(hide_password=True)}: {err}; check "
+             "the URL (--url or BASTION_DATABASE_URL) and that the server answers")
     finally:
         engine.dispose()
     head = head_revision()

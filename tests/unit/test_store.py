@@ -113,7 +113,7 @@ def test_the_embedded_default_upgrades_itself(tmp_path: Path) -> None:
     out = CliRunner().invoke(cli, ["db", "current", "--state-dir", str(tmp_path)])
     assert f"revision {head_revision()} (at head)" in out.output
     out = CliRunner().invoke(cli, ["db", "upgrade", "--url", "mysql://x/y"])
-    assert out.exit_code == 1 and "unsupported scheme 'mysql'" in out.output
+    assert out.exit_code == 2 and "unsupported scheme 'mysql'" in out.output
 
 
 def test_the_serve_config_carries_only_a_url_that_is_not_the_default(
