@@ -47,6 +47,7 @@ from bastion.core.settings import Settings
 from bastion.core.store import is_postgres, open_store
 from bastion.core.store.tables import drift_triggers
 from bastion.drift.monitor import DriftReport
+from bastion.registry.store import CHALLENGER, CHAMPION, ModelRegistry, RegistryEmptyError
 
 __all__ = [
     "Signals",
@@ -91,9 +92,6 @@ def _champion_age_hours(meta: ModelMetadata, now: float) -> float | None:
 def gather_signals(settings: Settings, reports: Sequence[DriftReport | None],
                    now: float | None = None) -> Signals:
     """Signals from one pass's reports, the label store and the champion's metadata."""
-    # kept here for start-up time: registry.store imports MLflow (seconds)
-    from bastion.registry.store import CHALLENGER, CHAMPION, ModelRegistry, RegistryEmptyError
-
     now = time.time() if now is None else now
     done = [r for r in reports if r is not None]
     registry = ModelRegistry(settings)

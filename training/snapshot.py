@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from bastion.core.errors import BastionError
 from bastion.core.labelled import LabelledSet
@@ -131,8 +132,6 @@ class Snapshot:
 
     def save(self, directory: Path) -> Path:
         """Parquet (items, labels, split) + JSON summary, named by the fingerprint."""
-        import pandas as pd
-
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{self.fingerprint[:16]}.parquet"
         if not path.exists():
