@@ -24,7 +24,7 @@ from sqlalchemy import (
 __all__ = [
     "metadata", "events", "review_tasks", "review_items", "review_reports", "review_events",
     "review_slots", "review_claims", "label_items", "labels", "label_history", "drift_triggers",
-    "embedding_encoders", "embeddings",
+    "embedding_encoders", "embeddings", "legacy_imports",
 ]
 
 # Constraint names are fixed so that migrations can name them the same on every backend.
@@ -232,4 +232,15 @@ embeddings = Table(
     Column("sha", LargeBinary(32), primary_key=True),
     Column("vec", LargeBinary, nullable=False),  # float32
     ForeignKeyConstraint(["fingerprint"], [embedding_encoders.c.fingerprint]),
+)
+
+# -- the pre-database SQLite files of a state directory, imported once (``legacy``) ----------
+# name: the file's path under the state directory; sha256: its content, so another state
+# directory's file of the same name (several pods on one PostgreSQL) is imported as well.
+legacy_imports = Table(
+    "legacy_imports", metadata,
+    Column("name", String(128), primary_key=True),
+    Column("sha256", String(64), primary_key=True),
+    Column("imported_ts", Double, nullable=False),
+    Column("counts", Text, nullable=False),  # JSON {table: rows}
 )
