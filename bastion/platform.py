@@ -23,6 +23,8 @@ from bastion.core.policy import PolicySet, ensure_policy_file, load_policy
 from bastion.core.runtime import start_ray, stop_ray
 from bastion.core.settings import Settings
 from bastion.core.store import normalise_url
+from bastion.core.store.engine import open_engine
+from bastion.core.store.legacy import import_legacy, legacy_files, summary
 from bastion.core.store.schema import upgrade_url
 from bastion.drift.check import monitor_pass
 from bastion.registry.store import CHAMPION, ModelRegistry
@@ -196,6 +198,13 @@ def run_platform(
     where = normalise_url(settings.database_url).render_as_string(hide_password=True)
     say(f"Database:        {where} (schema {after}"
         + (f", upgraded from {before or 'empty'})" if before != after else ")"))
+    if legacy_files(settings.state_dir):
+        engine = open_engine(settings.database_url)
+        try:
+            imported = import_legacy(settings.state_dir, engine)
+        finally:
+            engine.dispose()
+        say(f"{summary(imported)} (the files are renamed to *.imported)")
 
     registry = ModelRegistry(settings)
     if not registry.has_champion():

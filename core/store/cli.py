@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import click
@@ -10,6 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bastion.core.clikit import fail, guard, settings_for, state_dir_option
 from bastion.core.store.engine import open_engine
+from bastion.core.store.legacy import import_legacy, legacy_files, summary
 from bastion.core.store.schema import current_revision, head_revision, upgrade
 
 __all__ = ["db"]
@@ -33,20 +35,29 @@ def db() -> None:
 @_URL
 @guard
 def db_upgrade(state_dir: Path | None, url: str | None) -> None:
-    """Bring the database's schema to the newest revision (run after an upgrade of Bastion)."""
-    engine = _engine(state_dir, url)
+    """Bring the database's schema to the newest revision (run after an upgrade of Bastion),
+    then import the state directory's store files from before the database (once)."""
+    settings = settings_for(state_dir)
+    engine = open_engine(url or settings.database_url)
+    where = engine.url.render_as_string(hide_password=True)
     try:
         before, after = upgrade(engine)
+        if before == after:
+            click.echo(f"{where}: already at revision {after} (head).")
+        else:
+            click.echo(f"{where}: upgraded from {before or 'an empty database'} to {after} "
+                       "(head).")
+        if legacy_files(settings.state_dir):
+            imported = import_legacy(settings.state_dir, engine)
+            click.echo(f"{summary(imported)} (the files are renamed to *.imported).")
     except SQLAlchemyError as err:
-        fail(f"cannot upgrade {engine.url.render_as_string(hide_password=True)}: {err}; check "
-             "the URL (--url or BASTION_DATABASE_URL) and that the server answers")
+        fail(f"cannot upgrade {where}: {err}; check the URL (--url or BASTION_DATABASE_URL) "
+             "and that the server answers")
+    except sqlite3.DatabaseError as err:
+        fail(f"cannot import the old store files of {settings.state_dir}: {err}; the file "
+             "named is left as it was, fix or move it and run 'bastion db upgrade' again")
     finally:
         engine.dispose()
-    where = engine.url.render_as_string(hide_password=True)
-    if before == after:
-        click.echo(f"{where}: already at revision {after} (head).")
-    else:
-        click.echo(f"{where}: upgraded from {before or 'an empty database'} to {after} (head).")
 
 
 @db.command("current")
