@@ -205,6 +205,8 @@ def legacy_state(state: Path) -> Path:
         ],
     })
     (state / "review_sync.json").write_text('{"seq": 2, "at": 250.0}')
+    (state / "embeddings").mkdir()
+    (state / "embeddings" / "minilm.sqlite").write_bytes(b"only a cache")
     _write(state / "drift" / "triggers.db", TRIGGERS_SCHEMA, {"triggers": [
         (1, 400.0, "submitted", "drift", '["acme drifted"]', "job-1", "3", "submitted job-1"),
         (2, 401.0, "cooldown", "drift", '["acme drifted"]', None, "3", "cooling down"),
@@ -362,6 +364,7 @@ def test_bastion_db_upgrade_imports_a_state_directory(tmp_path: Path) -> None:
     assert ("Imported from events.db: 2 decisions; labels.db: 2 items, 3 labels, "
             "1 label_history; review.db: 2 review_tasks") in out.output
     assert "drift/triggers.db: 2 triggers (the files are renamed to *.imported)." in out.output
-    assert (state / "embeddings").exists() is False  # nothing made up; the cache is not ours
+    # the embedding cache is only a cache: not imported, left as it was
+    assert (state / "embeddings" / "minilm.sqlite").read_bytes() == b"only a cache"
     out = CliRunner().invoke(cli, ["db", "upgrade", "--state-dir", str(state)])
     assert out.exit_code == 0 and "Imported" not in out.output
