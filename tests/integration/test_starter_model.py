@@ -173,3 +173,20 @@ def test_a_version_logged_under_the_old_module_paths_still_loads(starter: Starte
     np.testing.assert_allclose(out[shipped.head_keys].to_numpy(), shipped.score(texts)[1],
                                atol=1e-6)
     assert "registry" not in sys.modules and "registry.pyfunc" not in sys.modules
+
+
+def test_a_version_without_a_drift_reference_gets_one(starter: Starter,
+                                                      settings: Settings) -> None:
+    """Versions registered before references were logged: ``bastion up`` adds one."""
+    from bastion.registry.store import ModelRegistry
+    from bastion.training.reference import REFERENCE_SIZE, ensure_reference
+
+    reg = ModelRegistry(settings)
+    assert reg.reference_texts(starter.version)  # register_starter logs one
+    info = reg.log_version(SHIPPED_DIR, run_name="no-reference", params={}, metrics={},
+                           tags={"bastion.kind": "starter"}, validate=False)
+    assert reg.reference_texts(info.version) is None
+    assert ensure_reference(settings, reg, info.version)
+    texts = reg.reference_texts(info.version)
+    assert texts and len(texts) <= REFERENCE_SIZE and all(isinstance(t, str) for t in texts)
+    assert not ensure_reference(settings, reg, info.version)  # once only
