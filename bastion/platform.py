@@ -22,7 +22,7 @@ from bastion.core.model import ModelMetadata
 from bastion.core.policy import PolicySet, ensure_policy_file, load_policy
 from bastion.core.runtime import start_ray, stop_ray
 from bastion.core.settings import Settings
-from bastion.core.store import normalise_url
+from bastion.core.store import display_url
 from bastion.core.store.engine import open_engine
 from bastion.core.store.legacy import import_legacy, legacy_files, summary
 from bastion.core.store.schema import upgrade_url
@@ -195,7 +195,7 @@ def run_platform(
     say(f"Policy file:     {policy_path} (edits apply live)")
     say(f"MLflow:          {settings.tracking_uri}")
     before, after = upgrade_url(settings.database_url)
-    where = normalise_url(settings.database_url).render_as_string(hide_password=True)
+    where = display_url(settings.database_url)
     say(f"Database:        {where} (schema {after}"
         + (f", upgraded from {before or 'empty'})" if before != after else ")"))
     if legacy_files(settings.state_dir):

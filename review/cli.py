@@ -20,7 +20,7 @@ from bastion.core.keys import add_reviewer, load_reviewers, reviewers_path
 from bastion.core.labels import LabelStore
 from bastion.core.policy import ensure_policy_file, load_policy, parse_policy
 from bastion.core.settings import Settings
-from bastion.core.store import normalise_url
+from bastion.core.store import display_url
 from bastion.registry.store import CHAMPION, ModelRegistry
 from bastion.review.calibration import apply, propose, render
 from bastion.review.queue import ReviewQueue
@@ -72,7 +72,7 @@ def labels_import(state_dir: Path | None, file: Path, annotator: str) -> None:
 def labels_stats(state_dir: Path | None) -> None:
 
     url = settings_for(state_dir).database_url
-    path = normalise_url(url).render_as_string(hide_password=True)
+    path = display_url(url)
     with closing(LabelStore(url)) as store:
         st = store.stats()
     last = st["last_label_ts"]

@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from bastion.core.decision import ResolvedTenant, fit_problems, resolve_policy
+from bastion.core.decision import ResolvedTenant, fit_problems, flag_thresholds, resolve_policy
 from bastion.core.events import EventLog, EventWriter
 from bastion.core.http import ApiError
 from bastion.core.keys import key_hashes, load_keys
@@ -109,8 +109,7 @@ class Ingress:
         """The block thresholds serving uses now (the newest resolved model version)."""
         for resolved in reversed(list(self._resolved.values())):
             if tenant in resolved:
-                return {c.name: c.flag_threshold for c in resolved[tenant].categories
-                        if c.flag_threshold is not None}
+                return flag_thresholds(resolved, tenant)
         return {}
 
     async def _resolved_for(self, version: str) -> dict[str, ResolvedTenant]:

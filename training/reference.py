@@ -15,7 +15,7 @@ import pandas as pd
 from bastion.core.settings import Settings
 from bastion.registry.store import ModelRegistry
 from bastion.training.datasets import load_starter_data
-from bastion.training.snapshot import snapshots_dir
+from bastion.training.snapshot import snapshot_path, snapshots_dir
 
 __all__ = ["REFERENCE_SIZE", "sample", "seed_reference", "snapshot_reference", "ensure_reference"]
 
@@ -50,7 +50,7 @@ def ensure_reference(settings: Settings, registry: ModelRegistry, version: str) 
     if not info.run_id:
         return False
     fingerprint = str(registry.metadata(version).get("data", {}).get("fingerprint", ""))
-    snap = snapshots_dir(settings.state_dir) / f"{fingerprint[:16]}.parquet"
+    snap = snapshot_path(snapshots_dir(settings.state_dir), fingerprint)
     texts = snapshot_reference(snap) if fingerprint and snap.exists() else seed_reference()
     registry.log_reference(info.run_id, texts)
     return True

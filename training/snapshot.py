@@ -33,6 +33,7 @@ from bastion.training.heads import group_split
 
 __all__ = [
     "Snapshot", "build_snapshot", "labels_to_set", "connected_groups", "snapshots_dir",
+    "snapshot_path",
     "TEST_FRACTION", "VAL_FRACTION",
 ]
 
@@ -46,6 +47,11 @@ class SnapshotError(BastionError):
 
 def snapshots_dir(state_dir: str | Path) -> Path:
     return Path(state_dir) / "snapshots"
+
+
+def snapshot_path(directory: Path, fingerprint: str) -> Path:
+    """Where a snapshot with this data fingerprint is saved under ``directory``."""
+    return directory / f"{fingerprint[:16]}.parquet"
 
 
 def connected_groups(keys: list[list[str]]) -> list[str]:
@@ -133,7 +139,7 @@ class Snapshot:
     def save(self, directory: Path) -> Path:
         """Parquet (items, labels, split) + JSON summary, named by the fingerprint."""
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{self.fingerprint[:16]}.parquet"
+        path = snapshot_path(directory, self.fingerprint)
         if not path.exists():
             d = self.data
             frame = pd.DataFrame({

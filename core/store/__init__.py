@@ -15,6 +15,7 @@ from sqlalchemy.engine import URL
 from bastion.core.store.engine import (
     READ,
     default_database_url,
+    display_url,
     insert_ignore,
     is_postgres,
     normalise_url,
@@ -23,7 +24,8 @@ from bastion.core.store.engine import (
 from bastion.core.store.schema import current_revision, ensure_schema, head_revision, upgrade
 
 __all__ = [
-    "READ", "current_revision", "default_database_url", "ensure_schema", "head_revision",
+    "READ", "current_revision", "default_database_url", "display_url", "ensure_schema",
+    "head_revision",
     "insert_ignore", "is_postgres", "normalise_url", "open_engine", "open_store", "upgrade",
 ]
 

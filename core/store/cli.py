@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from bastion.core.clikit import fail, guard, settings_for, state_dir_option
-from bastion.core.store.engine import open_engine
+from bastion.core.store.engine import display_url, open_engine
 from bastion.core.store.legacy import import_legacy, legacy_files, summary
 from bastion.core.store.schema import current_revision, head_revision, upgrade
 
@@ -39,7 +39,7 @@ def db_upgrade(state_dir: Path | None, url: str | None) -> None:
     then import the state directory's store files from before the database (once)."""
     settings = settings_for(state_dir)
     engine = open_engine(url or settings.database_url)
-    where = engine.url.render_as_string(hide_password=True)
+    where = display_url(engine)
     try:
         before, after = upgrade(engine)
         if before == after:
@@ -70,12 +70,12 @@ def db_current(state_dir: Path | None, url: str | None) -> None:
     try:
         rev = current_revision(engine)
     except SQLAlchemyError as err:
-        fail(f"cannot read {engine.url.render_as_string(hide_password=True)}: {err}; check "
+        fail(f"cannot read {display_url(engine)}: {err}; check "
              "the URL (--url or BASTION_DATABASE_URL) and that the server answers")
     finally:
         engine.dispose()
     head = head_revision()
-    where = engine.url.render_as_string(hide_password=True)
+    where = display_url(engine)
     state = ("at head" if rev == head else
              "no schema yet: run 'bastion db upgrade'" if rev is None else
              f"behind head {head}: run 'bastion db upgrade'")

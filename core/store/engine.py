@@ -19,7 +19,7 @@ from sqlalchemy.exc import ArgumentError
 
 from bastion.core.errors import ConfigError
 
-__all__ = ["default_database_url", "insert_ignore", "is_postgres", "normalise_url",
+__all__ = ["default_database_url", "display_url", "insert_ignore", "is_postgres", "normalise_url",
            "open_engine", "READ"]
 
 # Execution option of a read-only transaction: SQLite begins it deferred (no write lock).
@@ -31,6 +31,12 @@ _HOW = ("give BASTION_DATABASE_URL (or --url) as sqlite:///<path> for a file on 
 def default_database_url(state_dir: str | Path) -> str:
     """The embedded default: the SQLite file ``bastion.db`` in the state directory."""
     return f"sqlite:///{(Path(state_dir) / 'bastion.db').resolve()}"
+
+
+def display_url(url: str | URL | Engine) -> str:
+    """The database's URL as messages show it: normalised, the password hidden."""
+    parsed = url.url if isinstance(url, Engine) else normalise_url(url)
+    return parsed.render_as_string(hide_password=True)
 
 
 def normalise_url(url: str | URL) -> URL:

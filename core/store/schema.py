@@ -18,7 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 from bastion.core.errors import StoreError
-from bastion.core.store.engine import is_postgres, open_engine
+from bastion.core.store.engine import display_url, is_postgres, open_engine
 
 __all__ = ["alembic_config", "current_revision", "ensure_schema", "head_revision", "upgrade"]
 
@@ -55,7 +55,7 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | N
 
 
 def _where(engine: Engine) -> str:
-    return engine.url.render_as_string(hide_password=True)
+    return display_url(engine)
 
 
 def ensure_schema(engine: Engine) -> None:
