@@ -1,12 +1,14 @@
 """Serving benchmark (issue 2), all measured in one run on this machine, side by side:
 
-1. the encoder alone, in process, batched: items/s (the ceiling here);
+1. the encoder alone, in process, batched, on the same texts: items/s (the ceiling here);
 2. the whole HTTP path (proxy -> Ingress -> Scorer) at concurrency 1, 8 and 32, with
-   single-item and 32-item requests: items/s, p50 and p99 latency;
+   single-item and 32-item requests: items/s, p50 and p99 latency; then the same traffic
+   with the review intake on and off, alternating, for what the intake costs;
 3. one tenant with 1 category against 50 tenants x 10 categories (500 tenant-owned heads,
    stacked) on the same traffic: the cost ratio;
 4. the design this replaces, one separate model per policy, at 1, 5 and 10 policies, against
-   the shared backbone serving the same policies.
+   the shared backbone serving the same policies: items/s, and the memory of a fresh process
+   holding each (RSS and USS read in that process).
 
 Run: ``.venv/bin/python bench/serving.py`` (about 10 minutes; nothing else should run).
 Writes bench/results/serving.json.
@@ -128,16 +130,42 @@ def http_matrix(url: str, texts: list[str], tenants: list[tuple[str, str]],
     return out
 
 
+_MEMORY_PROBE = """
+import gc, json, sys
+import numpy as np, psutil
+from bastion.core.encoders import create_encoder
+from bastion.core.model import HeadSpec, LinearHeads
+n, shared = int(sys.argv[1]), sys.argv[2] == "shared"
+encoders = [create_encoder("minilm") for _ in range(1 if shared else n)]
+heads = LinearHeads([HeadSpec(f"p{j}") for j in range(n)], np.zeros((384, n), np.float32),
+                    np.zeros(n, np.float32))
+for e in encoders:  # one forward each: what serving holds after its first batch
+    heads.score(e.encode(["warm up the model", "and its buffers"]))
+gc.collect()
+m = psutil.Process().memory_full_info()
+print(json.dumps({"rss_mb": round(m.rss / 2**20, 1), "uss_mb": round(m.uss / 2**20, 1)}))
+"""
+
+
+def process_memory(n: int, shared: bool) -> dict[str, float]:
+    """RSS and USS of a fresh process holding ``n`` policies' models, measured in that
+    process (not an RSS delta inside this one, which memory reuse understates)."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(n),
+                          "shared" if shared else "separate"], check=True, capture_output=True,
+                         text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
 def separate_models(texts: list[str], counts: list[int], batch: int) -> list[dict[str, Any]]:
     """N policies: N separate models (a backbone each) vs one shared backbone + N heads."""
     out = []
-    base_rss = rss_mb()
     shared = create_encoder("minilm")
     heads = LinearHeads([HeadSpec("x")], np.zeros((384, 1), np.float32), np.zeros(1, np.float32))
     for n in counts:
         gc.collect()
         models = [create_encoder("minilm") for _ in range(n)]
-        mem = rss_mb() - base_rss
         for m in models:
             m.encode(texts[:batch])
         t0 = time.perf_counter()
@@ -151,14 +179,49 @@ def separate_models(texts: list[str], counts: list[int], batch: int) -> list[dic
         for i in range(0, len(texts), batch):
             stacked.score(shared.encode(texts[i:i + batch]))
         sh = len(texts) / (time.perf_counter() - t0)
+        del models
+        sep_mem, sh_mem = process_memory(n, shared=False), process_memory(n, shared=True)
         row = {"policies": n, "separate_items_per_s": round(sep, 1),
                "shared_items_per_s": round(sh, 1),
-               "separate_model_memory_mb": round(mem, 0)}
+               "separate_process_rss_mb": sep_mem["rss_mb"],
+               "separate_process_uss_mb": sep_mem["uss_mb"],
+               "shared_process_rss_mb": sh_mem["rss_mb"],
+               "shared_process_uss_mb": sh_mem["uss_mb"]}
         print(f"  {n:>2} policies: separate {row['separate_items_per_s']} items/s "
-              f"({row['separate_model_memory_mb']} MB of models), "
-              f"shared {row['shared_items_per_s']} items/s", flush=True)
+              f"(process RSS {sep_mem['rss_mb']} MB), shared {row['shared_items_per_s']} "
+              f"items/s (process RSS {sh_mem['rss_mb']} MB)", flush=True)
         out.append(row)
-        del models
+    return out
+
+
+def texts_record(texts: list[str], source: str) -> dict[str, Any]:
+    import hashlib
+
+    return {"source": source, "n": len(texts),
+            "sha256": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
+            "mean_chars": round(float(np.mean([len(t) for t in texts])), 1)}
+
+
+def intake_cost(settings: Settings, dashboard: str, url: str, texts: list[str],
+                policy: dict[str, Any], scale: float) -> dict[str, Any]:
+    """The same traffic with the review intake on and off, alternating, in one run."""
+    runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+    for _rep in range(2):
+        for mode in ("on", "off"):
+            sv = settings.serving.model_copy(update={"review_intake": mode == "on"})
+            keys = deploy(settings.model_copy(update={"serving": sv}), dashboard, policy, None)
+            ten = [("demo", keys["demo"])]
+            load(url, texts, ten, 32, 8, 16)
+            runs[mode].append({
+                "single_c32": load(url, texts, ten, 1, 32, max(int(1200 * scale), 32)),
+                "batch32_c32": load(url, texts, ten, 32, 32, max(int(96 * scale), 32))})
+    out: dict[str, Any] = {"runs": runs}
+    for kind in ("single_c32", "batch32_c32"):
+        on = sum(r[kind]["items_per_s"] for r in runs["on"])
+        off = sum(r[kind]["items_per_s"] for r in runs["off"])
+        out[f"cost_{kind}"] = round(1 - on / off, 3)
+    print(f"  review intake cost: single {out['cost_single_c32']:.1%}, "
+          f"32-item {out['cost_batch32_c32']:.1%}", flush=True)
     return out
 
 
@@ -171,10 +234,11 @@ def main() -> None:
     from bastion.training.starter import register_starter
 
     texts, source = real_texts(3000)
-    results: dict[str, Any] = {"benchmark": "serving", "machine": machine(), "traffic": source,
+    results: dict[str, Any] = {"benchmark": "serving", "machine": machine(),
+                               "texts": texts_record(texts, source),
                                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print("1. encoder alone, in process", flush=True)
-    results["encoder_in_process"] = [encoder_ceiling(texts[:1536], b) for b in (32, 64)]
+    results["encoder_in_process"] = [encoder_ceiling(texts, b) for b in (32, 64)]
     ceiling = max(r["items_per_s"] for r in results["encoder_in_process"])
     print(f"  ceiling {ceiling} items/s", flush=True)
 
@@ -198,6 +262,14 @@ def main() -> None:
                 (ROOT / "core/default_policy.yaml").read_text())))
             keys = deploy(settings, dashboard, default, None)
             results["http"] = http_matrix(url, texts, [("demo", keys["demo"])], args.scale)
+            import httpx
+
+            results["readyz"] = httpx.get(url.replace("/v1/moderate", "/readyz"),
+                                          timeout=30).json()
+            print("2b. the review intake's cost: the same traffic with it on and off",
+                  flush=True)
+            results["review_intake"] = intake_cost(settings, dashboard, url, texts, default,
+                                                   args.scale)
             print("3. 1 tenant x 1 category vs 50 tenants x 10 categories", flush=True)
             cost: dict[str, Any] = {}
             for label, pol, version in [("1x1", tenants_policy(1, 1), v1),
@@ -232,6 +304,10 @@ def main() -> None:
         "goal_single_c32": 0.70, "goal_batch32_c32": 0.90,
         "cost_ratio_50x10_vs_1x1": results["tenants_cost"]["cost_ratio_batch32_c32"],
         "goal_cost_ratio": 1.1,
+        "review_intake_cost_single_c32": results["review_intake"]["cost_single_c32"],
+        "review_intake_cost_batch32_c32": results["review_intake"]["cost_batch32_c32"],
+        "goal_review_intake_cost": 0.05,
+        "scorer_numerics": (results["readyz"].get("scorer") or {}).get("numerics"),
     }
     results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_results(args.out, results)

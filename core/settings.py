@@ -60,6 +60,11 @@ class ServingConfig(BaseModel):
     torch_threads: int = Field(
         0, ge=0, description="Intra-op threads of the encoder; 0 means one per CPU core."
     )
+    review_intake: bool = Field(
+        True, description="Send review-band decisions (and their sessions' context) to the "
+        "review queue from the request path; off only for a deployment whose decisions no "
+        "moderator reviews (the benchmark measures what the intake costs with it off).",
+    )
     champion_poll_s: float = Field(
         2.0, gt=0, description="How often each Scorer replica checks the @champion alias."
     )

@@ -51,29 +51,8 @@ class Intake(QueueBase):
         """Add an item to its session's task only if that task exists, without asking for more
         labels: the session's other messages, for the moderator to read. Returns the task id,
         or None when the session has no task."""
-        tenant_of(item.tenant)
-        name(item.item_id, "item_id")
-        if not item.session_id:
-            return None
-        tid = task_id_of(item.tenant, f"session:{item.session_id}")
-
-        def run(conn: Connection) -> str | None:
-            if conn.execute(select(tasks.c.task_id).where(tasks.c.task_id == tid)).first() \
-                    is None:
-                return None
-            added = rowcount(conn.execute(self._insert_ignore(items).values(
-                tenant=item.tenant, item_id=item.item_id, task_id=tid, text=item.text,
-                text_sha256=item.text_sha256, session_id=item.session_id, user_id=item.user_id,
-                source="context", scores=json.dumps(item.scores),
-                keyword_hits=json.dumps(item.keyword_hits), decision=item.decision,
-                model_version=item.model_version, policy_version=item.policy_version,
-                ts=item.ts, gold=None)))
-            if added:
-                conn.execute(update(tasks).where(tasks.c.task_id == tid)
-                             .values(n_items=tasks.c.n_items + 1))
-            return tid
-
-        return self._write(run)
+        self._check_item(item, context=True)
+        return self._write(lambda conn: self._add_context(conn, item))
 
     def add_item(self, item: ReviewItem, *, slots: int = 1) -> str:
         """Add an item to its session's task (or a task of its own); the same item again is a no-op.
@@ -86,38 +65,73 @@ class Intake(QueueBase):
         Returns:
             The task id.
         """
+        self._check_item(item, slots=slots)
+        return self._write(lambda conn: self._add_item(conn, item, slots))
+
+    def add_items(self, batch: list[tuple[ReviewItem, int | None]]) -> list[str | None]:
+        """Many :meth:`add_item` (slots given) and :meth:`add_context` (slots ``None``) calls in
+        one transaction, in order: what serving's intake writes per drained batch, so the cost
+        per item is a few statements, not a transaction. Returns each one's task id."""
+        for item, n in batch:
+            self._check_item(item, slots=n, context=n is None)
+
+        def run(conn: Connection) -> list[str | None]:
+            return [self._add_context(conn, item) if n is None
+                    else self._add_item(conn, item, n) for item, n in batch]
+
+        return self._write(run)
+
+    def _check_item(self, item: ReviewItem, *, slots: int | None = None,
+                    context: bool = False) -> None:
         tenant_of(item.tenant)
         name(item.item_id, "item_id")
+        if context:
+            return
         if item.source not in SOURCES:
             raise ReviewError(f"item {item.item_id!r}: source {item.source!r} is not one of "
                               f"{', '.join(SOURCES)}")
         if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= 20:
             raise ReviewError(f"slots must be an integer in [1, 20], got {slots!r}")
-        group = (f"session:{item.session_id}" if item.session_id
-                 else f"item:{item.item_id}")
 
-        def run(conn: Connection) -> str:
-            tid = self._ensure_task(conn, item.tenant, group)
-            added = rowcount(conn.execute(self._insert_ignore(items).values(
-                tenant=item.tenant, item_id=item.item_id, task_id=tid, text=item.text,
-                text_sha256=item.text_sha256, session_id=item.session_id, user_id=item.user_id,
-                source=item.source, scores=json.dumps(item.scores),
-                keyword_hits=json.dumps(item.keyword_hits), decision=item.decision,
-                model_version=item.model_version, policy_version=item.policy_version,
-                ts=item.ts, gold=None)))
-            if not added:  # already queued, perhaps in another task: that one is its task
-                tid = conn.execute(select(items.c.task_id).where(
-                    items.c.tenant == item.tenant, items.c.item_id == item.item_id)).scalar_one()
-                self._raise_slots(conn, tid, slots)
-                return tid
+    def _item_row(self, item: ReviewItem, tid: str, source: str) -> dict[str, Any]:
+        return dict(
+            tenant=item.tenant, item_id=item.item_id, task_id=tid, text=item.text,
+            text_sha256=item.text_sha256, session_id=item.session_id, user_id=item.user_id,
+            source=source, scores=json.dumps(item.scores),
+            keyword_hits=json.dumps(item.keyword_hits), decision=item.decision,
+            model_version=item.model_version, policy_version=item.policy_version,
+            ts=item.ts, gold=None)
+
+    def _add_context(self, conn: Connection, item: ReviewItem) -> str | None:
+        if not item.session_id:
+            return None
+        tid = task_id_of(item.tenant, f"session:{item.session_id}")
+        if conn.execute(select(tasks.c.task_id).where(tasks.c.task_id == tid)).first() is None:
+            return None
+        added = rowcount(conn.execute(self._insert_ignore(items).values(
+            **self._item_row(item, tid, "context"))))
+        if added:
             conn.execute(update(tasks).where(tasks.c.task_id == tid)
                          .values(n_items=tasks.c.n_items + 1))
-            status = conn.execute(select(tasks.c.status)
-                                  .where(tasks.c.task_id == tid)).scalar_one()
-            self._raise_slots(conn, tid, slots, more=status == DONE)
-            return tid
+        return tid
 
-        return self._write(run)
+    def _add_item(self, conn: Connection, item: ReviewItem, slots: int) -> str:
+        group = (f"session:{item.session_id}" if item.session_id
+                 else f"item:{item.item_id}")
+        tid = self._ensure_task(conn, item.tenant, group)
+        added = rowcount(conn.execute(self._insert_ignore(items).values(
+            **self._item_row(item, tid, item.source))))
+        if not added:  # already queued, perhaps in another task: that one is its task
+            tid = conn.execute(select(items.c.task_id).where(
+                items.c.tenant == item.tenant, items.c.item_id == item.item_id)).scalar_one()
+            self._raise_slots(conn, tid, slots)
+            return str(tid)
+        conn.execute(update(tasks).where(tasks.c.task_id == tid)
+                     .values(n_items=tasks.c.n_items + 1))
+        status = conn.execute(select(tasks.c.status)
+                              .where(tasks.c.task_id == tid)).scalar_one()
+        self._raise_slots(conn, tid, slots, more=status == DONE)
+        return tid
 
     def add_report(self, report: Report) -> str | None:
         """Attach a user report to the task it is about; the same report again is a no-op.
@@ -183,14 +197,20 @@ class Intake(QueueBase):
 
     def set_priority(self, task_id: str, priority: float, reasons: list[dict[str, Any]]) -> None:
         """Set a task's priority (higher is claimed first) and the reasons behind it."""
-        p = number(priority, "priority", -1e12, 1e12)
-        text = json.dumps(reasons)
+        self.set_priorities({task_id: (priority, reasons)})
+
+    def set_priorities(self, ranked: dict[str, tuple[float, list[dict[str, Any]]]]) -> None:
+        """:meth:`set_priority` for many tasks, in one transaction."""
+        rows = [(tid, number(p, "priority", -1e12, 1e12), json.dumps(r))
+                for tid, (p, r) in ranked.items()]
 
         def run(conn: Connection) -> None:
-            res = conn.execute(update(tasks).where(tasks.c.task_id == task_id)
-                               .values(priority=p, reasons=text, updated_ts=self._clock()))
-            if not rowcount(res):
-                raise NotFound(f"no review task {task_id!r}")
+            now = self._clock()
+            for tid, p, text in rows:
+                res = conn.execute(update(tasks).where(tasks.c.task_id == tid)
+                                   .values(priority=p, reasons=text, updated_ts=now))
+                if not rowcount(res):
+                    raise NotFound(f"no review task {tid!r}")
 
         self._write(run)
 

@@ -108,6 +108,15 @@ class ReviewQueue(Intake, Claims):
             raise NotFound(f"no review task {task_id!r} in tenants {allowed}")
         return found[0]
 
+    def tasks(self, task_ids: Collection[str], tenants: Collection[str]) -> list[Task]:
+        """Several tasks in one read (those outside ``tenants``, or gone, are left out)."""
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return []
+        allowed = scope(tenants)
+        return self._read(lambda conn: self._tasks(conn, select(tasks).where(
+            tasks.c.task_id.in_(ids), tasks.c.tenant.in_(allowed))))
+
     def pending(self, tenants: Collection[str] | None = None, limit: int = 50) -> list[Task]:
         """Open tasks, highest priority first (all tenants when ``tenants`` is None)."""
         q = select(tasks).where(tasks.c.status == "open")

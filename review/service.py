@@ -30,6 +30,7 @@ from bastion.review.queue import ReviewQueue
 from bastion.review.records import (
     Claim,
     LabelIn,
+    NotFound,
     Report,
     ReviewError,
     ReviewItem,
@@ -83,24 +84,25 @@ class ReviewService:
     def intake_decisions(self, items: list[ReviewItem]) -> list[str]:
         """Queue items whose decision sent them to review (a task per session); the other items
         of a session (``source="context"``) join that session's task when it has one, so the
-        moderator reads the session, not fragments. Returns the task ids touched."""
-        touched: list[str] = []
+        moderator reads the session, not fragments. Returns the task ids touched.
+
+        The whole batch is one write transaction and one re-ranking pass (a read and a write),
+        whatever its size: serving's intake drains many requests into one batch, so the
+        queue costs the request path a few statements per item (docs/benchmarks.md)."""
         review = [i for i in items if i.source != "context"]
         context = [i for i in items if i.source == "context"]
+        policy = self._policy()
+        batch: list[tuple[ReviewItem, int | None]] = []
         for item in review + context:  # review items first: they make the session's task
-            pol = self._policy().tenants.get(item.tenant)
+            pol = policy.tenants.get(item.tenant)
             if pol is None:
                 continue
             if not pol.review.keep_text:
                 item = ReviewItem(**{**asdict(item), "text": None})
-            if item.source == "context":
-                tid = self.queue.add_context(item)
-                if tid is not None:
-                    touched.append(tid)
-                continue
-            touched.append(self.queue.add_item(item, slots=self._slots(item.tenant, item)))
-        for tid in dict.fromkeys(touched):
-            self.rerank(tid)
+            batch.append((item, None if item.source == "context"
+                          else self._slots(item.tenant, item)))
+        touched = [t for t in (self.queue.add_items(batch) if batch else []) if t is not None]
+        self.rerank_many(touched)
         return touched
 
     def report(self, report: Report) -> str:
@@ -115,15 +117,24 @@ class ReviewService:
 
     def rerank(self, task_id: str) -> float:
         """Recompute a task's priority and reasons from everything it holds now."""
+        ranked = self.rerank_many([task_id])
+        if task_id not in ranked:
+            raise NotFound(f"no review task {task_id!r} in the policy's tenants")
+        return ranked[task_id]
+
+    def rerank_many(self, task_ids: Collection[str]) -> dict[str, float]:
+        """:meth:`rerank` for several tasks: one read, one write. Returns their priorities."""
         policy = self._policy()
-        task = self.queue.task(task_id, list(policy.tenants))
-        tpol = policy.tenants[task.tenant]
-        priority, reasons = task_priority(
-            task.items, task.reports, task.events, tpol,
-            reporter_record=lambda r: self.queue.reporter_record(task.tenant, r),
-            thresholds=self._thresholds(task.tenant))
-        self.queue.set_priority(task_id, priority, reasons)
-        return priority
+        ranked: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        for task in self.queue.tasks(task_ids, list(policy.tenants)):
+            tpol = policy.tenants[task.tenant]
+            ranked[task.task_id] = task_priority(
+                task.items, task.reports, task.events, tpol,
+                reporter_record=lambda r, t=task.tenant: self.queue.reporter_record(t, r),
+                thresholds=self._thresholds(task.tenant))
+        if ranked:
+            self.queue.set_priorities(ranked)
+        return {tid: p for tid, (p, _) in ranked.items()}
 
     # -- moderators --------------------------------------------------------------------------
     def claim(self, moderator: str, tenants: Collection[str]) -> tuple[Claim, Task] | None:
@@ -234,8 +245,10 @@ class IntakeWriter:
     """Queues review-band decisions from the request path on a background thread (like the
     event log's writer): the request only enqueues; a failed write is retried, not lost."""
 
-    def __init__(self, service: ReviewService, retry_s: float = 1.0) -> None:
+    def __init__(self, service: ReviewService, retry_s: float = 1.0,
+                 max_batch: int = 512) -> None:
         self.service = service
+        self._max_batch = max_batch
         self.errors = 0
         self._q: _queue.Queue[list[ReviewItem] | None] = _queue.Queue()
         self._retry_s = retry_s
@@ -247,22 +260,44 @@ class IntakeWriter:
             self._q.put(items)
 
     def _run(self) -> None:
-        while True:
-            batch = self._q.get()
-            if batch is None:
+        stop = False
+        while not stop:
+            first = self._q.get()
+            if first is None:
                 return
-            while True:
+            chunks, n = [first], len(first)
+            while n < self._max_batch:  # what else waits joins this one transaction
                 try:
-                    self.service.intake_decisions(batch)
+                    more = self._q.get_nowait()
+                except _queue.Empty:
                     break
-                except ReviewError as err:  # bad data: retrying cannot help
+                if more is None:
+                    stop = True
+                    break
+                chunks.append(more)
+                n += len(more)
+            if len(chunks) == 1:
+                self._write(first)
+            elif not self._write([i for c in chunks for i in c], report=False):
+                for chunk in chunks:  # bad data in one request must not cost the others
+                    self._write(chunk)
+
+    def _write(self, batch: list[ReviewItem], report: bool = True) -> bool:
+        """Take ``batch`` in, retrying store failures; False when its data was rejected
+        (counted and logged when ``report``: a merged batch is retried request by request)."""
+        while True:
+            try:
+                self.service.intake_decisions(batch)
+                return True
+            except ReviewError as err:  # bad data: retrying cannot help
+                if report:
                     self.errors += 1
                     log.error("review intake rejected a batch: %s", err)
-                    break
-                except Exception as err:  # noqa: BLE001 - retried: accepted items are kept
-                    self.errors += 1
-                    log.warning("review intake failed (retrying): %s", err)
-                    time.sleep(self._retry_s)
+                return False
+            except Exception as err:  # noqa: BLE001 - retried: accepted items are kept
+                self.errors += 1
+                log.warning("review intake failed (retrying): %s", err)
+                time.sleep(self._retry_s)
 
     def close(self, timeout: float = 10.0) -> None:
         self._q.put(None)

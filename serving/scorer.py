@@ -29,7 +29,7 @@ from bastion.core.model import ModelMetadata, ModerationModel
 from bastion.core.settings import load_settings
 from bastion.registry.aliases import CHAMPION
 
-__all__ = ["Scorer", "ScoreResult", "LoadedModel"]
+__all__ = ["Scorer", "ScoreResult", "LoadedModel", "items_in"]
 
 log = logging.getLogger("ray.serve")
 
@@ -47,8 +47,19 @@ class ScoreResult:
     embeddings: np.ndarray  # (n, dim) float16: what the event log keeps
     scores: np.ndarray  # (n, n_heads) float32
 
+    def split(self, sizes: list[int]) -> list[ScoreResult]:
+        """Consecutive parts of ``sizes`` items each (the calls one batch served)."""
+        out, start = [], 0
+        for n in sizes:
+            out.append(ScoreResult(self.model_version, self.embeddings[start:start + n],
+                                   self.scores[start:start + n]))
+            start += n
+        return out
 
-def _items(batch: list[Any]) -> int:
+
+def items_in(batch: list[Any]) -> int:
+    """``@serve.batch``'s size of a batch of calls that each carry a list of texts: items,
+    not calls."""
     return sum(len(texts) for texts in batch)
 
 
@@ -165,7 +176,7 @@ class Scorer:
         if stop is not None:
             stop.set()
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.004, batch_size_fn=_items)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.004, batch_size_fn=items_in)
     async def score_batch(self, batch: list[list[str]]) -> list[ScoreResult]:
         current = self._current
         assert current is not None
@@ -179,13 +190,8 @@ class Scorer:
         t0 = time.perf_counter()
         emb, scores = current.model.score(flat)
         self.encode_s += time.perf_counter() - t0
-        out, start = [], 0
-        for texts in batch:
-            end = start + len(texts)
-            out.append(ScoreResult(current.version, emb[start:end].astype(np.float16),
-                                   scores[start:end]))
-            start = end
-        return out
+        whole = ScoreResult(current.version, emb.astype(np.float16), scores)
+        return whole.split([len(texts) for texts in batch])
 
     async def score(self, texts: list[str]) -> ScoreResult:
         return await self.score_batch(texts)

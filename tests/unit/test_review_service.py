@@ -8,6 +8,7 @@ import pytest
 from bastion.core.events import DecisionEvent, EventLog
 from bastion.core.labels import LabelStore
 from bastion.core.policy import parse_policy
+from bastion.core.store.tables import metadata
 from bastion.review.queue import ReviewQueue
 from bastion.review.records import LabelIn, Report, ReviewItem, SessionEvent
 from bastion.review.service import IntakeWriter, ReviewService, task_view
@@ -70,6 +71,35 @@ def test_submitted_labels_are_in_the_label_table_once(svc: ReviewService) -> Non
     # calibration evidence: the model's score and the humans' label
     (scores, labels), = svc.reviewed().values()
     assert scores.tolist() == [0.5] and labels[0] > 0.5
+
+
+def test_one_batch_intake_matches_item_by_item_intake(db_url: str) -> None:
+    """The writer drains many requests into one transaction; the queue must end up as if
+    each item had come in alone, in order (tasks, slots, context, priorities)."""
+    def ctx(item_id: str, session: str) -> ReviewItem:
+        return ReviewItem(**{**item(item_id, 0.1, session=session).__dict__,
+                             "source": "context", "decision": "allow"})
+
+    arrivals = [item("a", 0.45), item("b", 0.75), ctx("c", "s1"), ctx("d", "s9"),
+                item("e", 0.5, session=None), item("a", 0.45)]
+    queues = []
+    for batched in (False, True):
+        q = ReviewQueue(db_url)
+        svc = ReviewService(q, lambda: POLICY)
+        if batched:
+            svc.intake_decisions(arrivals)
+        else:
+            for it in arrivals:
+                svc.intake_decisions([it])
+        queues.append(sorted((t.task_id, t.slots, t.priority, [i.item_id for i in t.items])
+                             for t in q.pending(["acme"])))
+        with q.engine.begin() as conn:  # the next round starts from an empty queue
+            for table in reversed(metadata.sorted_tables):
+                conn.execute(table.delete())
+        q.close()
+    assert queues[0] == queues[1]
+    (session, alone) = sorted(queues[1], key=lambda t: len(t[3]), reverse=True)
+    assert session[3] == ["a", "b", "c"] and alone[3] == ["e"]  # "d": its session has no task
 
 
 def test_intake_writer_keeps_going_after_bad_data(svc: ReviewService) -> None:
