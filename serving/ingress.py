@@ -168,7 +168,8 @@ class Ingress:
             self.intake.submit(out.review_items)
         return out.response
 
-    @serve.batch(max_batch_size=_CHUNK, batch_wait_timeout_s=0.002, batch_size_fn=items_in)
+    @serve.batch(max_batch_size=_CHUNK, batch_wait_timeout_s=0.002, batch_size_fn=items_in,
+                 max_concurrent_batches=2)
     async def _score(self, batch: list[list[str]]) -> list[ScoreResult]:
         """Concurrent requests' texts in one Scorer call. Each call costs both replicas a
         fixed ~1 ms (serialisation, the handle's routing, the Scorer's request handling):
