@@ -34,6 +34,7 @@ from bastion.training.starter import register_starter, shipped_starter, train_st
 
 __all__ = [
     "champion_metadata",
+    "announce_keys",
     "check_policy",
     "deploy",
     "reload_policy",
@@ -96,6 +97,21 @@ def reload_policy(settings: Settings, policy_path: Path, dashboard_url: str,
     say("Policy reloaded: " + ", ".join(
         f"{t}={policy.tenant_version(t)}" for t in sorted(policy.tenants)))
     return policy
+
+
+def announce_keys(settings: Settings, policy: PolicySet, say: Say) -> dict[str, str]:
+    """Give every tenant a key; print a key only in the start that created it (a terminal's
+    scrollback or a service's log is no place to keep every key), the others by name with
+    how to see them. Returns every tenant's key."""
+    keys, added = ensure_keys(settings.keys_file, policy.tenants)
+    for t in added:
+        say(f"Tenant {t!r} API key (new, shown once): {keys[t]}")
+    old = sorted(set(policy.tenants) - set(added))
+    if old:
+        say(f"Tenant key(s) of {', '.join(repr(t) for t in old)}: "
+            f"see them with 'bastion keys TENANT --state-dir {settings.state_dir}'")
+    say(f"Keys are kept in {settings.keys_file} (mode 0600)")
+    return keys
 
 
 class DriftSchedule(threading.Thread):
@@ -214,10 +230,7 @@ def run_platform(
         say(f"Version {meta['version']} had no drift reference (registered before they were "
             "kept with the version): added one.")
     say_fit(check_policy(policy, meta), str(meta["version"]), say)
-    keys, added = ensure_keys(settings.keys_file, policy.tenants)
-    for t in sorted(policy.tenants):
-        say(f"Tenant {t!r} API key: {keys[t]}" + ("  (new)" if t in added else ""))
-    say(f"Keys are kept in {settings.keys_file}")
+    keys = announce_keys(settings, policy, say)
 
     stopping = {"flag": False}
 
