@@ -57,7 +57,8 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     return Ingress.options(  # type: ignore[attr-defined,no-any-return]
         num_replicas=sv.ingress_replicas,
         max_ongoing_requests=sv.ingress_max_ongoing_requests,
-    ).bind(scorer, _database_url(args), args.limits.model_dump(), args.keys_file)
+    ).bind(scorer, _database_url(args), args.limits.model_dump(), args.keys_file,
+           args.state_dir)
 
 
 def _database_url(args: AppArgs) -> str:

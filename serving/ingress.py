@@ -29,7 +29,8 @@ from bastion.core.http import ApiError
 from bastion.core.keys import key_hashes, load_keys
 from bastion.core.model import ModelMetadata
 from bastion.core.policy import PolicySet, parse_policy
-from bastion.core.settings import Limits
+from bastion.core.settings import Limits, load_settings
+from bastion.core.textkey import text_key
 from bastion.review.queue import ReviewQueue
 from bastion.review.records import ReviewError
 from bastion.review.service import IntakeWriter, ReviewService
@@ -59,15 +60,17 @@ class _PolicyState:
 class Ingress:
     def __init__(
         self, scorer: DeploymentHandle, database_url: str, limits: dict[str, Any],
-        keys_file: str | None = None,
+        keys_file: str | None = None, state_dir: str | None = None,
     ) -> None:
         self.scorer = scorer
         self.keys_file = keys_file
         self.limits = Limits.model_validate(limits)
+        self.text_key = text_key(load_settings(state_dir))  # keyed text digests (core.textkey)
         # the event log, the review queue and its labels: one database (Settings.database_url)
         self.writer = EventWriter(EventLog(database_url))
         self.review: ReviewService | None = ReviewService(
-            ReviewQueue(database_url), self._current_policy, thresholds=self._block_thresholds)
+            ReviewQueue(database_url), self._current_policy, thresholds=self._block_thresholds,
+            text_key=self.text_key)
         self.intake: IntakeWriter | None = IntakeWriter(self.review)
         self._policy: _PolicyState | None = None
         self._resolved: dict[tuple[str, float], dict[str, ResolvedTenant]] = {}
@@ -161,7 +164,7 @@ class Ingress:
         ])
         scored = [(res, (await self._resolved_for(res.model_version))[tenant]) for res in chunks]
         out = assemble(req, tenant, scored, request_id=uuid.uuid4().hex, now=time.time(),
-                       review=self.intake is not None)
+                       review=self.intake is not None, text_key=self.text_key)
         self.writer.submit(out.events)
         if self.intake is not None:
             self.intake.submit(out.review_items)

@@ -246,8 +246,9 @@ def train_loop(config: dict[str, Any]) -> None:
             if rank == 0:
                 # tensors and primitive containers only, so weights_only=True reads them back;
                 # the run's bookkeeping travels as JSON text (json writes inf as Infinity)
+                meta = json.dumps(state, default=float)
                 torch.save({"model": core.state_dict(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(), "meta": json.dumps(state, default=float)},
+                            "scheduler": sched.state_dict(), "meta": meta},
                            Path(tmp) / "state.pt")
                 torch.save(best_weights, Path(tmp) / "best.pt")
                 ckpt = Checkpoint.from_directory(tmp)
