@@ -44,3 +44,4 @@ def test_the_environment_overrides_the_file(tmp_path: Path,
 def test_a_short_key_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"BASTION_TEXT_HMAC_KEY: .* fewer than 32.*token_"):
         load_text_key(tmp_path, override="changeme")
+
