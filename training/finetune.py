@@ -161,7 +161,7 @@ def train_loop(config: dict[str, Any]) -> None:
             core.load_state_dict(saved["model"])
             opt.load_state_dict(saved["optimizer"])
             sched.load_state_dict(saved["scheduler"])
-            state = json.loads(saved["meta"])
+            state = _meta(saved)
             best_weights = load_checkpoint_file(Path(d) / "best.pt", device)
         state["restarts"] += 1
         state["history"].append({"event": "resumed", "from_epoch": state["epoch"],
@@ -258,6 +258,13 @@ def train_loop(config: dict[str, Any]) -> None:
             break
 
 
+def _meta(saved: dict[str, Any]) -> dict[str, Any]:
+    """The run's bookkeeping: JSON text; a checkpoint written before that holds the plain dict
+    (primitives only, which weights_only=True loads as well)."""
+    meta = saved["meta"]
+    return json.loads(meta) if isinstance(meta, str) else dict(meta)
+
+
 def load_checkpoint_file(path: Path, map_location: Any) -> Any:
     """A checkpoint file read with ``weights_only=True``: tensors and primitive containers
     only, so a tampered checkpoint in shared storage cannot run code when it is resumed.
@@ -345,7 +352,7 @@ def run_finetune(
     net.load_state_dict(best)
     net.backbone.save_pretrained(out_dir, safe_serialization=True)
     AutoTokenizer.from_pretrained(encoder_path).save_pretrained(out_dir)
-    meta = json.loads(saved["meta"])
+    meta = _meta(saved)
     return FinetuneResult(
         encoder_dir=out_dir,
         weight=net.heads.weight.detach().numpy().T.copy(),
