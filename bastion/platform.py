@@ -1,6 +1,6 @@
 """``bastion up``: prepare the state directory, bring the database's schema to head, train the
-starter model if the registry is empty, start local Ray and the Serve application, and
-hot-reload the policy file."""
+starter model if the registry is empty, start local Ray and the Serve application,
+hot-reload the policy file, and run the drift monitor and the retention purge."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from bastion.core.errors import ConfigError, PolicyError
 from bastion.core.keys import ensure_keys, load_reviewers, reviewers_path
 from bastion.core.model import ModelMetadata
 from bastion.core.policy import PolicySet, ensure_policy_file, load_policy
+from bastion.core.retention import PurgeReport, purge
 from bastion.core.runtime import start_ray, stop_ray
 from bastion.core.settings import Settings
 from bastion.core.store import display_url
@@ -34,11 +35,13 @@ from bastion.training.starter import register_starter, shipped_starter, train_st
 
 __all__ = [
     "champion_metadata",
+    "announce_keys",
     "check_policy",
     "deploy",
     "reload_policy",
     "run_platform",
     "DriftSchedule",
+    "RetentionSchedule",
 ]
 
 Say = Callable[[str], None]
@@ -98,6 +101,21 @@ def reload_policy(settings: Settings, policy_path: Path, dashboard_url: str,
     return policy
 
 
+def announce_keys(settings: Settings, policy: PolicySet, say: Say) -> dict[str, str]:
+    """Give every tenant a key; print a key only in the start that created it (a terminal's
+    scrollback or a service's log is no place to keep every key), the others by name with
+    how to see them. Returns every tenant's key."""
+    keys, added = ensure_keys(settings.keys_file, policy.tenants)
+    for t in added:
+        say(f"Tenant {t!r} API key (new, shown once): {keys[t]}")
+    old = sorted(set(policy.tenants) - set(added))
+    if old:
+        say(f"Tenant key(s) of {', '.join(repr(t) for t in old)}: "
+            f"see them with 'bastion keys TENANT --state-dir {settings.state_dir}'")
+    say(f"Keys are kept in {settings.keys_file} (mode 0600)")
+    return keys
+
+
 class DriftSchedule(threading.Thread):
     """The drift monitor inside ``bastion up``: every ``drift.every_minutes`` of the policy in
     force (re-read each time, so edits apply), one :func:`bastion.drift.check.monitor_pass`
@@ -138,6 +156,45 @@ class DriftSchedule(threading.Thread):
             run_pass(self._settings, self._policy(), dashboard_url=self._dashboard, say=say)
         except Exception as err:  # noqa: BLE001 - the platform keeps serving
             say(f"the check failed ({type(err).__name__}: {err}); retrying at the next slot")
+
+
+class RetentionSchedule(threading.Thread):
+    """The retention purge inside ``bastion up``: at start and then every ``every_s``, one
+    :func:`bastion.core.retention.purge` with the policy in force (re-read each time, so an
+    edited ``retention_days`` applies at the next pass). A pass that fails is reported and
+    retried at the next one; it never stops the platform. Only a pass that removed something
+    is reported."""
+
+    def __init__(self, settings: Settings, policy: Callable[[], PolicySet], say: Say,
+                 every_s: float = 3600.0, run_purge: Callable[..., PurgeReport] | None = None
+                 ) -> None:
+        super().__init__(name="retention-purge", daemon=True)
+        self._settings = settings
+        self._policy = policy
+        self._say = say
+        self._every_s = every_s
+        self._run_purge = run_purge or purge
+        self._halt = threading.Event()
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def run(self) -> None:
+        while True:
+            self.run_once()
+            if self._halt.wait(self._every_s):
+                return
+
+    def run_once(self) -> PurgeReport | None:
+        try:
+            report = self._run_purge(self._settings.database_url, self._policy())
+        except Exception as err:  # noqa: BLE001 - the platform keeps serving
+            self._say(f"Retention purge failed ({type(err).__name__}: {err}); retrying in "
+                      f"{self._every_s / 60:g} min")
+            return None
+        if report.total or report.cached_embeddings:
+            self._say(report.summary())
+        return report
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -214,10 +271,7 @@ def run_platform(
         say(f"Version {meta['version']} had no drift reference (registered before they were "
             "kept with the version): added one.")
     say_fit(check_policy(policy, meta), str(meta["version"]), say)
-    keys, added = ensure_keys(settings.keys_file, policy.tenants)
-    for t in sorted(policy.tenants):
-        say(f"Tenant {t!r} API key: {keys[t]}" + ("  (new)" if t in added else ""))
-    say(f"Keys are kept in {settings.keys_file}")
+    keys = announce_keys(settings, policy, say)
 
     stopping = {"flag": False}
 
@@ -226,6 +280,7 @@ def run_platform(
 
     old_term = signal.signal(signal.SIGTERM, _stop)
     monitor: DriftSchedule | None = None
+    retention: RetentionSchedule | None = None
     try:
         say("Starting Ray and the Serve application ...")
         dashboard_url = start_ray(settings)
@@ -247,6 +302,8 @@ def run_platform(
         current = {"policy": policy}
         monitor = DriftSchedule(settings, lambda: current["policy"], dashboard_url, say)
         monitor.start()
+        retention = RetentionSchedule(settings, lambda: current["policy"], say)
+        retention.start()
         every = policy.drift.every_minutes
         say(f"Drift monitor: every {every:g} min over the last {policy.drift.window_hours:g} h "
             "(policy 'drift' section)" if every > 0 else
@@ -282,6 +339,9 @@ def run_platform(
         if monitor is not None:
             monitor.stop()
             monitor.join(timeout=30)
+        if retention is not None:
+            retention.stop()
+            retention.join(timeout=30)
         say("Shutting down Serve and Ray ...")
         settings.server_file.unlink(missing_ok=True)
         stop_ray()

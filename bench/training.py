@@ -72,6 +72,7 @@ def fill_label_store(settings: Any, items: list[dict[str, Any]]) -> float:
     from bastion.core.labels import LabelStore
     from bastion.core.store import open_engine
     from bastion.core.store.tables import label_history, label_items, labels
+    from bastion.core.textkey import text_key
 
     engine = open_engine(settings.database_url)
     with engine.begin() as conn:  # a fresh label table for each measurement
@@ -81,7 +82,7 @@ def fill_label_store(settings: Any, items: list[dict[str, Any]]) -> float:
     f = settings.state_dir / "bench-labels.jsonl"
     f.write_text("\n".join(json.dumps(x) for x in items))
     t0 = time.perf_counter()
-    store = LabelStore(settings.database_url)
+    store = LabelStore(settings.database_url, text_key(settings))
     try:
         report = store.import_file(f)
     finally:

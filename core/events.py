@@ -1,14 +1,15 @@
 """The event log: every decision, with its scores and embedding, in the shared database.
 
 Writes happen on a background thread in batches, so the request path only enqueues. Raw text
-is kept only when the tenant's policy allows (``store_raw_text``); otherwise its SHA-256.
+is kept only when the tenant's policy allows (``store_raw_text``); its keyed digest always
+(``text_sha256`` holds an HMAC-SHA256 under the install's secret, see ``core.textkey``: the
+column keeps its name so that nothing reading it has to change).
 Later stages (review, drift, training) read it with :meth:`EventLog.read`, as the same
 :class:`DecisionEvent` records serving wrote.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import queue
 import threading
@@ -24,12 +25,9 @@ from sqlalchemy.exc import DBAPIError
 
 from bastion.core.store import READ, open_store
 from bastion.core.store.tables import events
+from bastion.core.textkey import text_digest
 
 __all__ = ["DecisionEvent", "EventLog", "EventWriter", "text_digest"]
-
-
-def text_digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,7 @@ class DecisionEvent:
     session_id: str | None
     user_id: str | None
     text: str | None
-    text_sha256: str
+    text_sha256: str  # the keyed digest: core.textkey.text_digest
     text_len: int
     decision: str
     scores: dict[str, float]

@@ -30,10 +30,10 @@ from bastion.core._label_files import csv_rows as _csv_rows
 from bastion.core._label_files import jsonl_rows as _jsonl_rows
 from bastion.core.aggregation import MIN_WEIGHT, Vote, dawid_skene_weights
 from bastion.core.errors import LabelError
-from bastion.core.events import text_digest
 from bastion.core.policy import SLUG
 from bastion.core.store import READ, insert_ignore, is_postgres, open_store
 from bastion.core.store.tables import label_history, label_items, labels, review_items
+from bastion.core.textkey import text_digest
 
 __all__ = [
     "Aggregate",
@@ -125,18 +125,17 @@ def _check_label(item_id: str, annotator: str, category: str, value: Any,
 
 
 def put_item(conn: Connection, *, tenant: str, item_id: str, text: str | None,
-             text_sha256: str | None = None, session_id: str | None = None,
+             text_sha256: str, session_id: str | None = None,
              user_id: str | None = None, source: str, ts: float) -> None:
     """Store an item labels can refer to, in the caller's transaction (the review queue's
     submission, an import line). The same item again is a no-op: a session or user id, or the
-    text, missing so far is filled in.
+    text, missing so far is filled in. ``text_sha256`` is the text's keyed digest
+    (``core.textkey.text_digest`` under the install's key).
 
     Raises:
         LabelError: the item is already stored with another text.
     """
-    digest = text_sha256 or (text_digest(text) if text is not None else None)
-    if digest is None:
-        raise LabelError(f"item {item_id!r} of tenant {tenant!r} has neither text nor digest")
+    digest = text_sha256
     where = and_(label_items.c.tenant == tenant, label_items.c.item_id == item_id)
     # ON CONFLICT DO NOTHING: two writers of a new item (PostgreSQL runs them concurrently)
     # both end up comparing against the one stored row below
@@ -207,8 +206,22 @@ class LabelStore:
     before reading, so a read-then-write (is this label new?) never races another process).
     """
 
-    def __init__(self, url: str | URL | Engine) -> None:
+    def __init__(self, url: str | URL | Engine, text_key: bytes | None = None) -> None:
+        """
+        Args:
+            url: the database.
+            text_key: the install's text digest key (``core.textkey.text_key``); needed only
+                to add items (``add_item``, ``import_file``), which digest their text.
+        """
         self._engine, self._owned = open_store(url)
+        self._text_key = text_key
+
+    def digest(self, text: str) -> str:
+        """The keyed digest of ``text`` under this store's install key."""
+        if self._text_key is None:
+            raise LabelError("this label store was opened without the install's text key; "
+                             "open it as LabelStore(url, text_key=text_key(settings))")
+        return text_digest(text, self._text_key)
 
     def close(self) -> None:
         if self._owned:
@@ -230,7 +243,8 @@ class LabelStore:
         """
         _check_item(item_id, tenant, text)
         with self._engine.begin() as conn:
-            put_item(conn, tenant=tenant, item_id=item_id, text=text, session_id=session_id,
+            put_item(conn, tenant=tenant, item_id=item_id, text=text,
+                     text_sha256=self.digest(text), session_id=session_id,
                      user_id=user_id, source=source, ts=time.time() if ts is None else ts)
 
     def add_label(self, *, tenant: str, item_id: str, annotator: str, category: str,
@@ -457,7 +471,8 @@ class LabelStore:
         now = time.time()
         with self._engine.begin() as conn:
             put_item(conn, tenant=row.tenant, item_id=row.item_id, text=row.text,
-                     session_id=row.session_id, user_id=row.user_id, source="import", ts=now)
+                     text_sha256=self.digest(row.text), session_id=row.session_id,
+                     user_id=row.user_id, source="import", ts=now)
             return {c: put_label(conn, tenant=row.tenant, item_id=row.item_id,
                                  annotator=row.annotator, category=c, value=float(v),
                                  confidence=float(row.confidence), ts=now)

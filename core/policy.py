@@ -23,6 +23,7 @@ from bastion.core.errors import PolicyError
 from bastion.core.settings import Settings
 
 __all__ = [
+    "DEFAULT_RETENTION_DAYS",
     "Action",
     "ensure_policy_file",
     "CategoryPolicy",
@@ -42,6 +43,10 @@ __all__ = [
 ]
 
 SLUG = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
+
+# 30 days: past a month's traffic (four weekly retraining cycles, every drift window and the
+# review queue's working set), short enough that a leaked database holds one month of text.
+DEFAULT_RETENTION_DAYS = 30
 
 
 class Action(StrEnum):
@@ -221,7 +226,14 @@ class TenantPolicy(_Frozen):
         "them is allowed.",
     )
     store_raw_text: bool = Field(
-        False, description="Keep raw text in the event log; otherwise only its SHA-256."
+        False, description="Keep raw text in the event log; otherwise only its keyed digest "
+        "(HMAC-SHA256 under the install's secret, core.textkey)."
+    )
+    retention_days: int = Field(
+        DEFAULT_RETENTION_DAYS, ge=1, le=3650,
+        description="Days the raw text and embeddings of this tenant's decisions, and the text "
+        "of its finished review tasks and reports, are kept; older ones are purged (the rows, "
+        "scores and digests stay). Labelled items are training data and are kept.",
     )
     review: ReviewPolicy = Field(
         default_factory=ReviewPolicy, description="Human review: redundancy and priority."
@@ -332,6 +344,13 @@ class PolicySet(_Frozen):
                 raise ValueError(
                     f"tenant name {name!r} is not a lower-case slug (letters, digits, _ or -)"
                 )
+        for name, tp in self.tenants.items():
+            if tp.retention_days * 24 < self.drift.window_hours:
+                raise ValueError(
+                    f"tenants.{name}.retention_days: {tp.retention_days} day(s) is shorter than "
+                    f"the drift window (drift.window_hours: {self.drift.window_hours:g}); the "
+                    "monitor would find no embeddings: raise retention_days or shorten the "
+                    "window")
         return self
 
     def tenant_version(self, tenant: str) -> str:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from bastion.core.settings import Settings
 
-__all__ = ["dashboard_http", "ray_env", "start_ray", "stop_ray", "ray_temp_dir"]
+__all__ = ["dashboard_http", "process_ray_env", "ray_env", "start_ray", "stop_ray",
+           "ray_temp_dir"]
 
 _BOOTSTRAP = """\
 # Written by Bastion. Its presence stops Ray's dashboard from probing cloud metadata
@@ -58,6 +59,18 @@ def ray_env() -> dict[str, str]:
         "TOKENIZERS_PARALLELISM": "false",
         "DO_NOT_TRACK": "1",
     }
+
+
+def process_ray_env() -> dict[str, str]:
+    """:func:`ray_env` as this process applies it: a cluster that runs with Ray's token
+    authentication (``RAY_AUTH_MODE=token``, set by KubeRay's ``authOptions`` in every Ray
+    container) keeps it, so what Bastion starts there (``bastion retrain`` joining a RayJob's
+    cluster, a job the drift trigger submits) sends the token. Elsewhere auth stays off: a
+    local cluster binds 127.0.0.1 only."""
+    env = ray_env()
+    if os.environ.get("RAY_AUTH_MODE") == "token":
+        env.pop("RAY_AUTH_MODE")
+    return env
 
 
 def dashboard_http(dashboard_url: str) -> str:
@@ -104,7 +117,7 @@ def _sigint_ignored_in_children() -> Iterator[None]:
 def start_ray(settings: Settings, num_cpus: int | None = None) -> str:
     """Start (or join) the local Ray instance for this state directory; returns the
     dashboard address (where Serve configs and Ray jobs are submitted)."""
-    os.environ.update(ray_env())
+    os.environ.update(process_ray_env())
     # Ray loads here, not at import: bastion.cli imports this module to set Ray's environment
     # (ray_env) before anything imports Ray, which reads some of it at import time.
     import ray

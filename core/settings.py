@@ -9,7 +9,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bastion.core.errors import ConfigError
@@ -101,6 +109,11 @@ class Settings(BaseSettings):
     train_storage: str | None = Field(
         None, description="Where Ray Train keeps retraining checkpoints: a folder every node "
         "of the Ray cluster sees, or a URI (s3://, gs://); default <state_dir>/ray_results.",
+    )
+    text_hmac_key: SecretStr | None = Field(
+        None, description="The secret of the keyed text digests the stores keep (at least 32 "
+        "characters; every process of one install needs the same); default the file "
+        "<state_dir>/secrets/text-hmac.key, created on first use (see core.textkey).",
     )
     limits: Limits = Field(default_factory=Limits, description="API input limits.")
     serving: ServingConfig = Field(default_factory=ServingConfig, description="Serve sizing.")

@@ -42,7 +42,7 @@ from sqlalchemy.engine import URL
 from bastion.core.labels import LabelStore
 from bastion.core.model import ModelMetadata
 from bastion.core.policy import PolicySet, TriggerRule
-from bastion.core.runtime import dashboard_http, ray_env
+from bastion.core.runtime import dashboard_http, process_ray_env
 from bastion.core.settings import Settings
 from bastion.core.store import is_postgres, open_store
 from bastion.core.store.tables import drift_triggers
@@ -245,7 +245,7 @@ def _job_env() -> dict[str, str]:
     """Settings the job's driver must see as the platform does (endpoints and locations)."""
     env = {k: v for k, v in os.environ.items()
            if k.startswith("BASTION_") or k in ("MLFLOW_TRACKING_URI",)}
-    return {**ray_env(), **env}
+    return {**process_ray_env(), **env}
 
 
 def _active_jobs(client: Any) -> list[str]:

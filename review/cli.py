@@ -21,6 +21,7 @@ from bastion.core.labels import LabelStore
 from bastion.core.policy import ensure_policy_file, load_policy, parse_policy
 from bastion.core.settings import Settings
 from bastion.core.store import display_url
+from bastion.core.textkey import text_key
 from bastion.registry.store import CHAMPION, ModelRegistry
 from bastion.review.calibration import apply, propose, render
 from bastion.review.queue import ReviewQueue
@@ -58,7 +59,7 @@ def labels() -> None:
 def labels_import(state_dir: Path | None, file: Path, annotator: str) -> None:
 
     settings = settings_for(state_dir)
-    with closing(LabelStore(settings.database_url)) as store:
+    with closing(LabelStore(settings.database_url, text_key(settings))) as store:
         report = store.import_file(file, default_annotator=annotator)
     click.echo(f"imported {report.items} item(s): {report.labels_added} label(s) added, "
                f"{report.labels_unchanged} unchanged, {report.labels_revised} revised")
@@ -142,7 +143,8 @@ def review_service(settings: Settings) -> Iterator[ReviewService]:
     queue = ReviewQueue(settings.database_url)
     try:
         yield ReviewService(queue, lambda: pol,
-                            thresholds=lambda tenant: flag_thresholds(resolved, tenant))
+                            thresholds=lambda tenant: flag_thresholds(resolved, tenant),
+                            text_key=text_key(settings))
     finally:
         queue.close()
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from bastion.core.aggregation import dawid_skene
 from bastion.core.decision import written_flag_thresholds
-from bastion.core.events import EventLog, text_digest
+from bastion.core.events import EventLog
 from bastion.core.labels import LabelStore, item_key
 from bastion.core.policy import PolicySet
 from bastion.review.priority import task_priority
@@ -57,16 +57,18 @@ class ReviewService:
     """Intake, ranking, claims and label hand-off for one review queue."""
 
     def __init__(self, queue: ReviewQueue, policy: Callable[[], PolicySet],
-                 thresholds: Callable[[str], dict[str, float]] | None = None) -> None:
+                 thresholds: Callable[[str], dict[str, float]] | None = None,
+                 text_key: bytes | None = None) -> None:
         """
         Args:
             queue: the review queue.
             policy: returns the current policy (it may be reloaded while serving).
             thresholds: a tenant's block thresholds per category as serving resolved them.
+            text_key: the install's text digest key (``core.textkey``), for gold items.
         """
         self.queue = queue
         self._policy = policy
-        self.labels = LabelStore(queue.engine)  # the queue writes labels there on submit
+        self.labels = LabelStore(queue.engine, text_key)  # the queue writes labels there on submit
         self._thresholds = thresholds or (lambda _t: {})
 
     # -- intake ------------------------------------------------------------------------------
@@ -166,7 +168,7 @@ class ReviewService:
         """Queue an item whose answer is known: it measures the moderators who label it, and
         its known labels go to the label store as annotator ``gold``."""
         item = ReviewItem(tenant=tenant, item_id=item_id, text=text,
-                          text_sha256=text_digest(text), session_id=session_id, user_id=None,
+                          text_sha256=self.labels.digest(text), session_id=session_id, user_id=None,
                           source="sample", scores={}, keyword_hits=[], decision=None,
                           model_version=None, policy_version=None, ts=time.time())
         tid = self.queue.add_item(item, slots=self._policy().tenants[tenant].review.redundancy)

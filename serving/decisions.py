@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bastion.core.decision import ResolvedTenant, decide
-from bastion.core.events import DecisionEvent, text_digest
+from bastion.core.events import DecisionEvent
 from bastion.core.http import ApiError
+from bastion.core.textkey import text_digest
 from bastion.review.records import ReviewItem
 from bastion.serving.schemas import ModerateRequest
 from bastion.serving.scorer import ScoreResult
@@ -28,7 +29,7 @@ class Decisions:
 
 def assemble(req: ModerateRequest, tenant: str,
              scored: Sequence[tuple[ScoreResult, ResolvedTenant]], *, request_id: str,
-             now: float, review: bool) -> Decisions:
+             now: float, review: bool, text_key: bytes) -> Decisions:
     """Decide every item of ``req``.
 
     Args:
@@ -40,6 +41,7 @@ def assemble(req: ModerateRequest, tenant: str,
         now: the decisions' timestamp.
         review: whether review is enabled: items decided "review", and the other items of
             their sessions (as context), go to the review queue.
+        text_key: the install's text digest key (``core.textkey``).
 
     Raises:
         ApiError: 422 when ``req.categories`` names a category the tenant does not enforce.
@@ -58,6 +60,7 @@ def assemble(req: ModerateRequest, tenant: str,
         for j in range(len(res.scores)):
             item = next(items)
             d = decide(rt, item.text, res.scores[j], req.categories)
+            digest = text_digest(item.text, text_key)
             results.append({"id": item.id, **d, "model_version": res.model_version,
                             "policy_version": rt.version})
             in_review = d["decision"] == "review"
@@ -65,7 +68,7 @@ def assemble(req: ModerateRequest, tenant: str,
                 # a session's other items join its review task as context (if it has one)
                 review_items.append(ReviewItem(
                     tenant=tenant, item_id=item.id, text=item.text,
-                    text_sha256=text_digest(item.text), session_id=item.context.session_id,
+                    text_sha256=digest, session_id=item.context.session_id,
                     user_id=item.context.user_id,
                     source="decision" if in_review else "context", scores=d["scores"],
                     keyword_hits=[str(h.get("rule") or h.get("category") or "")
@@ -76,7 +79,7 @@ def assemble(req: ModerateRequest, tenant: str,
                 ts=now, request_id=request_id, tenant=tenant, item_id=item.id,
                 session_id=item.context.session_id, user_id=item.context.user_id,
                 text=item.text if rt.store_raw_text else None,
-                text_sha256=text_digest(item.text), text_len=len(item.text),
+                text_sha256=digest, text_len=len(item.text),
                 decision=d["decision"], scores=d["scores"], reasons=d["reasons"],
                 model_version=res.model_version, policy_version=rt.version,
                 embedding=res.embeddings[j],

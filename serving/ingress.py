@@ -29,7 +29,8 @@ from bastion.core.http import ApiError
 from bastion.core.keys import key_hashes, load_keys
 from bastion.core.model import ModelMetadata
 from bastion.core.policy import PolicySet, parse_policy
-from bastion.core.settings import Limits
+from bastion.core.settings import Limits, load_settings
+from bastion.core.textkey import text_key
 from bastion.review.queue import ReviewQueue
 from bastion.review.records import ReviewError
 from bastion.review.service import IntakeWriter, ReviewService
@@ -61,15 +62,18 @@ class _PolicyState:
 class Ingress:
     def __init__(
         self, scorer: DeploymentHandle, database_url: str, limits: dict[str, Any],
-        keys_file: str | None = None, review_intake: bool = True,
+        keys_file: str | None = None, state_dir: str | None = None,
+        review_intake: bool = True,
     ) -> None:
         self.scorer = scorer
         self.keys_file = keys_file
         self.limits = Limits.model_validate(limits)
+        self.text_key = text_key(load_settings(state_dir))  # keyed text digests (core.textkey)
         # the event log, the review queue and its labels: one database (Settings.database_url)
         self.writer = EventWriter(EventLog(database_url))
         self.review: ReviewService | None = ReviewService(
-            ReviewQueue(database_url), self._current_policy, thresholds=self._block_thresholds)
+            ReviewQueue(database_url), self._current_policy, thresholds=self._block_thresholds,
+            text_key=self.text_key)
         self.intake: IntakeWriter | None = IntakeWriter(self.review) if review_intake else None
         self._policy: _PolicyState | None = None
         self._resolved: dict[tuple[str, float], dict[str, ResolvedTenant]] = {}
@@ -162,7 +166,7 @@ class Ingress:
             self._score(texts[i:i + _CHUNK]) for i in range(0, len(texts), _CHUNK)])
         scored = [(res, (await self._resolved_for(res.model_version))[tenant]) for res in chunks]
         out = assemble(req, tenant, scored, request_id=uuid.uuid4().hex, now=time.time(),
-                       review=self.intake is not None)
+                       review=self.intake is not None, text_key=self.text_key)
         self.writer.submit(out.events)
         if self.intake is not None:
             self.intake.submit(out.review_items)

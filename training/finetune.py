@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -40,7 +41,14 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 from transformers import AutoModel, AutoTokenizer
 
-__all__ = ["FinetuneConfig", "train_loop", "run_finetune", "FinetuneResult"]
+from bastion.core.errors import BastionError
+
+__all__ = ["CheckpointError", "FinetuneConfig", "FinetuneResult", "load_checkpoint_file",
+           "run_finetune", "train_loop"]
+
+
+class CheckpointError(BastionError):
+    """A checkpoint that cannot be read back safely."""
 
 
 @dataclass(frozen=True)
@@ -149,13 +157,12 @@ def train_loop(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            saved = torch.load(Path(d) / "state.pt", weights_only=False, map_location=device)
+            saved = load_checkpoint_file(Path(d) / "state.pt", device)
             core.load_state_dict(saved["model"])
             opt.load_state_dict(saved["optimizer"])
             sched.load_state_dict(saved["scheduler"])
-            state = saved["meta"]
-            best_weights = torch.load(Path(d) / "best.pt", weights_only=False,
-                                      map_location=device)
+            state = _meta(saved)
+            best_weights = load_checkpoint_file(Path(d) / "best.pt", device)
         state["restarts"] += 1
         state["history"].append({"event": "resumed", "from_epoch": state["epoch"],
                                  "at": time.time()})
@@ -237,8 +244,11 @@ def train_loop(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
+                # tensors and primitive containers only, so weights_only=True reads them back;
+                # the run's bookkeeping travels as JSON text (json writes inf as Infinity)
+                meta = json.dumps(state, default=float)
                 torch.save({"model": core.state_dict(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(), "meta": state},
+                            "scheduler": sched.state_dict(), "meta": meta},
                            Path(tmp) / "state.pt")
                 torch.save(best_weights, Path(tmp) / "best.pt")
                 ckpt = Checkpoint.from_directory(tmp)
@@ -246,6 +256,29 @@ def train_loop(config: dict[str, Any]) -> None:
                              checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:03d}")
         if stop:
             break
+
+
+def _meta(saved: dict[str, Any]) -> dict[str, Any]:
+    """The run's bookkeeping: JSON text; a checkpoint written before that holds the plain dict
+    (primitives only, which weights_only=True loads as well)."""
+    meta = saved["meta"]
+    return json.loads(meta) if isinstance(meta, str) else dict(meta)
+
+
+def load_checkpoint_file(path: Path, map_location: Any) -> Any:
+    """A checkpoint file read with ``weights_only=True``: tensors and primitive containers
+    only, so a tampered checkpoint in shared storage cannot run code when it is resumed.
+
+    Raises:
+        CheckpointError: the file holds anything else (e.g. a pickled object).
+    """
+    try:
+        return torch.load(path, weights_only=True, map_location=map_location)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refused, it holds more than tensors and plain containers "
+            f"(weights_only=True): {str(err).splitlines()[0]}; delete the run's checkpoints "
+            "to train from scratch") from None
 
 
 def _log_live(target: dict[str, str] | None, metrics: dict[str, Any], step: int) -> None:
@@ -313,13 +346,13 @@ def run_finetune(
         raise RuntimeError(f"fine-tuning run {run_name} ended without a checkpoint")
     out_dir.mkdir(parents=True, exist_ok=True)
     with result.checkpoint.as_directory() as d:
-        saved = torch.load(Path(d) / "state.pt", weights_only=False, map_location="cpu")
-        best = torch.load(Path(d) / "best.pt", weights_only=False, map_location="cpu")
+        saved = load_checkpoint_file(Path(d) / "state.pt", "cpu")
+        best = load_checkpoint_file(Path(d) / "best.pt", "cpu")
     net = _Net.build(encoder_path, len(head_keys), normalize)
     net.load_state_dict(best)
     net.backbone.save_pretrained(out_dir, safe_serialization=True)
     AutoTokenizer.from_pretrained(encoder_path).save_pretrained(out_dir)
-    meta = saved["meta"]
+    meta = _meta(saved)
     return FinetuneResult(
         encoder_dir=out_dir,
         weight=net.heads.weight.detach().numpy().T.copy(),

@@ -1,4 +1,4 @@
-"""``bastion db``: the operator's commands for the database's schema."""
+"""``bastion db``: the operator's commands for the database: its schema, its retention purge."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from bastion.core.clikit import fail, guard, settings_for, state_dir_option
+from bastion.core.policy import ensure_policy_file, load_policy
+from bastion.core.retention import purge
 from bastion.core.store.engine import display_url, open_engine
 from bastion.core.store.legacy import import_legacy, legacy_files, summary
 from bastion.core.store.schema import current_revision, head_revision, upgrade
@@ -27,7 +29,7 @@ def _engine(state_dir: Path | None, url: str | None) -> Engine:
 
 @click.group()
 def db() -> None:
-    """The database every store shares: its schema revision and upgrades."""
+    """The database every store shares: its schema revision, upgrades and retention purge."""
 
 
 @db.command("upgrade")
@@ -80,3 +82,27 @@ def db_current(state_dir: Path | None, url: str | None) -> None:
              "no schema yet: run 'bastion db upgrade'" if rev is None else
              f"behind head {head}: run 'bastion db upgrade'")
     click.echo(f"{where}: revision {rev or '(none)'} ({state})")
+
+
+@db.command("purge")
+@state_dir_option
+@_URL
+@click.option("--policy", "policy_file", default=None, type=click.Path(dir_okay=False,
+              path_type=Path), help="Policy file whose tenants' retention_days apply "
+              "(default: the state directory's).")
+@guard
+def db_purge(state_dir: Path | None, url: str | None, policy_file: Path | None) -> None:
+    """Purge raw text and embeddings older than each tenant's retention_days (as 'bastion up'
+    does every hour); rows, scores and digests stay, labelled items are kept."""
+    settings = settings_for(state_dir)
+    policy = load_policy(policy_file or ensure_policy_file(settings))
+    engine = open_engine(url or settings.database_url)
+    try:
+        report = purge(engine, policy)
+    except SQLAlchemyError as err:
+        fail(f"cannot purge {display_url(engine)}: {err}; check the URL (--url or "
+             "BASTION_DATABASE_URL), that the server answers and that the schema is at head "
+             "('bastion db upgrade')")
+    finally:
+        engine.dispose()
+    click.echo(f"{display_url(engine)}: {report.summary()}")

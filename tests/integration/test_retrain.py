@@ -25,6 +25,7 @@ from bastion.core.policy import load_policy
 from bastion.core.settings import Settings
 from bastion.core.store import open_store
 from bastion.core.store.tables import embeddings
+from bastion.core.textkey import text_key
 from bastion.registry.lifecycle import Lifecycle
 from bastion.registry.store import CHALLENGER, CHAMPION, ModelRegistry
 from bastion.training.finetune import FinetuneConfig
@@ -71,7 +72,7 @@ def davidson_label_lines(start: int, n: int) -> list[dict]:
 def import_labels(settings: Settings, tmp: Path, lines: list[dict]) -> None:
     f = tmp / f"labels-{time.time_ns()}.jsonl"
     f.write_text("\n".join(json.dumps(x) for x in lines))
-    store = LabelStore(settings.database_url)
+    store = LabelStore(settings.database_url, text_key(settings))
     try:
         report = store.import_file(f)
     finally:

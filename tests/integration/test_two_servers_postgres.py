@@ -71,7 +71,9 @@ def _start(name: str, root: Path, url: str) -> tuple[Server, str]:
     moderator = add_reviewer(reviewers_path(state), f"mod-{name}", "moderator", ["studio"])
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "BASTION_"))}
-    env.update(BASTION_DATABASE_URL=url, BASTION_STATE_DIR=str(state))
+    # one install on two machines: one database and one text digest key (as a k8s Secret)
+    env.update(BASTION_DATABASE_URL=url, BASTION_STATE_DIR=str(state),
+               BASTION_TEXT_HMAC_KEY="two servers, one install, one text key")
     log = root / f"{name}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(

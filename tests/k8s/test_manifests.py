@@ -273,6 +273,92 @@ def test_only_ray_pods_reach_mlflow_and_only_they_and_mlflow_reach_postgres(
         assert not postgres and not find(docs, "NetworkPolicy", "postgres")
 
 
+OPERATOR = {"app.kubernetes.io/name": "kuberay-operator"}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_ray_control_planes_are_reachable_only_from_the_platforms_own_pods(
+    rendered: dict[str, list[Resource]], variant: str
+) -> None:
+    docs = rendered[variant]
+    clusters = {"bastion-serve": [one(docs, "RayService", "bastion")],
+                "bastion-retrain": [embedded_rayjob(docs), *find(docs, "RayCronJob")]}
+    for app, workloads in clusters.items():
+        policy = one(docs, "NetworkPolicy", app)["spec"]
+        assert policy["policyTypes"] == ["Ingress"]
+        templates = [t for w in workloads for t in pod_templates(w)]
+        assert templates and all(_matches(policy["podSelector"]["matchLabels"], t)
+                                 for t in templates), app
+        # no other workload's pods are selected: another app's rules never open these pods
+        for d in all_workloads(docs):
+            if d not in workloads:
+                assert not any(_matches(policy["podSelector"]["matchLabels"], t)
+                               for t in pod_templates(d)), (app, d["kind"])
+        open_ports: set[int] = set()
+        for rule in policy["ingress"]:
+            ports = {p["port"] for p in rule.get("ports", [])}
+            if "from" not in rule:  # anyone: only Serve's HTTP port, only on the serving pods
+                open_ports |= ports
+                continue
+            for peer in rule["from"]:
+                selector = peer["podSelector"]["matchLabels"]
+                if selector == OPERATOR:  # the KubeRay operator: the dashboard only
+                    assert ports == {8265} and peer["namespaceSelector"] == {}, app
+                else:  # the cluster's own pods: every port (GCS, raylet, object store...)
+                    assert selector == {"app.kubernetes.io/name": app} and "namespaceSelector" \
+                        not in peer, (app, peer)
+        assert open_ports == ({8000} if app == "bastion-serve" else set()), app
+    # the retraining submitter (it submits the job) is one of the retraining pods
+    submitter = embedded_rayjob(docs)["spec"]["submitterPodTemplate"]
+    assert _matches({"app.kubernetes.io/name": "bastion-retrain"}, submitter)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_ray_cluster_needs_rays_token_and_every_client_sends_it(
+    rendered: dict[str, list[Resource]], variant: str
+) -> None:
+    docs = rendered[variant]
+    secrets = {d["metadata"]["name"]: d for d in find(docs, "Secret")}
+    clusters = [("RayService", one(docs, "RayService", "bastion")["spec"]["rayClusterConfig"]),
+                ("RayJob", embedded_rayjob(docs)["spec"]["rayClusterSpec"])]
+    clusters += [("RayCronJob", c["spec"]["jobTemplate"]["rayClusterSpec"])
+                 for c in find(docs, "RayCronJob")]
+    names = set()
+    for where, cluster in clusters:
+        auth = cluster["authOptions"]
+        assert auth["mode"] == "token", where
+        assert "auth_token" in secrets[auth["secretName"]]["data"], where
+        names.add(auth["secretName"])
+    assert names == {"bastion-ray-auth"}
+    # `ray job submit` runs outside the Ray containers: it is given the token itself
+    jobs = [embedded_rayjob(docs)["spec"]] + [c["spec"]["jobTemplate"]
+                                             for c in find(docs, "RayCronJob")]
+    for job in jobs:
+        [sub] = job["submitterPodTemplate"]["spec"]["containers"]
+        env = {v["name"]: v for v in sub["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+            "name": "bastion-ray-auth", "key": "auth_token"}
+    # nothing turns it off again
+    for where, container in [c for d in all_workloads(docs) for c in containers(d)]:
+        assert _effective_env(docs, container).get("RAY_AUTH_MODE") in (None, "token"), where
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_ray_container_gets_the_text_digest_key_from_a_secret(
+    rendered: dict[str, list[Resource]], variant: str
+) -> None:
+    docs = rendered[variant]
+    secrets = {d["metadata"]["name"]: d for d in find(docs, "Secret")}
+    found = [(w, c) for w, c in _bastion_containers(docs)
+             if w.startswith(("RayService", "RayJob", "RayCronJob")) and "db-upgrade" not in w]
+    assert found
+    for where, container in found:
+        [var] = [v for v in container.get("env", []) if v["name"] == "BASTION_TEXT_HMAC_KEY"]
+        ref = var["valueFrom"]["secretKeyRef"]
+        assert ref["key"] in secrets[ref["name"]]["data"], where
+
+
 def test_dev_is_small_with_one_worker(rendered: dict[str, list[Resource]]) -> None:
     cluster = one(rendered["dev"], "RayService", "bastion")["spec"]["rayClusterConfig"]
     assert cluster["enableInTreeAutoscaling"] is False

@@ -73,3 +73,25 @@ def test_limits_are_configurable_and_bad_values_named(tmp_path: Path,
     monkeypatch.setenv("BASTION_LIMITS__MAX_ITEMS", "0")
     code, out = run("keys", "--state-dir", str(tmp_path))
     assert code == 2 and "BASTION_LIMITS__MAX_ITEMS: Input should be greater than" in out
+
+
+def test_up_prints_a_key_only_in_the_start_that_created_it(tmp_path: Path) -> None:
+    from bastion.core.keys import load_keys
+    from bastion.core.policy import load_policy
+    from bastion.core.settings import load_settings
+    from bastion.platform import announce_keys
+
+    settings = load_settings(tmp_path)
+    policy = load_policy(DEFAULT)
+    first: list[str] = []
+    keys = announce_keys(settings, policy, first.append)
+    assert keys == load_keys(settings.keys_file) and set(keys) == set(policy.tenants)
+    for tenant, key in keys.items():
+        assert sum(key in line for line in first) == 1, first
+        assert any(f"Tenant {tenant!r} API key (new, shown once)" in line for line in first)
+    again: list[str] = []
+    assert announce_keys(settings, policy, again.append) == keys
+    assert not any(key in line for line in again for key in keys.values()), again
+    assert any("see them with 'bastion keys TENANT" in line for line in again), again
+    code, out = run("keys", "demo", "--state-dir", str(tmp_path))
+    assert code == 0 and out.strip() == keys["demo"]

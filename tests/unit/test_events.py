@@ -10,11 +10,13 @@ import numpy as np
 from bastion.core.events import DecisionEvent, EventLog, EventWriter, text_digest
 from bastion.core.keys import ensure_keys, key_hashes, load_keys
 
+KEY = b"an install's text key, 32 chars+"
+
 
 def event(i: int, text: str | None = None) -> DecisionEvent:
     return DecisionEvent(
         ts=time.time(), request_id="r", tenant="acme", item_id=str(i), session_id="s1",
-        user_id="u1", text=text, text_sha256=text_digest("hello"), text_len=5,
+        user_id="u1", text=text, text_sha256=text_digest("hello", KEY), text_len=5,
         decision="allow", scores={"hate": 0.1}, reasons=[], model_version="1",
         policy_version="p1", embedding=np.full(8, i / 10, dtype=np.float32),
     )
@@ -32,7 +34,7 @@ def test_writer_close_flushes_everything_accepted(db_url: str) -> None:
     assert rows[0].seq < rows[1].seq < rows[2].seq
     assert rows[2].embedding is not None
     np.testing.assert_allclose(rows[2].embedding, 0.2, atol=1e-3)
-    assert rows[0].text is None and rows[0].text_sha256 == text_digest("hello")
+    assert rows[0].text is None and rows[0].text_sha256 == text_digest("hello", KEY)
     assert rows[0].scores == {"hate": 0.1} and rows[0].reasons == []
     log.close()
 

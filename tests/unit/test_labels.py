@@ -15,10 +15,12 @@ from bastion.core.errors import BastionError, LabelError
 from bastion.core.labels import ImportReport, LabelStore
 from bastion.core.store.tables import label_history
 
+KEY = b"an install's text key, 32 chars+"
+
 
 def store_with_item(db_url: str, item_id: str = "i1", tenant: str = "acme",
                     text: str = "you are awful") -> LabelStore:
-    store = LabelStore(db_url)
+    store = LabelStore(db_url, KEY)
     store.add_item(item_id=item_id, tenant=tenant, text=text)
     return store
 
@@ -90,7 +92,7 @@ def test_invalid_labels_say_what_is_wrong(db_url: str, kwargs: dict[str, object]
 
 
 def test_invalid_items_say_what_is_wrong(db_url: str) -> None:
-    store = LabelStore(db_url)
+    store = LabelStore(db_url, KEY)
     with pytest.raises(LabelError, match=r"tenant 'Acme' of item 'x' is not a lower-case slug"):
         store.add_item(item_id="x", tenant="Acme", text="hi")
     with pytest.raises(LabelError, match=r"item_id must be a non-empty string"):
@@ -114,7 +116,7 @@ def test_add_labels_is_all_or_nothing(db_url: str) -> None:
 
 
 def test_aggregation_of_disagreeing_annotators(db_url: str) -> None:
-    store = LabelStore(db_url)
+    store = LabelStore(db_url, KEY)
     store.add_item(item_id="a", tenant="acme", text="first")
     store.add_item(item_id="b", tenant="games", text="second")
     store.add_labels("acme", "a", "ann1", {"hate": 1.0, "offensive": 1.0}, confidence=1.0)
@@ -141,7 +143,7 @@ def test_aggregation_of_disagreeing_annotators(db_url: str) -> None:
 
 
 def test_since_selects_items_labelled_after_it(db_url: str) -> None:
-    store = LabelStore(db_url)
+    store = LabelStore(db_url, KEY)
     for item_id in ("old", "new"):
         store.add_item(item_id=item_id, tenant="acme", text=item_id)
     store.add_label(tenant="acme", item_id="old", annotator="ann", category="hate",
@@ -159,7 +161,7 @@ def test_since_selects_items_labelled_after_it(db_url: str) -> None:
 
 
 def test_eight_threads_share_one_store(db_url: str) -> None:
-    store = LabelStore(db_url)
+    store = LabelStore(db_url, KEY)
     for i in range(25):
         store.add_item(item_id=f"i{i}", tenant="acme", text=f"text {i}")
     outcomes: list[str] = []
@@ -181,7 +183,7 @@ def test_eight_threads_share_one_store(db_url: str) -> None:
 
 
 def _label_from_another_process(path: str, annotator: str) -> None:
-    store = LabelStore(path)
+    store = LabelStore(path, KEY)
     for i in range(100):
         # both processes store the same items: the second add_item of each is a no-op
         store.add_item(item_id=f"i{i}", tenant="acme", text=f"text {i}")
@@ -199,7 +201,7 @@ def test_two_processes_share_one_store(db_url: str) -> None:
     for p in procs:
         p.join(timeout=120)
     assert [p.exitcode for p in procs] == [0, 0]
-    stats = LabelStore(path).stats()
+    stats = LabelStore(path, KEY).stats()
     assert (stats["items"], stats["labels"], stats["annotators"]) == (100, 400, 2)
 
 
@@ -215,7 +217,7 @@ def test_jsonl_import_reports_a_bad_line_and_imports_the_rest(tmp_path: Path, db
     file = tmp_path / "labels.jsonl"
     lines = [json.dumps(line) for line in JSONL_LINES]
     file.write_text("\n".join([lines[0], "{not json", "", lines[1], lines[2]]) + "\n")
-    store = LabelStore(db_url)
+    store = LabelStore(db_url, KEY)
     report = store.import_file(file)
     assert report == ImportReport(items=2, labels_added=3, labels_unchanged=0, labels_revised=0,
                                   errors=[
@@ -245,7 +247,7 @@ def test_jsonl_line_problems_are_named(tmp_path: Path, db_url: str) -> None:
         {"tenant": "acme", "text": "x", "labels": {}},
         {"tenant": "ACME", "text": "x", "labels": {"hate": 1}},
     ]) + "\n")
-    report = LabelStore(db_url).import_file(file)
+    report = LabelStore(db_url, KEY).import_file(file)
     assert report.items == 0
     assert [e.split(": ", 1)[0] for e in report.errors] == [f"line {n}" for n in range(1, 7)]
     for error, needle in zip(report.errors, [
@@ -261,7 +263,7 @@ def test_derived_item_id(tmp_path: Path, db_url: str) -> None:
 
     file = tmp_path / "one.jsonl"
     file.write_text(json.dumps({"tenant": "acme", "text": "hi", "labels": {"hate": 0}}) + "\n")
-    store = LabelStore(db_url)
+    store = LabelStore(db_url, KEY)
     store.import_file(file)
     [row] = store.aggregated()
     assert row.item_id == "sha256:" + hashlib.sha256(b"acme\0hi").hexdigest()[:16]
@@ -278,7 +280,7 @@ def test_csv_import_reports_a_bad_line_and_imports_the_rest(tmp_path: Path, db_u
         "c5,acme,nothing labelled,bob,,,\n",
         encoding="utf-8",
     )
-    store = LabelStore(db_url)
+    store = LabelStore(db_url, KEY)
     report = store.import_file(file, default_annotator="tool")
     assert (report.items, report.labels_added) == (3, 4)
     assert report.errors == ["line 4: label:hate must be a number in [0, 1], got 'yes'",
@@ -293,7 +295,7 @@ def test_csv_import_reports_a_bad_line_and_imports_the_rest(tmp_path: Path, db_u
 
 
 def test_unusable_files_are_rejected_whole(tmp_path: Path, db_url: str) -> None:
-    store = LabelStore(db_url)
+    store = LabelStore(db_url, KEY)
     with pytest.raises(LabelError, match=r"no such file; give a \.jsonl .* or \.csv"):
         store.import_file(tmp_path / "missing.jsonl")
     (tmp_path / "labels.txt").write_text("x")

@@ -32,7 +32,7 @@ def item(item_id: str, score: float, session: str | None = "s1", tenant: str = "
 @pytest.fixture()
 def svc(db_url: str) -> Iterator[ReviewService]:
     q = ReviewQueue(db_url)
-    yield ReviewService(q, lambda: POLICY)
+    yield ReviewService(q, lambda: POLICY, text_key=b"k" * 32)
     q.close()
 
 

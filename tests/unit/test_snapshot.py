@@ -87,11 +87,12 @@ def test_the_gate_reads_the_snapshots_test_split_with_held_out_labels(tmp_path) 
     from bastion.core.labels import LabelStore
     from bastion.core.policy import ensure_policy_file, load_policy
     from bastion.core.settings import load_settings
+    from bastion.core.textkey import text_key
     from bastion.training.retrain import heldout_data, options_from_policy, snapshot_options
     from bastion.training.snapshot import build_snapshot
 
     settings = load_settings(tmp_path)
-    store = LabelStore(settings.database_url)
+    store = LabelStore(settings.database_url, text_key(settings))
     try:
         for i in range(200):
             store.add_item(item_id=f"i{i}", tenant="acme", text=f"labelled message number {i}",
