@@ -102,7 +102,7 @@ def victim(url: str, key: str, texts: list[str], args: argparse.Namespace,
 
 def start_flood(url: str, key: str, texts: list[str], args: argparse.Namespace,
                 duration_s: float) -> subprocess.Popen[str]:
-    spec = {"url": url, "tenant": "flooder", "key": key, "texts": texts[:500],
+    spec = {"url": url, "tenant": "flooder", "key": key, "texts": texts[:200],
             "items_per_request": args.flood_items, "connections": args.flood_connections,
             "rps": args.flood_rps, "duration_s": duration_s}
     proc = subprocess.Popen([sys.executable, "-m", "bench._flood", json.dumps(spec)],
