@@ -13,20 +13,65 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ApiError", "BodyGuard", "bearer_token", "error_response", "install_error_handlers",
-           "invalid", "problem_messages"]
+__all__ = ["ApiError", "BodyGuard", "ErrorBody", "bearer_token", "error_response",
+           "error_responses", "install_error_handlers", "invalid", "problem_messages"]
 
 _JSON = "application/json"
+
+# Seconds a client waits after a 503 (a replica starting, a model loading): most such states
+# pass within seconds.
+RETRY_AFTER_503_S = 2
+
+
+class ErrorBody(BaseModel):
+    """The body of every error the API returns."""
+
+    error: str = Field(..., description="What is wrong and how to fix it.")
+    details: list[str] | None = Field(
+        None, description="With several problems (422): one 'path: message' per problem.")
+
+
+_RETRY_AFTER = {"Retry-After": {
+    "description": "Seconds to wait before trying again (an integer).", "required": True,
+    "schema": {"type": "integer", "minimum": 1}}}
+
+# What each status means on this API; the OpenAPI document lists, per operation, those it
+# can return (error_responses).
+_MEANING = {
+    400: "The body is not UTF-8 or not JSON.",
+    401: "A missing key, or one that is not valid for this tenant or route.",
+    403: "The reviewer's role, or the claim's owner, does not allow this.",
+    404: "No such tenant policy, task or claim.",
+    409: "The claim's lease was lost (expired or released).",
+    413: "The body, or its items, are past a limit (limits.max_body_bytes, limits.max_items, "
+         "the tenant's fair_use.burst_items).",
+    422: "Fields that fail validation, each named by its path.",
+    429: "The tenant is over its fair-use rate or in-flight limit (fair_use in its policy).",
+    503: "No policy or model is loaded yet, or nothing can serve now: retry after a while.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` of a route for the error statuses it can return: the error body,
+    and ``Retry-After`` for 429 and 503."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {"model": ErrorBody, "description": _MEANING[status]}
+        if status in (429, 503):
+            entry["headers"] = _RETRY_AFTER
+        out[status] = entry
+    return out
 
 
 class ApiError(HTTPException):
@@ -36,13 +81,19 @@ class ApiError(HTTPException):
     (by :class:`BodyGuard`) on to the handler instead of turning it into a generic 400.
     """
 
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
-        super().__init__(status, message)
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None,
+                 **extra: Any) -> None:
+        headers = dict(headers or {})
+        if status == 503:
+            # a 503 is always temporary here (no policy or model yet, nothing can serve now)
+            headers.setdefault("Retry-After", str(RETRY_AFTER_503_S))
+        super().__init__(status, message, headers=headers or None)
         self.status, self.message, self.extra = status, message, extra
 
 
-def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None,
+                   **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
 def invalid(*problems: tuple[Sequence[str | int], str]) -> RequestValidationError:
@@ -66,7 +117,7 @@ def problem_messages(errors: Sequence[Any]) -> list[str]:
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.message, **exc.extra)
+    return error_response(exc.status, exc.message, exc.headers, **exc.extra)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from enum import StrEnum
 from importlib import resources
@@ -27,6 +28,7 @@ __all__ = [
     "Action",
     "ensure_policy_file",
     "CategoryPolicy",
+    "FairUse",
     "GateDefaults",
     "DriftPolicy",
     "RetrainingPolicy",
@@ -208,6 +210,48 @@ class ReviewPolicy(_Frozen):
     )
 
 
+class FairUse(_Frozen):
+    """A tenant's share of the service: how fast and how much at once it may send, so that one
+    tenant's flood never slows the others. Every limit is off unless set.
+
+    The rate is counted in items (texts), not requests: an item is what costs encoder time,
+    and a request of 256 items costs 256 single ones. It is a token bucket: ``items_per_s``
+    refills it, ``burst_items`` is its size. A request is admitted when the bucket holds its
+    items (or is full, for a request larger than one replica's share of the burst); past the
+    limit it gets 429 with ``Retry-After``. ``max_in_flight`` bounds the tenant's requests
+    being served at once. Each limit is for the whole tenant: with N ingress replicas each
+    replica enforces 1/N of it (``serving.ingress_replicas``; Serve spreads requests evenly).
+    """
+
+    items_per_s: float | None = Field(
+        None, gt=0, description="Sustained items (texts) per second the tenant may send, over "
+        "the whole deployment; unset: no rate limit.",
+    )
+    burst_items: int | None = Field(
+        None, ge=1, description="Items the tenant may send at once on top of the sustained rate "
+        "(the bucket's size); needs items_per_s. Default: two seconds of items_per_s, at least "
+        "one item. A request with more items than this is refused with 413.",
+    )
+    max_in_flight: int | None = Field(
+        None, ge=1, description="Requests of the tenant being served at once, over the whole "
+        "deployment; unset: no limit.",
+    )
+
+    @model_validator(mode="after")
+    def _burst_needs_rate(self) -> FairUse:
+        if self.burst_items is not None and self.items_per_s is None:
+            raise ValueError("burst_items is the size of the items_per_s bucket: set "
+                             "items_per_s too, or remove burst_items")
+        return self
+
+    @property
+    def burst(self) -> float | None:
+        """The bucket's size in items (``burst_items`` or its default), or None without a rate."""
+        if self.items_per_s is None:
+            return None
+        return float(self.burst_items or max(1, math.ceil(2 * self.items_per_s)))
+
+
 class TenantPolicy(_Frozen):
     """One tenant's (product's or studio's) policy."""
 
@@ -237,6 +281,10 @@ class TenantPolicy(_Frozen):
     )
     review: ReviewPolicy = Field(
         default_factory=ReviewPolicy, description="Human review: redundancy and priority."
+    )
+    fair_use: FairUse = Field(
+        default_factory=FairUse, description="Rate and concurrency limits (429 past them); "
+        "off by default.",
     )
 
     @model_validator(mode="after")
@@ -359,7 +407,11 @@ class PolicySet(_Frozen):
 
 
 def policy_version(tenant: TenantPolicy, label: str | None = None) -> str:
-    canonical = json.dumps(tenant.model_dump(mode="json"), sort_keys=True).encode()
+    """A digest of what decides the tenant's items. ``fair_use`` is left out: it decides who is
+    served, not what is decided, and an edited rate limit must not split the decision history
+    (nor change the version of a policy written before it existed)."""
+    decided = tenant.model_dump(mode="json", exclude={"fair_use"})
+    canonical = json.dumps(decided, sort_keys=True).encode()
     digest = hashlib.sha256(canonical).hexdigest()[:10]
     return f"{label}-{digest}" if label else digest
 

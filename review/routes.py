@@ -20,7 +20,7 @@ from typing import Annotated, Any, Protocol
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from bastion.core.http import ApiError, bearer_token
+from bastion.core.http import ApiError, bearer_token, error_responses
 from bastion.core.keys import holder
 from bastion.review.records import LabelIn, LeaseLost, NotFound, Report, ReviewError
 from bastion.review.records import SessionEvent as ReviewEvent
@@ -96,6 +96,11 @@ def current_reviewer(request: Request, access: Access) -> Reviewer:
 
 CurrentReviewer = Annotated[Reviewer, Depends(current_reviewer)]
 
+# The statuses each kind of route can return (the OpenAPI document lists them): tenant routes
+# with a body, and the reviewer routes with and without one.
+_TENANT = error_responses(400, 401, 404, 413, 422, 503)
+_REVIEWER = (401, 403, 503)
+
 
 def _digest(parts: list[Any]) -> str:
     """An id derived from content, so a repeat of the same report or event is one record."""
@@ -103,7 +108,8 @@ def _digest(parts: list[Any]) -> str:
 
 
 # -- intake: the product's reports and session events (tenant keys) ----------------------------
-@router.post("/v1/reports", status_code=202, summary="A user reports another user or an item.")
+@router.post("/v1/reports", status_code=202, summary="A user reports another user or an item.",
+             responses=_TENANT)
 async def report(req: ReportRequest, request: Request,
                  access: Access) -> dict[str, Any]:
     tenant = access.authenticate(request, req.tenant)
@@ -123,7 +129,8 @@ async def report(req: ReportRequest, request: Request,
 
 
 @router.post("/v1/events", status_code=202,
-             summary="Session events (mute, leave, block, ...) that may call for review.")
+             summary="Session events (mute, leave, block, ...) that may call for review.",
+             responses=_TENANT)
 async def events(req: EventsRequest, request: Request,
                  access: Access) -> dict[str, Any]:
     tenant = access.authenticate(request, req.tenant)
@@ -142,7 +149,8 @@ async def events(req: EventsRequest, request: Request,
 
 
 # -- moderators (reviewer keys) ----------------------------------------------------------------
-@router.post("/v1/review/claim", summary="Lease the most urgent task in your tenants.")
+@router.post("/v1/review/claim", summary="Lease the most urgent task in your tenants.",
+             responses=error_responses(*_REVIEWER))
 async def review_claim(who: CurrentReviewer,
                        access: Access) -> JSONResponse:
     got = await asyncio.to_thread(access.review_service().claim, who.name, who.tenants)
@@ -154,7 +162,8 @@ async def review_claim(who: CurrentReviewer,
                          "task": task_view(task, show_gold=who.role == "mlops")})
 
 
-@router.post("/v1/review/submit", summary="Submit labels for a claimed task (idempotent).")
+@router.post("/v1/review/submit", summary="Submit labels for a claimed task (idempotent).",
+             responses=error_responses(*_REVIEWER, 400, 404, 409, 413, 422))
 async def review_submit(req: SubmitRequest, who: CurrentReviewer,
                         access: Access) -> dict[str, Any]:
     service = access.review_service()
@@ -174,7 +183,8 @@ async def review_submit(req: SubmitRequest, who: CurrentReviewer,
             "duplicate": sub.duplicate, "labels": len(sub.labels)}
 
 
-@router.post("/v1/review/release", summary="Give a claimed task back to the queue.")
+@router.post("/v1/review/release", summary="Give a claimed task back to the queue.",
+             responses=error_responses(*_REVIEWER, 400, 409, 413, 422))
 async def review_release(req: ClaimToken, who: CurrentReviewer,
                          access: Access) -> dict[str, Any]:
     service = access.review_service()
@@ -188,7 +198,8 @@ async def review_release(req: ClaimToken, who: CurrentReviewer,
     return {"released": True}
 
 
-@router.get("/v1/review/tasks/{task_id}", summary="One task, within your tenants.")
+@router.get("/v1/review/tasks/{task_id}", summary="One task, within your tenants.",
+            responses=error_responses(*_REVIEWER, 404, 422))  # FastAPI lists 422 anyway
 async def review_task(task_id: str, who: CurrentReviewer,
                       access: Access) -> dict[str, Any]:
     try:
@@ -199,7 +210,8 @@ async def review_task(task_id: str, who: CurrentReviewer,
     return task_view(task, show_gold=who.role == "mlops")
 
 
-@router.get("/v1/review/queue", summary="Open tasks in your tenants, most urgent first.")
+@router.get("/v1/review/queue", summary="Open tasks in your tenants, most urgent first.",
+            responses=error_responses(*_REVIEWER, 422))
 async def review_queue(who: CurrentReviewer, access: Access,
                        limit: int = 50) -> dict[str, Any]:
     tasks = await asyncio.to_thread(access.review_service().queue.pending, who.tenants,

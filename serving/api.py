@@ -10,10 +10,15 @@ from typing import Annotated, Any, Protocol
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from bastion.core.http import BodyGuard, install_error_handlers
+from bastion.core.http import BodyGuard, error_responses, install_error_handlers
 from bastion.core.settings import Limits
 from bastion.review.routes import ReviewAccess, include_review
-from bastion.serving.schemas import ModerateRequest, ModerateResponse, check_limits
+from bastion.serving.schemas import (
+    ModerateRequest,
+    ModerateResponse,
+    Readiness,
+    check_limits,
+)
 
 __all__ = ["Moderation", "build_api", "router"]
 
@@ -61,7 +66,8 @@ Current = Annotated[Moderation, Depends(current_moderation)]
 
 
 @router.post("/v1/moderate", response_model=ModerateResponse,
-             summary="Score items against a tenant's policy and decide.")
+             summary="Score items against a tenant's policy and decide.",
+             responses=error_responses(400, 401, 404, 413, 422, 429, 503))
 async def moderate(req: ModerateRequest, request: Request,
                    moderation: Current) -> dict[str, Any]:
     check_limits(req, moderation.limits)
@@ -73,7 +79,10 @@ async def healthz() -> dict[str, Any]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: a model and a policy are loaded, with details.")
+@router.get("/readyz", summary="Readiness: a model and a policy are loaded, with details.",
+            response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "Not ready (yet): the same "
+                                                                 "body, ready false."}})
 async def readyz(moderation: Current) -> JSONResponse:
     ready, details = await moderation.readiness()
     return JSONResponse({"ready": ready, **details}, status_code=200 if ready else 503)

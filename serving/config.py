@@ -54,7 +54,9 @@ def serve_config(
                       else settings.database_url),
     ).model_dump(mode="json")
     ingress_config: dict[str, Any] = {
-        "policy": policy.model_dump(mode="json", exclude_none=True)}
+        "policy": policy.model_dump(mode="json", exclude_none=True),
+        # each replica enforces 1/N of a tenant's fair-use limits (serving.fairuse)
+        "ingress_replicas": settings.serving.ingress_replicas}
     if reviewers:
         ingress_config["reviewer_hashes"] = reviewer_hashes(reviewers)
     if keys_file is None:

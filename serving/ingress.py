@@ -37,6 +37,7 @@ from bastion.review.service import IntakeWriter, ReviewService
 from bastion.serving.api import build_api
 from bastion.serving.auth import authenticate_tenant
 from bastion.serving.decisions import assemble
+from bastion.serving.fairuse import FairUseLimiter
 from bastion.serving.schemas import ModerateRequest
 from bastion.serving.scorer import ScoreResult, items_in
 
@@ -79,6 +80,7 @@ class Ingress:
         self._resolved: dict[tuple[str, float], dict[str, ResolvedTenant]] = {}
         self._meta: dict[str, ModelMetadata] = {}
         self.started_at = time.time()
+        self.fair_use = FairUseLimiter()  # per-tenant rate and in-flight limits (429)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve asks for the replica's ASGI app once the constructor has run."""
@@ -97,6 +99,7 @@ class Ingress:
             hashes = key_hashes(load_keys(Path(self.keys_file)))
         state = _PolicyState(policy, {h: t for t, h in hashes.items()}, time.time(),
                              dict(config.get("reviewer_hashes") or {}))
+        self.fair_use.configure(policy, int(config.get("ingress_replicas", 1)))
         self._policy = state  # one assignment: requests see the old or the new state, whole
         log.info("Ingress policy loaded: %d tenant(s)", len(policy.tenants))
 
@@ -161,6 +164,11 @@ class Ingress:
 
     async def moderate(self, req: ModerateRequest, request: Request) -> dict[str, Any]:
         tenant = self.authenticate(request, req.tenant)
+        with self.fair_use.admit(tenant, len(req.items)):  # 429 past the tenant's limits
+            return await self._moderate(tenant, req, request)
+
+    async def _moderate(self, tenant: str, req: ModerateRequest,
+                        request: Request) -> dict[str, Any]:
         texts = [it.text for it in req.items]
         chunks = await asyncio.gather(*[
             self._score(texts[i:i + _CHUNK]) for i in range(0, len(texts), _CHUNK)])

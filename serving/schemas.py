@@ -12,7 +12,7 @@ from bastion.core.settings import Limits
 
 __all__ = [
     "ItemContext", "Item", "ModerateRequest", "Reason", "ItemResult", "ModerateResponse",
-    "check_limits",
+    "Readiness", "check_limits",
 ]
 
 
@@ -74,6 +74,19 @@ class ModerateResponse(BaseModel):
     model_version: str
     policy_version: str
     results: list[ItemResult]
+
+
+class Readiness(BaseModel):
+    """``/readyz``: whether a model and a policy are loaded, and the details of each part."""
+
+    model_config = ConfigDict(extra="allow")
+
+    ready: bool = Field(..., description="A policy and a model are loaded: requests are served.")
+    ingress: dict[str, Any] | None = Field(None, description="This ingress replica's state.")
+    scorer: dict[str, Any] | None = Field(
+        None, description="The Scorer's state (model version, batch statistics), or its error.")
+    policy_fit: dict[str, Any] | None = Field(
+        None, description="Per tenant, the categories served otherwise than written, and why.")
 
 
 def check_limits(req: ModerateRequest, limits: Limits) -> None:
