@@ -10,9 +10,6 @@ submission's own transaction (``ReviewQueue.submit``), where retraining and drif
 
 from __future__ import annotations
 
-import logging
-import queue as _queue
-import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import asdict
@@ -25,6 +22,7 @@ from bastion.core.decision import written_flag_thresholds
 from bastion.core.events import EventLog, text_digest
 from bastion.core.labels import LabelStore, item_key
 from bastion.core.policy import PolicySet
+from bastion.core.writer import BackgroundWriter
 from bastion.review.priority import task_priority
 from bastion.review.queue import ReviewQueue
 from bastion.review.records import (
@@ -41,7 +39,6 @@ from bastion.review.selection import select
 
 __all__ = ["ReviewService", "IntakeWriter", "task_view"]
 
-log = logging.getLogger(__name__)
 
 
 def task_view(task: Task, *, show_gold: bool = False) -> dict[str, Any]:
@@ -230,40 +227,22 @@ class ReviewService:
         return dict(self.labels.stats()["by_category"])
 
 
-class IntakeWriter:
-    """Queues review-band decisions from the request path on a background thread (like the
-    event log's writer): the request only enqueues; a failed write is retried, not lost."""
+class IntakeWriter(BackgroundWriter[ReviewItem]):
+    """Queues review-band decisions from the request path on a background thread, like the
+    event log's writer (``core.writer``): a failing store is retried until it is back, a full
+    queue refuses new items rather than drop them, and ``close()`` flushes what it accepted.
+    Only a :class:`ReviewError` (the items themselves are invalid) leaves items out, logged."""
 
-    def __init__(self, service: ReviewService, retry_s: float = 1.0) -> None:
+    def __init__(self, service: ReviewService, retry_s: float = 1.0, capacity: int = 100_000,
+                 flush_every_s: float = 0.2) -> None:
         self.service = service
-        self.errors = 0
-        self._q: _queue.Queue[list[ReviewItem] | None] = _queue.Queue()
-        self._retry_s = retry_s
-        self._thread = threading.Thread(target=self._run, name="review-intake", daemon=True)
-        self._thread.start()
+        super().__init__("review intake", self._intake, permanent=_invalid_items,
+                         reset=service.queue.engine.dispose, capacity=capacity,
+                         flush_every_s=flush_every_s, max_batch=256, max_backoff_s=retry_s * 5)
 
-    def submit(self, items: list[ReviewItem]) -> None:
-        if items:
-            self._q.put(items)
+    def _intake(self, items: list[ReviewItem]) -> None:
+        self.service.intake_decisions(items)
 
-    def _run(self) -> None:
-        while True:
-            batch = self._q.get()
-            if batch is None:
-                return
-            while True:
-                try:
-                    self.service.intake_decisions(batch)
-                    break
-                except ReviewError as err:  # bad data: retrying cannot help
-                    self.errors += 1
-                    log.error("review intake rejected a batch: %s", err)
-                    break
-                except Exception as err:  # noqa: BLE001 - retried: accepted items are kept
-                    self.errors += 1
-                    log.warning("review intake failed (retrying): %s", err)
-                    time.sleep(self._retry_s)
 
-    def close(self, timeout: float = 10.0) -> None:
-        self._q.put(None)
-        self._thread.join(timeout)
+def _invalid_items(err: BaseException) -> bool:
+    return isinstance(err, ReviewError)
