@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -36,13 +37,18 @@ class ApiError(HTTPException):
     (by :class:`BodyGuard`) on to the handler instead of turning it into a generic 400.
     """
 
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
-        super().__init__(status, message)
+    def __init__(self, status: int, message: str, *, retry_after_s: float | None = None,
+                 **extra: Any) -> None:
+        """``retry_after_s`` (a 503 or 429) goes out as the ``Retry-After`` header."""
+        headers = None if retry_after_s is None else {
+            "Retry-After": str(max(1, math.ceil(retry_after_s)))}
+        super().__init__(status, message, headers=headers)
         self.status, self.message, self.extra = status, message, extra
 
 
-def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None,
+                   **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
 def invalid(*problems: tuple[Sequence[str | int], str]) -> RequestValidationError:
@@ -66,7 +72,7 @@ def problem_messages(errors: Sequence[Any]) -> list[str]:
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.message, **exc.extra)
+    return error_response(exc.status, exc.message, exc.headers, **exc.extra)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

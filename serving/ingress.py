@@ -36,6 +36,7 @@ from bastion.review.service import IntakeWriter, ReviewService
 from bastion.serving.api import build_api
 from bastion.serving.auth import authenticate_tenant
 from bastion.serving.decisions import assemble
+from bastion.serving.resilience import record, retrying, store_health
 from bastion.serving.schemas import ModerateRequest
 
 __all__ = ["Ingress"]
@@ -157,14 +158,12 @@ class Ingress:
         tenant = self.authenticate(request, req.tenant)
         texts = [it.text for it in req.items]
         chunks = await asyncio.gather(*[
-            self.scorer.score.remote(texts[i:i + _CHUNK]) for i in range(0, len(texts), _CHUNK)
+            retrying(self.scorer.score, texts[i:i + _CHUNK]) for i in range(0, len(texts), _CHUNK)
         ])
         scored = [(res, (await self._resolved_for(res.model_version))[tenant]) for res in chunks]
         out = assemble(req, tenant, scored, request_id=uuid.uuid4().hex, now=time.time(),
                        review=self.intake is not None)
-        self.writer.submit(out.events)
-        if self.intake is not None:
-            self.intake.submit(out.review_items)
+        record(self.writer, self.intake, out.events, out.review_items)  # or 503: nothing lost
         return out.response
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
@@ -176,7 +175,8 @@ class Ingress:
                         "tenants": len(self._policy.policy.tenants) if self._policy else 0,
                         "event_write_retries": self.writer.errors},
         }
-        ready = self._policy is not None
+        stores_ok, details["stores"] = store_health(self.writer, self.intake)
+        ready = self._policy is not None and stores_ok
         try:
             details["scorer"] = await asyncio.wait_for(self.scorer.status.remote(), timeout=5)
             ready = ready and details["scorer"]["model_version"] is not None
