@@ -73,3 +73,17 @@ def test_limits_are_configurable_and_bad_values_named(tmp_path: Path,
     monkeypatch.setenv("BASTION_LIMITS__MAX_ITEMS", "0")
     code, out = run("keys", "--state-dir", str(tmp_path))
     assert code == 2 and "BASTION_LIMITS__MAX_ITEMS: Input should be greater than" in out
+
+
+def test_registry_commands_refuse_clearly_when_mlflow_is_unreachable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("BASTION_MLFLOW_TRACKING_URI", uri)
+    for args in (["rollback"], ["promote", "2"], ["models", "list"]):
+        code, out = run(*args, "--state-dir", str(tmp_path))
+        assert code == 2, out
+        assert f"error: the model registry (MLflow tracking URI {uri}) is unreachable" in out
+        assert "BASTION_MLFLOW_TRACKING_URI" in out and "Traceback" not in out
