@@ -90,21 +90,30 @@ class BackgroundWriter(Generic[T]):
         self.failing_since: float | None = None
         self.last_error: str | None = None
         self._close_deadline = float("inf")
+        self._accepted = self._completed = 0  # items accepted / written or rejected, in order
+        self._waiters: deque[tuple[int, Callable[[], None]]] = deque()
         self._thread = threading.Thread(target=self._run, name=f"bastion-{name}-writer",
                                         daemon=True)
         self._thread.start()
 
     # -- the request path ---------------------------------------------------------------------
-    def submit(self, items: list[T]) -> None:
-        """Accept ``items`` whole, or none of them (:class:`WriterFull`)."""
+    def submit(self, items: list[T], on_done: Callable[[], None] | None = None) -> None:
+        """Accept ``items`` whole, or none of them (:class:`WriterFull`). ``on_done`` is called
+        on the writer's thread once they are written (or rejected as invalid), or as soon as a
+        write fails (they stay queued and retried): the caller may wait for it before it
+        answers, so that what it answered is on disk unless the store is down."""
         if not items:
             return
         with self._cv:
             if self._closed or len(self._q) + self._inflight + len(items) > self.capacity:
                 raise self.full_error()
             self._q.extend(items)
-            if len(self._q) >= self._max_batch:
-                self._cv.notify()
+            self._accepted += len(items)
+            if on_done is not None:
+                self._waiters.append((self._accepted, on_done))
+            # Write now: concurrent submissions gather while a write runs (group commit), so
+            # waiting callers pay one transaction, not the flush interval.
+            self._cv.notify()
 
     def full_error(self) -> WriterFull:
         """The refusal of work that does not fit, saying why and when to come back."""
@@ -152,8 +161,18 @@ class BackgroundWriter(Generic[T]):
                 self._write_until_done(batch)
             with self._cv:
                 self._inflight = 0
-                if self._stop and not self._q:
-                    return
+                self._completed += len(batch)
+                due = []
+                while self._waiters and self._waiters[0][0] <= self._completed:
+                    due.append(self._waiters.popleft()[1])
+                stop = self._stop and not self._q
+            for callback in due:
+                try:
+                    callback()
+                except Exception:  # noqa: BLE001 - a caller gone (its loop closed) is fine
+                    pass
+            if stop:
+                return
 
     def _write_until_done(self, batch: list[T]) -> None:
         delay = self._backoff_s
@@ -193,6 +212,14 @@ class BackgroundWriter(Generic[T]):
                 self._succeeded(1)
 
     def _failed(self, err: BaseException) -> None:
+        with self._cv:  # nobody waits on a store that is down: their items stay queued
+            due = [cb for _, cb in self._waiters]
+            self._waiters.clear()
+        for callback in due:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - see _run
+                pass
         self.errors += 1
         self.last_error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         if self.failing_since is None:

@@ -163,7 +163,7 @@ class Ingress:
         scored = [(res, (await self._resolved_for(res.model_version))[tenant]) for res in chunks]
         out = assemble(req, tenant, scored, request_id=uuid.uuid4().hex, now=time.time(),
                        review=self.intake is not None)
-        record(self.writer, self.intake, out.events, out.review_items)  # or 503: nothing lost
+        await record(self.writer, self.intake, out.events, out.review_items)  # or 503: nothing lost
         return out.response
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:

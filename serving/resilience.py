@@ -17,6 +17,7 @@ wait for; never a 500 for a fault one retry hides, never a 2xx whose decisions a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -47,6 +48,8 @@ REPLICA_FAILURES: tuple[type[BaseException], ...] = (
 # this budget; with two, the live one answers at once. Past it the client is told to come back.
 CALL_BUDGET_S = 45.0
 RETRY_AFTER_S = 5.0
+# The longest a response waits for its decisions to be written while the store looks healthy.
+DURABLE_WAIT_S = 5.0
 
 
 class _Method(Protocol):
@@ -85,20 +88,34 @@ async def _awaited(response: Any) -> Any:
     return await response
 
 
-def record(events: BackgroundWriter[Any], review: BackgroundWriter[Any] | None,
-           decisions: Sequence[Any], review_items: Sequence[Any]) -> None:
+async def record(events: BackgroundWriter[Any], review: BackgroundWriter[Any] | None,
+                 decisions: Sequence[Any], review_items: Sequence[Any]) -> None:
     """Queue a response's decisions (and its review-band items), or refuse the request with
-    503 + ``Retry-After`` if either writer cannot take them: nothing answered 2xx is lost."""
+    503 + ``Retry-After`` if either writer cannot take them; then wait until the decisions are
+    written (group commit, one transaction), so that a replica killed right after it answered
+    loses nothing it answered. While the store fails, the answer goes out once they are queued
+    (bounded, retried, reported by ``/readyz``), and after ``DURABLE_WAIT_S`` at most."""
     for writer, items in ((events, decisions), (review, review_items)):
         if writer is not None and items and not writer.room(len(items)):
             err = writer.full_error()
             raise ApiError(503, str(err), retry_after_s=err.retry_after_s)
+    loop = asyncio.get_running_loop()
+    written: asyncio.Future[None] = loop.create_future()
     try:
-        events.submit(list(decisions))
+        events.submit(list(decisions), on_done=lambda: loop.call_soon_threadsafe(
+            _resolve, written))
         if review is not None:
             review.submit(list(review_items))
     except WriterFull as err:
         raise ApiError(503, str(err), retry_after_s=err.retry_after_s) from None
+    if decisions and events.failing_since is None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(written), DURABLE_WAIT_S)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def store_health(*writers: BackgroundWriter[Any] | None) -> tuple[bool, dict[str, Any]]:

@@ -74,15 +74,32 @@ def test_record_refuses_with_503_when_a_writer_is_full_and_takes_nothing() -> No
                                                      flush_every_s=0.01, max_backoff_s=0.02)
     review: BackgroundWriter[int] = BackgroundWriter("review intake", _down, capacity=1,
                                                      flush_every_s=0.01, max_backoff_s=0.02)
-    record(events, review, [1, 2], [])
+    asyncio.run(record(events, review, [1, 2], []))  # the store fails: answered once queued
     with pytest.raises(ApiError, match="review intake cannot keep up") as err:
-        record(events, review, [3], [1, 2])
+        asyncio.run(record(events, review, [3], [1, 2]))
     assert err.value.status == 503 and "Retry-After" in (err.value.headers or {})
     assert events.health().queued == 2  # the refused request's decisions were not taken
     with pytest.raises(ApiError, match="event log cannot keep up"):
-        record(events, None, [3, 4, 5], [])
+        asyncio.run(record(events, None, [3, 4, 5], []))
     events.close(timeout=0.1)
     review.close(timeout=0.1)
+
+
+def test_record_answers_once_the_decisions_are_written() -> None:
+    written: list[int] = []
+
+    def slow(batch: list[int]) -> None:
+        time.sleep(0.2)
+        written.extend(batch)
+
+    events: BackgroundWriter[int] = BackgroundWriter("event log", slow, flush_every_s=10.0)
+
+    async def three_requests() -> None:
+        await asyncio.gather(*[record(events, None, [i], []) for i in range(3)])
+        assert sorted(written) == [0, 1, 2]  # on disk before any of them is answered
+
+    asyncio.run(three_requests())
+    events.close()
 
 
 def test_store_health_names_the_failing_writer() -> None:
