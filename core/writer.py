@@ -91,13 +91,13 @@ class BackgroundWriter(Generic[T]):
         self.last_error: str | None = None
         self._close_deadline = float("inf")
         self._accepted = self._completed = 0  # items accepted / written or rejected, in order
-        self._waiters: deque[tuple[int, Callable[[], None]]] = deque()
+        self._waiters: deque[tuple[int, Callable[[], object]]] = deque()
         self._thread = threading.Thread(target=self._run, name=f"bastion-{name}-writer",
                                         daemon=True)
         self._thread.start()
 
     # -- the request path ---------------------------------------------------------------------
-    def submit(self, items: list[T], on_done: Callable[[], None] | None = None) -> None:
+    def submit(self, items: list[T], on_done: Callable[[], object] | None = None) -> None:
         """Accept ``items`` whole, or none of them (:class:`WriterFull`). ``on_done`` is called
         on the writer's thread once they are written (or rejected as invalid), or as soon as a
         write fails (they stay queued and retried): the caller may wait for it before it
