@@ -8,6 +8,7 @@ __all__ = [
     "PolicyError",
     "ModelError",
     "RegistryEmptyError",
+    "RegistryUnavailableError",
     "UnknownPluginError",
     "LabelError",
     "StoreError",
@@ -32,6 +33,10 @@ class ModelError(BastionError):
 
 class RegistryEmptyError(ModelError):
     """The registry holds no champion model yet."""
+
+
+class RegistryUnavailableError(BastionError):
+    """The MLflow tracking server (the model registry) cannot be reached."""
 
 
 class LabelError(BastionError):

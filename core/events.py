@@ -11,9 +11,6 @@ Later stages (review, drift, training) read it with :meth:`EventLog.read`, as th
 from __future__ import annotations
 
 import json
-import queue
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,11 +18,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from bastion.core.store import READ, open_store
 from bastion.core.store.tables import events
 from bastion.core.textkey import text_digest
+from bastion.core.writer import BackgroundWriter
 
 __all__ = ["DecisionEvent", "EventLog", "EventWriter", "text_digest"]
 
@@ -114,66 +112,28 @@ class EventLog:
         for m in rows:
             yield _event(m)
 
+    def reset(self) -> None:
+        """Drop pooled connections (after a failure: a store that comes back is reached anew)."""
+        self._engine.dispose()
+
     def close(self) -> None:
         if self._owned:
             self._engine.dispose()
 
 
-class EventWriter:
-    """Batches events off the request path; ``close()`` flushes everything accepted."""
+class EventWriter(BackgroundWriter[DecisionEvent]):
+    """Batches events off the request path (``core.writer``): a failing store is retried until
+    it is back, a full queue refuses new events (:class:`~bastion.core.writer.WriterFull`)
+    rather than drop them, and ``close()`` flushes everything accepted."""
 
-    def __init__(self, log: EventLog, flush_every_s: float = 0.2, max_batch: int = 512) -> None:
+    def __init__(self, log: EventLog, flush_every_s: float = 0.2, max_batch: int = 512,
+                 capacity: int = 100_000, max_backoff_s: float = 5.0) -> None:
         self.log = log
-        self._q: queue.Queue[DecisionEvent | None] = queue.Queue()
-        self._flush_every_s = flush_every_s
-        self._max_batch = max_batch
-        self._closed = False
-        self.errors = 0
-        self._thread = threading.Thread(target=self._run, name="bastion-event-writer", daemon=True)
-        self._thread.start()
+        super().__init__("event log", log.append, permanent=_invalid_data, reset=log.reset,
+                         capacity=capacity, flush_every_s=flush_every_s, max_batch=max_batch,
+                         max_backoff_s=max_backoff_s)
 
-    def submit(self, events: list[DecisionEvent]) -> None:
-        if self._closed:
-            raise RuntimeError("event writer is closed")
-        for e in events:
-            self._q.put(e)
 
-    def _run(self) -> None:
-        pending: list[DecisionEvent] = []
-        stop = False
-        while not stop:
-            deadline = time.monotonic() + self._flush_every_s
-            while len(pending) < self._max_batch:
-                try:
-                    item = self._q.get(timeout=max(deadline - time.monotonic(), 0.001))
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                pending.append(item)
-            while True:  # drain whatever else is queued without waiting
-                try:
-                    item = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                else:
-                    pending.append(item)
-            if pending:
-                for attempt in range(5):
-                    try:
-                        self.log.append(pending)
-                        pending = []
-                        break
-                    except DBAPIError:  # locked by another writer, a dropped connection: retry
-                        self.errors += 1
-                        time.sleep(0.1 * (attempt + 1))
-
-    def close(self, timeout: float = 30.0) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._q.put(None)
-        self._thread.join(timeout)
+def _invalid_data(err: BaseException) -> bool:
+    """An error about the rows themselves, which no retry fixes (any other is the store's)."""
+    return isinstance(err, (IntegrityError, DataError))

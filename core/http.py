@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -82,8 +83,11 @@ class ApiError(HTTPException):
     """
 
     def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None,
-                 **extra: Any) -> None:
+                 *, retry_after_s: float | None = None, **extra: Any) -> None:
+        """``retry_after_s`` (a 503 or 429) goes out as the ``Retry-After`` header."""
         headers = dict(headers or {})
+        if retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
         if status == 503:
             # a 503 is always temporary here (no policy or model yet, nothing can serve now)
             headers.setdefault("Retry-After", str(RETRY_AFTER_503_S))

@@ -54,7 +54,9 @@ class ServingConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     scorer_replicas: int = Field(1, ge=1, description="Replicas of the Scorer (encoder + heads).")
-    ingress_replicas: int = Field(1, ge=1, description="Replicas of the FastAPI ingress.")
+    ingress_replicas: int = Field(
+        2, ge=1, description="Replicas of the FastAPI ingress (0.5 CPU each): two, so that one "
+        "dying mid-request leaves the proxy another to route new requests to.")
     max_batch_size: int = Field(64, ge=1, description="Largest encoder batch across requests.")
     batch_wait_timeout_s: float = Field(
         0.004, ge=0, description="How long a partial batch waits for more items."

@@ -34,6 +34,7 @@ def models() -> None:
 @guard
 def models_list(state_dir: Path | None) -> None:
     registry = ModelRegistry(settings_for(state_dir))
+    registry.ensure_reachable()
     click.echo(f"{'version':<8} {'aliases':<22} {'validation':<11} {'kind':<10} created (UTC)")
     for v in registry.list_versions():
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.created / 1000))

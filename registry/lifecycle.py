@@ -58,6 +58,7 @@ class Lifecycle:
         self.settings = settings
         self.policy = policy
         self.registry = ModelRegistry(settings)
+        self.registry.ensure_reachable()  # a clear error now, not MLflow's minutes of retries
         self.client = self.registry.client
         self.name = self.registry.name
         self._eval_data = eval_data

@@ -11,6 +11,7 @@ import importlib.metadata as md
 import json
 import os
 import shutil
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, Schema
 
-from bastion.core.errors import ModelError, RegistryEmptyError
+from bastion.core.errors import ModelError, RegistryEmptyError, RegistryUnavailableError
 from bastion.core.model import ModelMetadata
 from bastion.core.settings import Settings
 from bastion.registry.aliases import CHALLENGER, CHAMPION
@@ -81,6 +82,32 @@ class ModelRegistry:
             else:
                 os.environ[key] = value
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def ensure_reachable(self, timeout_s: float = 5.0) -> None:
+        """Raise :class:`RegistryUnavailableError` (naming the URI and the fix) unless the
+        tracking server answers within ``timeout_s``: MLflow's own client would retry an
+        unreachable server with backoff for minutes before failing with a traceback."""
+        how = ("start the MLflow server there, or point BASTION_MLFLOW_TRACKING_URI (or "
+               "MLFLOW_TRACKING_URI) at one that runs")
+        if self.uri.startswith(("http://", "https://")):
+            url = self.uri.rstrip("/") + "/health"
+            try:
+                with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310
+                    if resp.status == 200:
+                        return
+                    problem = f"{url} answered HTTP {resp.status}"
+            except (OSError, ValueError) as err:  # refused, timed out, DNS, HTTP error
+                problem = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
+            raise RegistryUnavailableError(
+                f"the model registry (MLflow tracking URI {self.uri}) is unreachable "
+                f"({problem}); {how}. Serving goes on with the model it loaded.")
+        try:
+            self.client.search_registered_models(max_results=1)
+        except (MlflowException, OSError) as err:
+            raise RegistryUnavailableError(
+                f"the model registry (MLflow tracking URI {self.uri}) cannot be read "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                f"{how}.") from None
 
     def experiment_id(self, name: str = EXPERIMENT) -> str:
         exp = self.client.get_experiment_by_name(name)

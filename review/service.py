@@ -10,9 +10,7 @@ submission's own transaction (``ReviewQueue.submit``), where retraining and drif
 
 from __future__ import annotations
 
-import logging
-import queue as _queue
-import threading
+import functools
 import time
 from collections.abc import Callable, Collection
 from dataclasses import asdict
@@ -25,6 +23,7 @@ from bastion.core.decision import written_flag_thresholds
 from bastion.core.events import EventLog
 from bastion.core.labels import LabelStore, item_key
 from bastion.core.policy import PolicySet
+from bastion.core.writer import BackgroundWriter
 from bastion.review.priority import task_priority
 from bastion.review.queue import ReviewQueue
 from bastion.review.records import (
@@ -42,7 +41,6 @@ from bastion.review.selection import select
 
 __all__ = ["ReviewService", "IntakeWriter", "task_view"]
 
-log = logging.getLogger(__name__)
 
 
 def task_view(task: Task, *, show_gold: bool = False) -> dict[str, Any]:
@@ -132,7 +130,7 @@ class ReviewService:
             tpol = policy.tenants[task.tenant]
             ranked[task.task_id] = task_priority(
                 task.items, task.reports, task.events, tpol,
-                reporter_record=lambda r, t=task.tenant: self.queue.reporter_record(t, r),
+                reporter_record=functools.partial(self.queue.reporter_record, task.tenant),
                 thresholds=self._thresholds(task.tenant))
         if ranked:
             self.queue.set_priorities(ranked)
@@ -243,64 +241,22 @@ class ReviewService:
         return dict(self.labels.stats()["by_category"])
 
 
-class IntakeWriter:
-    """Queues review-band decisions from the request path on a background thread (like the
-    event log's writer): the request only enqueues; a failed write is retried, not lost."""
+class IntakeWriter(BackgroundWriter[ReviewItem]):
+    """Queues review-band decisions from the request path on a background thread, like the
+    event log's writer (``core.writer``): a failing store is retried until it is back, a full
+    queue refuses new items rather than drop them, and ``close()`` flushes what it accepted.
+    Only a :class:`ReviewError` (the items themselves are invalid) leaves items out, logged."""
 
-    def __init__(self, service: ReviewService, retry_s: float = 1.0,
-                 max_batch: int = 512) -> None:
+    def __init__(self, service: ReviewService, retry_s: float = 1.0, capacity: int = 100_000,
+                 flush_every_s: float = 0.2) -> None:
         self.service = service
-        self._max_batch = max_batch
-        self.errors = 0
-        self._q: _queue.Queue[list[ReviewItem] | None] = _queue.Queue()
-        self._retry_s = retry_s
-        self._thread = threading.Thread(target=self._run, name="review-intake", daemon=True)
-        self._thread.start()
+        super().__init__("review intake", self._intake, permanent=_invalid_items,
+                         reset=service.queue.engine.dispose, capacity=capacity,
+                         flush_every_s=flush_every_s, max_batch=256, max_backoff_s=retry_s * 5)
 
-    def submit(self, items: list[ReviewItem]) -> None:
-        if items:
-            self._q.put(items)
+    def _intake(self, items: list[ReviewItem]) -> None:
+        self.service.intake_decisions(items)
 
-    def _run(self) -> None:
-        stop = False
-        while not stop:
-            first = self._q.get()
-            if first is None:
-                return
-            chunks, n = [first], len(first)
-            while n < self._max_batch:  # what else waits joins this one transaction
-                try:
-                    more = self._q.get_nowait()
-                except _queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                chunks.append(more)
-                n += len(more)
-            if len(chunks) == 1:
-                self._write(first)
-            elif not self._write([i for c in chunks for i in c], report=False):
-                for chunk in chunks:  # bad data in one request must not cost the others
-                    self._write(chunk)
 
-    def _write(self, batch: list[ReviewItem], report: bool = True) -> bool:
-        """Take ``batch`` in, retrying store failures; False when its data was rejected
-        (counted and logged when ``report``: a merged batch is retried request by request)."""
-        while True:
-            try:
-                self.service.intake_decisions(batch)
-                return True
-            except ReviewError as err:  # bad data: retrying cannot help
-                if report:
-                    self.errors += 1
-                    log.error("review intake rejected a batch: %s", err)
-                return False
-            except Exception as err:  # noqa: BLE001 - retried: accepted items are kept
-                self.errors += 1
-                log.warning("review intake failed (retrying): %s", err)
-                time.sleep(self._retry_s)
-
-    def close(self, timeout: float = 10.0) -> None:
-        self._q.put(None)
-        self._thread.join(timeout)
+def _invalid_items(err: BaseException) -> bool:
+    return isinstance(err, ReviewError)

@@ -38,6 +38,7 @@ from bastion.serving.api import build_api
 from bastion.serving.auth import authenticate_tenant
 from bastion.serving.decisions import assemble
 from bastion.serving.fairuse import FairUseLimiter
+from bastion.serving.resilience import record, retrying, store_health
 from bastion.serving.schemas import ModerateRequest
 from bastion.serving.scorer import ScoreResult, items_in
 
@@ -175,9 +176,7 @@ class Ingress:
         scored = [(res, (await self._resolved_for(res.model_version))[tenant]) for res in chunks]
         out = assemble(req, tenant, scored, request_id=uuid.uuid4().hex, now=time.time(),
                        review=self.intake is not None, text_key=self.text_key)
-        self.writer.submit(out.events)
-        if self.intake is not None:
-            self.intake.submit(out.review_items)
+        await record(self.writer, self.intake, out.events, out.review_items)  # or 503: nothing lost
         return out.response
 
     @serve.batch(max_batch_size=_CHUNK, batch_wait_timeout_s=0.002, batch_size_fn=items_in,
@@ -186,7 +185,8 @@ class Ingress:
         """Concurrent requests' texts in one Scorer call. Each call costs both replicas a
         fixed ~1 ms (serialisation, the handle's routing, the Scorer's request handling):
         paid once per batch, not once per single-item request (docs/benchmarks.md)."""
-        whole: ScoreResult = await self.scorer.score.remote([t for ts in batch for t in ts])
+        # a replica failure is retried once (serving.resilience), else every caller gets a 503
+        whole: ScoreResult = await retrying(self.scorer.score, [t for ts in batch for t in ts])
         return whole.split([len(ts) for ts in batch])
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
@@ -198,7 +198,8 @@ class Ingress:
                         "tenants": len(self._policy.policy.tenants) if self._policy else 0,
                         "event_write_retries": self.writer.errors},
         }
-        ready = self._policy is not None
+        stores_ok, details["stores"] = store_health(self.writer, self.intake)
+        ready = self._policy is not None and stores_ok
         try:
             details["scorer"] = await asyncio.wait_for(self.scorer.status.remote(), timeout=5)
             ready = ready and details["scorer"]["model_version"] is not None

@@ -28,6 +28,7 @@ from ray import serve
 from bastion.core.model import ModelMetadata, ModerationModel
 from bastion.core.settings import load_settings
 from bastion.registry.aliases import CHAMPION
+from bastion.serving.resilience import Reachability
 
 __all__ = ["Scorer", "ScoreResult", "LoadedModel", "items_in"]
 
@@ -100,6 +101,7 @@ class Scorer:
         from bastion.registry.store import ModelRegistry  # MLflow: see above
 
         self._registry = ModelRegistry(self.settings)
+        self.registry_health = Reachability(f"MLflow registry {tracking_uri}")
         self._switch_lock = threading.Lock()
         self._switch(self._registry.by_alias(CHAMPION).version)
         self._stop = threading.Event()
@@ -158,7 +160,9 @@ class Scorer:
                 version = self._registry.by_alias(CHAMPION).version
             except Exception as err:  # noqa: BLE001 - registry unreachable: keep serving, retry
                 log.warning("Scorer: cannot read @%s: %s", CHAMPION, err)
+                self.registry_health.failed(err)
                 continue
+            self.registry_health.ok()
             if self._current is None or version != self._current.version:
                 self._failed = {v: m for v, m in self._failed.items() if v == version}
                 self._switch(version)
@@ -215,6 +219,7 @@ class Scorer:
             "model_version": cur.version if cur else None,
             "loaded_at": cur.loaded_at if cur else None,
             "load_error": self.load_error,
+            "registry": self.registry_health.as_dict(),  # unreachable: serving goes on
             "previous_version": self._previous.version if self._previous else None,
             "pinned_version": self._pinned,
             "swaps": self.swaps[-5:],

@@ -16,6 +16,7 @@ from bastion.core.modelcard import category_lines
 from bastion.core.policy import ensure_policy_file, load_policy
 from bastion.core.runtime import stop_ray
 from bastion.registry.lifecycle import GateRefused, Lifecycle
+from bastion.registry.store import ModelRegistry
 from bastion.training.datasets import available_sources
 from bastion.training.retrain import heldout_data, options_from_policy
 from bastion.training.retrain import retrain as run_retrain
@@ -189,6 +190,7 @@ def retrain(state_dir: Path | None, mode: str | None, workers: int | None, epoch
 @guard
 def promote(state_dir: Path | None, version: str, force: bool, reason: str | None) -> None:
     settings = settings_for(state_dir)
+    ModelRegistry(settings).ensure_reachable()  # before building the held-out data (slow)
     pol = load_policy(ensure_policy_file(settings))
     # the held-out data a retraining run under this policy gates on: one evaluation set
     lc = Lifecycle(settings, pol, eval_data=heldout_data(settings, pol))

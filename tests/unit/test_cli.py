@@ -95,3 +95,17 @@ def test_up_prints_a_key_only_in_the_start_that_created_it(tmp_path: Path) -> No
     assert any("see them with 'bastion keys TENANT" in line for line in again), again
     code, out = run("keys", "demo", "--state-dir", str(tmp_path))
     assert code == 0 and out.strip() == keys["demo"]
+
+
+def test_registry_commands_refuse_clearly_when_mlflow_is_unreachable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("BASTION_MLFLOW_TRACKING_URI", uri)
+    for args in (["rollback"], ["promote", "2"], ["models", "list"]):
+        code, out = run(*args, "--state-dir", str(tmp_path))
+        assert code == 2, out
+        assert f"error: the model registry (MLflow tracking URI {uri}) is unreachable" in out
+        assert "BASTION_MLFLOW_TRACKING_URI" in out and "Traceback" not in out

@@ -108,7 +108,7 @@ def test_intake_writer_keeps_going_after_bad_data(svc: ReviewService) -> None:
     writer.submit([ReviewItem(**{**item("bad", 0.5).__dict__, "source": "nowhere"})])
     writer.submit([item("ok2", 0.5, session=None)])
     writer.close()
-    assert svc.queue.stats()["items"] == 2 and writer.errors == 1
+    assert svc.queue.stats()["items"] == 2 and writer.rejected == 1 and writer.health().ok
 
 
 def test_active_learning_queues_uncertain_logged_items(svc: ReviewService) -> None:
