@@ -31,6 +31,8 @@ from bastion.registry.aliases import CHAMPION
 
 __all__ = ["Scorer", "ScoreResult", "LoadedModel"]
 
+NUMERICS_CACHE = "numerics.json"  # in the state directory: auto's choice per machine
+
 log = logging.getLogger("ray.serve")
 
 
@@ -102,7 +104,8 @@ class Scorer:
             if held is not None and held.version == version:
                 return held
         path = self._registry.download(version)
-        model = ModerationModel.load(path, precision=self.precision)
+        model = ModerationModel.load(path, precision=self.precision,
+                                     numerics_cache=self.settings.state_dir / NUMERICS_CACHE)
         model.metadata["version"] = version
         model.score(["warm up"])  # first call allocates; keep it off the request path
         return LoadedModel(version, model, time.time())
@@ -218,4 +221,5 @@ class Scorer:
                 round(1000 * self.encode_s / self.batches, 2) if self.batches else None
             ),
             "torch_threads": torch.get_num_threads(),
+            "numerics": getattr(cur.model.encoder, "numerics", None) if cur else None,
         }
