@@ -44,10 +44,11 @@ __all__ = [
 ]
 
 # Mean cosine of a candidate's embeddings to fp32's over the probe texts must reach this.
-# bf16 gives > 0.9999; int8 (dynamic, FFN output layers kept fp32) ~0.98, where the starter
-# heads' held-out AUROC stays within 0.005 of fp32's per category (bench/numerics.py and
-# tests/integration/test_numerics_quality.py). Every Linear in int8 gives ~0.92: refused.
-MIN_COSINE = 0.97
+# Measured on the whole held-out split (13,444 texts) against the 0.005-per-category AUROC
+# bound: bf16 (> 0.9999) and int8 with the FFN kept fp32 (0.995) stay within it (largest
+# change 0.002); int8 with only the FFN down-projections kept fp32 (0.981) lost 0.0085 on
+# self_harm, every Linear in int8 (0.925) more. 0.99 sits between what passed and what failed.
+MIN_COSINE = 0.99
 # (batch size, items): the Scorer's max_batch_size is 64; live traffic also forms small ones.
 PROBE_BATCHES = ((1, 4), (8, 16), (32, 64))
 # A candidate slower than this times the best so far on the same work stops early: it cannot
@@ -102,15 +103,18 @@ def _bf16() -> Numerics:
                     "this CPU has no native bf16 (oneDNN reports none)", apply)
 
 
-def _ffn_output(name: str) -> bool:
-    """A BERT layer's FFN down-projection (``layer.N.output.dense``): its input, the GELU of a
-    1536-wide layer, has outliers that per-tensor int8 activations cannot hold (alone it takes
-    the mean cosine to fp32 from 1.0 to 0.97; see docs/benchmarks.md, Numerics)."""
-    return name.endswith("output.dense") and ".attention." not in name
+def _ffn(name: str) -> bool:
+    """A BERT layer's feed-forward Linears (``layer.N.intermediate.dense``, the up-projection,
+    and ``layer.N.output.dense``, the down-projection), kept in fp32 by ``int8``. Per-tensor
+    int8 activations cannot hold their outliers: one down-projection alone takes the mean
+    cosine to fp32 from 1.0 to 0.97, and with both kept in int8 the starter's self_harm head
+    lost 0.0085 held-out AUROC (docs/benchmarks.md, Numerics)."""
+    return "intermediate.dense" in name or (
+        name.endswith("output.dense") and ".attention." not in name)
 
 
 @register_numerics("int8")
-def _int8(keep_fp32: Callable[[str], bool] = _ffn_output) -> Numerics:
+def _int8(keep_fp32: Callable[[str], bool] = _ffn) -> Numerics:
     import torch
 
     def available() -> str | None:
