@@ -141,3 +141,13 @@ def test_the_registry_names_the_numerics_and_refuses_unknown_ones() -> None:
     assert create_numerics("fp32").available() is None
     with pytest.raises(UnknownPluginError, match="unknown numerics 'fp16'; known: .*int8"):
         create_numerics("fp16")
+
+
+def test_int8_keeps_the_feed_forward_layers_in_fp32() -> None:
+    from bastion.core.numerics import _ffn
+
+    kept = [n for n in ("encoder.layer.0.attention.self.query",
+                        "encoder.layer.0.attention.output.dense",
+                        "encoder.layer.0.intermediate.dense", "encoder.layer.5.output.dense",
+                        "pooler.dense") if _ffn(n)]
+    assert kept == ["encoder.layer.0.intermediate.dense", "encoder.layer.5.output.dense"]
