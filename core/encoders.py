@@ -15,9 +15,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from bastion.core.errors import ModelError
+from bastion.core.numerics import bf16_supported, cache_key, choose, create_numerics
 from bastion.core.plugins import PluginRegistry
 
-__all__ = ["Encoder", "HFEncoder", "create_encoder", "register_encoder", "encoder_names"]
+__all__ = [
+    "Encoder", "HFEncoder", "create_encoder", "register_encoder", "encoder_names",
+    "bf16_supported",
+]
 
 # Hub downloads cannot happen here and must never be tried at serving time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,17 +45,6 @@ class Encoder(Protocol):
     def identity(self) -> dict[str, Any]: ...
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray: ...
-
-
-def bf16_supported() -> bool:
-    # torch and transformers load on first use here and below: processes that import the
-    # model module but never encode (the ingress, the CLI, the registry) stay quick and small.
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _fingerprint(path: Path) -> str:
@@ -83,7 +76,19 @@ class HFEncoder:
         normalize: bool = True,
         threads: int = 0,
         name: str = "hf",
+        numerics_cache: str | Path | None = None,
     ) -> None:
+        """Args:
+            path: the Hugging Face model directory.
+            max_length: tokens kept per text.
+            precision: a registered numerics (``fp32``, ``bf16``, ``int8``: see
+                :mod:`bastion.core.numerics`) or ``auto``: measure them here, keep the fastest
+                whose embeddings stay close to fp32's.
+            normalize: L2-normalise the embeddings.
+            threads: torch intra-op threads (0: leave torch's setting).
+            name: the registry name recorded in the identity.
+            numerics_cache: a JSON file where ``auto`` keeps its choice for the next start.
+        """
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -105,15 +110,24 @@ class HFEncoder:
         self.max_length = max_length
         self.normalize = normalize
         self.name = name
-        if precision == "auto":
-            precision = "bf16" if bf16_supported() else "fp32"
-        self.precision = precision
-        if precision == "bf16":
-            # Convert the weights once: autocast would re-cast every matrix on every forward,
-            # a fixed cost that dominates the small batches of live traffic (measured: 161 vs
-            # 235 items/s at batch 1). Cosine to fp32 embeddings stays above 0.9999.
-            self.model = self.model.to(torch.bfloat16)
         self._fingerprint = _fingerprint(self.path)
+        self.numerics: dict[str, Any] = {"requested": precision, "chosen": precision}
+        if precision == "auto":
+            key = cache_key(self._fingerprint, torch.get_num_threads(), str(max_length))
+            self.model, choice = choose(
+                self.model, self._run, cache=Path(numerics_cache) if numerics_cache else None,
+                key=key,
+            )
+            precision = choice.chosen
+            self.numerics = choice.as_dict()
+        else:
+            num = create_numerics(precision)
+            why = num.available()
+            if why is not None:
+                raise ModelError(f"encoder precision {precision!r} cannot run here: {why}; "
+                                 "use precision auto or fp32")
+            self.model = num.apply(self.model)
+        self.precision = precision
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -127,6 +141,14 @@ class HFEncoder:
             "normalize": self.normalize,
             "precision": self.precision,
         }
+
+    def _run(self, model: Any, texts: list[str], batch_size: int) -> np.ndarray:
+        """``encode`` with another model of the same weights (what ``auto`` times)."""
+        held, self.model = self.model, model
+        try:
+            return self.encode(texts, batch_size)
+        finally:
+            self.model = held
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Embed texts as float32 rows, in input order."""

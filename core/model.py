@@ -18,6 +18,7 @@ import numpy as np
 
 from bastion.core.encoders import Encoder, create_encoder
 from bastion.core.errors import ModelError
+from bastion.core.numerics import create_numerics, numerics_names
 from bastion.core.plugins import PluginRegistry
 
 __all__ = [
@@ -215,6 +216,11 @@ class ModerationModel:
                 "normalize": ident["normalize"],
                 "precision": ident["precision"],
             }
+            if (ident["precision"] in numerics_names()
+                    and create_numerics(ident["precision"]).available() is not None):
+                # the numerics it was saved with is a record of that machine (bf16 on an
+                # AVX-512 host), not a demand on this one: fp32 unless the caller says otherwise
+                cfg["precision"] = "fp32"
             if ident.get("bundled"):
                 cfg["path"] = str(directory / BUNDLED_ENCODER_DIR)
             elif ident["registry_name"] != "minilm":

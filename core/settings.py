@@ -79,8 +79,10 @@ class ServingConfig(BaseModel):
         2.0, gt=0, description="How often each Scorer replica checks the @champion alias."
     )
     precision: str = Field(
-        "auto", pattern="^(auto|fp32|bf16)$",
-        description="Encoder precision: bf16 autocast where the CPU supports it (auto), or fp32.",
+        "auto", pattern="^(auto|fp32|bf16|int8)$",
+        description="Encoder numerics: fp32, bf16 (CPUs with native bf16), int8 (dynamic "
+        "quantisation), or auto: measure them at start, keep the fastest whose embeddings stay "
+        "close to fp32's (cached in <state_dir>/numerics.json).",
     )
 
 

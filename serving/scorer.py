@@ -32,6 +32,8 @@ from bastion.serving.resilience import Reachability
 
 __all__ = ["Scorer", "ScoreResult", "LoadedModel", "items_in"]
 
+NUMERICS_CACHE = "numerics.json"  # in the state directory: auto's choice per machine
+
 log = logging.getLogger("ray.serve")
 
 
@@ -115,7 +117,8 @@ class Scorer:
             if held is not None and held.version == version:
                 return held
         path = self._registry.download(version)
-        model = ModerationModel.load(path, precision=self.precision)
+        model = ModerationModel.load(path, precision=self.precision,
+                                     numerics_cache=self.settings.state_dir / NUMERICS_CACHE)
         model.metadata["version"] = version
         model.score(["warm up"])  # first call allocates; keep it off the request path
         return LoadedModel(version, model, time.time())
@@ -229,4 +232,5 @@ class Scorer:
                 round(1000 * self.encode_s / self.batches, 2) if self.batches else None
             ),
             "torch_threads": torch.get_num_threads(),
+            "numerics": getattr(cur.model.encoder, "numerics", None) if cur else None,
         }
