@@ -226,6 +226,12 @@ class TenantPolicy(_Frozen):
     review: ReviewPolicy = Field(
         default_factory=ReviewPolicy, description="Human review: redundancy and priority."
     )
+    cascade: bool = Field(
+        True, description="Let the model's fast first stage allow plainly benign items "
+        "without the transformer (docs/starter-model.md, 'The cascade'); false: every item "
+        "gets the full model. Also off where the model version has no first stage or the "
+        "tenant reviews below the first stage's calibrated flag levels.",
+    )
 
     @model_validator(mode="after")
     def _names(self) -> TenantPolicy:
