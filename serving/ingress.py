@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from bastion.core.cascade import cascade_refused
 from bastion.core.decision import ResolvedTenant, fit_problems, flag_thresholds, resolve_policy
 from bastion.core.events import EventLog, EventWriter
 from bastion.core.http import ApiError
@@ -153,19 +154,37 @@ class Ingress:
             raise ApiError(503, "human review is not enabled on this deployment")
         return self.review
 
-    async def moderate(self, req: ModerateRequest, request: Request) -> dict[str, Any]:
+    async def moderate(self, req: ModerateRequest, request: Request,
+                       cascade: bool | None = None) -> dict[str, Any]:
         tenant = self.authenticate(request, req.tenant)
         texts = [it.text for it in req.items]
+        if cascade is None:  # the cascade: see _cascade_wanted
+            cascade = self._cascade_wanted(tenant)
         chunks = await asyncio.gather(*[
-            self.scorer.score.remote(texts[i:i + _CHUNK]) for i in range(0, len(texts), _CHUNK)
+            self.scorer.score.remote(texts[i:i + _CHUNK], cascade)
+            for i in range(0, len(texts), _CHUNK)
         ])
         scored = [(res, (await self._resolved_for(res.model_version))[tenant]) for res in chunks]
+        if cascade and any(cascade_refused(res.stages, rt.cascade_off) for res, rt in scored):
+            return await self.moderate(req, request, cascade=False)
         out = assemble(req, tenant, scored, request_id=uuid.uuid4().hex, now=time.time(),
                        review=self.intake is not None)
         self.writer.submit(out.events)
         if self.intake is not None:
             self.intake.submit(out.review_items)
         return out.response
+
+    def _cascade_wanted(self, tenant: str) -> bool:
+        """Whether to let the Scorer's first stage decide benign items for ``tenant``: its
+        policy's ``cascade`` and, once resolved on a model version, that version's fit
+        (``ResolvedTenant.cascade_off``; ``cascade_refused`` catches the first request)."""
+        tpol = self._loaded().policy.tenants.get(tenant)
+        if tpol is None or not tpol.cascade:
+            return False
+        for resolved in reversed(list(self._resolved.values())):
+            if tenant in resolved:
+                return resolved[tenant].cascade_off is None
+        return True
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         ctx = serve.get_replica_context()
