@@ -11,8 +11,9 @@ next to the full model's. ``build_starter`` and retraining call :func:`fit_for_m
 The flag level of a head (what "the full model would act on" means in the calibration) is
 the lowest score where the model's own held-out curve says a default policy acts: the
 review point at ``review_recall`` 0.9 (``core.policy``'s default), the block point at
-precision 0.9, else ``core.decision.FALLBACK_REVIEW``. A tenant that reviews from a lower
-score gets the full model (``core.cascade.cascade_fits``).
+precision 0.9 and ``core.decision.FALLBACK_REVIEW``, whichever is lowest, but not below
+``FLAG_FLOOR``. A tenant that reviews from a lower score gets the full model
+(``core.cascade.cascade_fits``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ __all__ = ["REVIEW_RECALL", "add_first_stage", "fit_for_model", "flag_levels"]
 
 REVIEW_RECALL = 0.9  # TenantPolicy's default review_recall: where a default policy reviews
 BLOCK_PRECISION = 0.9
+# A weak head's recall-0.9 point can sit near zero (violence: 0.08), where nearly every item
+# is "flagged" and the first stage could decide nothing; a policy reviewing that low is not
+# one the cascade serves (the shipped policies review from 0.6 up): it gets the full model.
+FLAG_FLOOR = 0.45
 
 
 def flag_levels(meta: ModelMetadata, keys: list[str]) -> np.ndarray:
@@ -53,7 +58,7 @@ def flag_levels(meta: ModelMetadata, keys: list[str]) -> np.ndarray:
                       threshold_for_precision(curve, BLOCK_PRECISION)):
                 if t is not None:
                     cands.append(t)
-        out.append(min(cands))
+        out.append(max(FLAG_FLOOR, min(cands)))
     return np.asarray(out, np.float32)
 
 

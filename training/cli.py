@@ -113,8 +113,9 @@ def starter_cascade(state_dir: Path | None, model_dir: Path | None, cache_dir: P
 
     path = model_dir or SHIPPED_DIR
     meta = json.loads((path / "metadata.json").read_text())
-    names = sorted(meta.get("data", {}).get("sources", {}))
-    missing = [n for n in names if n not in available_sources()]
+    built = set(meta.get("data", {}).get("sources", {}))
+    names = [n for n in available_sources() if n in built]  # the build's order: same splits
+    missing = sorted(built - set(names))
     if missing:
         fail(f"the artifact was built from {', '.join(missing)}, not available here (the "
              "development sets need ../shared/data or BASTION_DEV_DATA)")

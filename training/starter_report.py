@@ -259,7 +259,8 @@ def cascade_section(meta: dict[str, Any]) -> list[str]:
         "first stage allows it and the full model flags any head).",
         "",
         "A head's flag level is the lowest score a default policy acts on (the held-out "
-        "review point at recall 0.9, the block point at precision 0.9, at most 0.5); a "
+        "review point at recall 0.9, the block point at precision 0.9, at most 0.5, at least "
+        "0.45); a "
         "tenant reviewing below it gets the full model. A first-stage item's scores are its "
         "probabilities mapped onto the full model's scale (a quantile map fitted on the "
         "calibration items it is sure of), kept below the flag level.",
