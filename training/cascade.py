@@ -33,6 +33,7 @@ from bastion.core.cascade import (
     measure_agreement,
 )
 from bastion.core.decision import FALLBACK_REVIEW, threshold_for_precision, threshold_for_recall
+from bastion.core.errors import ModelError
 from bastion.core.labelled import LabelledSet
 from bastion.core.model import ModelMetadata, ModerationModel
 from bastion.registry.evaluation import binary_metrics
@@ -89,6 +90,9 @@ def fit_for_model(model: ModerationModel, data: LabelledSet, train: np.ndarray,
         test: (indices, full-model scores) of the held-out items it is measured on.
         tolerance: the share of the full model's flagged items the first stage may allow.
     """
+    if not len(val[0]) or not len(test[0]):
+        raise ModelError("the first stage needs validation and test items to calibrate and "
+                         "measure on; none here")
     keys = model.head_keys
     cols = [data.categories.index(k) for k in keys]
     stage = fit_first_stage([data.texts[i] for i in np.flatnonzero(train)],

@@ -184,3 +184,24 @@ def test_a_key_with_one_class_cannot_be_fitted() -> None:
     y = np.zeros((6, 1), np.float32)
     with pytest.raises(ModelError, match="needs both classes"):
         fit_first_stage(BENIGN, y, np.ones_like(y), ["spam"], HashedNgrams(1 << 10))
+
+
+def test_fit_for_model_calibrates_on_validation_and_measures_on_test() -> None:
+    from bastion.core.labelled import LabelledSet
+    from bastion.training.cascade import fit_for_model
+
+    texts = (BENIGN + TOXIC) * 6
+    n = len(texts)
+    y = np.array([[0.0] if t in BENIGN else [1.0] for t in texts], np.float32)
+    data = LabelledSet(texts=texts, groups=[str(i) for i in range(n)], sources=["s"] * n,
+                       targets=y, mask=np.ones((n, 1), bool), categories=["harassment"])
+    split = (np.arange(n) // 12) % 3  # every split holds every text
+    model = _model(None)
+    model.metadata["curves"] = {}
+    vi, ti = np.flatnonzero(split == 1), np.flatnonzero(split == 2)
+    stage = fit_for_model(model, data, split == 0, (vi, y[vi]), (ti, y[ti]))
+    assert model.first_stage is stage and model.metadata["cascade"]["keys"] == ["harassment"]
+    assert stage.report["per_key"]["harassment"]["missed"] == 0
+    assert stage.report["auroc"]["harassment"]["delta"] is not None
+    with pytest.raises(ModelError, match="needs validation and test items"):
+        fit_for_model(model, data, split == 0, (vi[:0], y[:0]), (ti, y[ti]))
