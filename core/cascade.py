@@ -367,7 +367,8 @@ def cascade_fits(meta: dict[str, Any] | None, review_levels: dict[str, float]) -
     if not meta:
         return "the model version has no first stage"
     flags = meta.get("flag_levels", {})
-    low = {k: v for k, v in review_levels.items() if k in flags and v < flags[k]}
+    # 1e-6: both sides are rounded to 6 decimals in the metadata and the resolved policy
+    low = {k: v for k, v in review_levels.items() if k in flags and v < flags[k] - 1e-6}
     missing = sorted(k for k in review_levels if k not in flags)
     if missing:
         return f"the first stage does not score {missing}"

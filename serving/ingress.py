@@ -178,11 +178,12 @@ class Ingress:
         """Whether to let the Scorer's first stage decide benign items for ``tenant``: its
         policy's ``cascade`` and, once resolved on a model version, that version's fit
         (``ResolvedTenant.cascade_off``; ``cascade_refused`` catches the first request)."""
-        tpol = self._loaded().policy.tenants.get(tenant)
+        state = self._loaded()
+        tpol = state.policy.tenants.get(tenant)
         if tpol is None or not tpol.cascade:
             return False
-        for resolved in reversed(list(self._resolved.values())):
-            if tenant in resolved:
+        for (_, loaded_at), resolved in reversed(list(self._resolved.items())):
+            if loaded_at == state.loaded_at and tenant in resolved:  # this policy's only
                 return resolved[tenant].cascade_off is None
         return True
 
