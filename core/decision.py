@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from bastion.core.cascade import cascade_fits
 from bastion.core.errors import PolicyError
 from bastion.core.model import ModelMetadata
 from bastion.core.policy import Action, CategoryPolicy, PolicySet, TenantPolicy
@@ -116,6 +117,8 @@ class ResolvedTenant:
     store_raw_text: bool
     # categories this model cannot score at all (no head), with why: left out, never a 503
     unavailable: dict[str, str] = field(default_factory=dict)
+    # why this tenant gets the full model for every item (None: the cascade is on)
+    cascade_off: str | None = "not resolved against a model's first stage"
     columns: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -240,10 +243,15 @@ def resolve_policy(
                 review_threshold=None if review is None else round(review, 6),
                 action=cpol.action, severity=cpol.severity, source=source, fallback=fallback,
             ))
+        levels = {c.head_key: c.flag_threshold if c.review_threshold is None
+                  else c.review_threshold for c in cats}
         out[tname] = ResolvedTenant(
             name=tname, version=policy.tenant_version(tname), categories=cats,
             matcher=KeywordMatcher(tpol), store_raw_text=tpol.store_raw_text,
             unavailable=unavailable,
+            cascade_off="switched off in the policy (cascade: false)" if not tpol.cascade
+            else cascade_fits(dict(model_meta.get("cascade") or {}),
+                              {k: v for k, v in levels.items() if v is not None}),
         )
     problems = fit_problems(out)
     if strict and problems:

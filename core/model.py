@@ -16,6 +16,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
+from bastion.core.cascade import FirstStage, Routing, Stage, merge_scores
 from bastion.core.encoders import Encoder, create_encoder
 from bastion.core.errors import ModelError
 from bastion.core.numerics import create_numerics, numerics_names
@@ -72,6 +73,7 @@ class ModelMetadata(TypedDict, total=False):
     history: list[dict[str, Any]]
     scoring_check: dict[str, Any]
     timings_s: dict[str, float]
+    cascade: dict[str, Any]  # the first stage: thresholds, flag levels, held-out agreement
 
 
 def create_heads(kind: str, **cfg: Any) -> LinearHeads:
@@ -139,11 +141,20 @@ def _linear(**cfg: Any) -> LinearHeads:
 
 @dataclass
 class ModerationModel:
-    """Encoder + stacked heads + the metadata that travels with them."""
+    """Encoder + stacked heads + the metadata that travels with them, and optionally the
+    cascade's first stage (``core.cascade``), which must score every head."""
 
     encoder: Encoder
     heads: LinearHeads
     metadata: ModelMetadata = field(default_factory=lambda: ModelMetadata())
+    first_stage: FirstStage | None = None
+
+    def __post_init__(self) -> None:
+        if self.first_stage is not None:
+            missing = sorted(set(self.heads.keys) - set(self.first_stage.keys))
+            if missing:
+                raise ModelError(f"the first stage does not score head(s) {missing}; refit "
+                                 "it with the heads or leave it out (cascade off)")
 
     @property
     def head_keys(self) -> list[str]:
@@ -153,6 +164,28 @@ class ModerationModel:
         """Embeddings (n, dim) and head probabilities (n, n_heads)."""
         emb = self.encoder.encode(texts, batch_size=batch_size)
         return emb, self.heads.score(emb)
+
+    def route(self, texts: list[str], rng: np.random.Generator | None = None) -> Routing | None:
+        """The first stage's routing of ``texts`` (None: this version has no first stage)."""
+        return None if self.first_stage is None else self.first_stage.route(texts, rng)
+
+    def merge(self, routing: Routing, full_scores: np.ndarray) -> np.ndarray:
+        """Scores (n, n_heads) of a routed call from the full model's scores of
+        ``routing.to_full`` (see ``core.cascade.merge_scores``)."""
+        assert self.first_stage is not None
+        columns = np.array([self.heads.index[k] for k in self.first_stage.keys])
+        return merge_scores(routing, full_scores, columns, len(self.heads.keys))
+
+    def score_cascade(self, texts: list[str], rng: np.random.Generator | None = None,
+                      batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """In process, through the cascade: embeddings of the items the full model scored
+        (rows in ``stage != Stage.first`` order), scores (n, n_heads), stage per item."""
+        routing = self.route(texts, rng)
+        if routing is None:
+            emb, scores = self.score(texts, batch_size)
+            return emb, scores, np.full(len(texts), Stage.full, np.int8)
+        emb, full = self.score([texts[i] for i in routing.to_full], batch_size)
+        return emb, self.merge(routing, full), routing.stage
 
     def save(self, directory: str | Path, bundle_encoder: bool = False) -> Path:
         """Write the artifact.
@@ -167,6 +200,9 @@ class ModerationModel:
         directory.mkdir(parents=True, exist_ok=True)
         self.heads.save(directory / "heads.npz")
         meta: dict[str, Any] = dict(self.metadata)
+        meta.pop("cascade", None)
+        if self.first_stage is not None:
+            meta["cascade"] = self.first_stage.save(directory)
         identity = dict(self.encoder.identity)
         target = directory / BUNDLED_ENCODER_DIR
         bundled = Path(identity["path"]).resolve() == target.resolve()
@@ -232,4 +268,5 @@ class ModerationModel:
                 f"{directory}: the encoder at {encoder.identity['path']} has other weights "
                 "than the heads were trained on; install the encoder named in metadata.json"
             )
-        return cls(encoder=encoder, heads=heads, metadata=meta)
+        first = FirstStage.load(directory, meta["cascade"]) if meta.get("cascade") else None
+        return cls(encoder=encoder, heads=heads, metadata=meta, first_stage=first)

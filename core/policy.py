@@ -286,6 +286,13 @@ class TenantPolicy(_Frozen):
         default_factory=FairUse, description="Rate and concurrency limits (429 past them); "
         "off by default.",
     )
+    cascade: bool = Field(
+        False, description="Let the model's fast first stage allow plainly benign items "
+        "without the transformer (docs/starter-model.md, 'The cascade'); false (the default "
+        "while the shipped first stage decides almost nothing: docs/benchmarks.md): every item "
+        "gets the full model. Also off where the model version has no first stage or the "
+        "tenant reviews below the first stage's calibrated flag levels.",
+    )
 
     @model_validator(mode="after")
     def _names(self) -> TenantPolicy:

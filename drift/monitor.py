@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from bastion.core.cascade import drift_sample
 from bastion.drift.combine import cauchy_combination
 from bastion.drift.mmd import MMDDetector
 from bastion.drift.rates import flag_rate_test, precision_test
@@ -98,7 +99,9 @@ def _text_lengths(rows: list[Mapping[str, Any]]) -> np.ndarray:
 
 def _window_arrays(rows: list[Mapping[str, Any]], categories: list[str]
                    ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
-    embs = [r["embedding"] for r in rows if r.get("embedding") is not None]
+    # with the cascade, only its random audit share is a sample of the traffic (core.cascade)
+    embs = [r["embedding"] for r in rows
+            if r.get("embedding") is not None and drift_sample(r.get("reasons") or [])]
     emb = np.stack(embs).astype(np.float32) if embs else None
     scores = {c: np.array([float(r.get("scores", {}).get(c, np.nan)) for r in rows])
               for c in categories}

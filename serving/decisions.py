@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bastion.core.cascade import Stage, stage_reason
 from bastion.core.decision import ResolvedTenant, decide
 from bastion.core.events import DecisionEvent
 from bastion.core.http import ApiError
@@ -75,14 +76,16 @@ def assemble(req: ModerateRequest, tenant: str,
                                   for h in d["keyword_hits"]],
                     decision=d["decision"], model_version=res.model_version,
                     policy_version=rt.version, ts=now))
+            stage = None if res.stages is None else int(res.stages[j])  # the cascade
             events.append(DecisionEvent(
                 ts=now, request_id=request_id, tenant=tenant, item_id=item.id,
                 session_id=item.context.session_id, user_id=item.context.user_id,
                 text=item.text if rt.store_raw_text else None,
                 text_sha256=digest, text_len=len(item.text),
-                decision=d["decision"], scores=d["scores"], reasons=d["reasons"],
+                decision=d["decision"], scores=d["scores"],
+                reasons=d["reasons"] + ([] if stage is None else [stage_reason(stage)]),
                 model_version=res.model_version, policy_version=rt.version,
-                embedding=res.embeddings[j],
+                embedding=None if stage == Stage.first else res.embeddings[j],
             ))
     response = {"request_id": request_id, "tenant": tenant,
                 "model_version": results[0]["model_version"],

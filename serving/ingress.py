@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from bastion.core.cascade import cascade_refused
 from bastion.core.decision import ResolvedTenant, fit_problems, flag_thresholds, resolve_policy
 from bastion.core.events import EventLog, EventWriter
 from bastion.core.http import ApiError
@@ -40,7 +41,7 @@ from bastion.serving.decisions import assemble
 from bastion.serving.fairuse import FairUseLimiter
 from bastion.serving.resilience import record, retrying, store_health
 from bastion.serving.schemas import ModerateRequest
-from bastion.serving.scorer import ScoreResult, items_in
+from bastion.serving.scorer import ScoreResult
 
 __all__ = ["Ingress"]
 
@@ -168,26 +169,54 @@ class Ingress:
         with self.fair_use.admit(tenant, len(req.items)):  # 429 past the tenant's limits
             return await self._moderate(tenant, req, request)
 
-    async def _moderate(self, tenant: str, req: ModerateRequest,
-                        request: Request) -> dict[str, Any]:
+    async def _moderate(self, tenant: str, req: ModerateRequest, request: Request,
+                        cascade: bool | None = None) -> dict[str, Any]:
         texts = [it.text for it in req.items]
+        if cascade is None:  # the cascade: see _cascade_wanted
+            cascade = self._cascade_wanted(tenant)
         chunks = await asyncio.gather(*[
-            self._score(texts[i:i + _CHUNK]) for i in range(0, len(texts), _CHUNK)])
+            self._score(texts[i:i + _CHUNK], cascade) for i in range(0, len(texts), _CHUNK)])
         scored = [(res, (await self._resolved_for(res.model_version))[tenant]) for res in chunks]
+        if cascade and any(cascade_refused(res.stages, rt.cascade_off) for res, rt in scored):
+            return await self._moderate(tenant, req, request, cascade=False)
         out = assemble(req, tenant, scored, request_id=uuid.uuid4().hex, now=time.time(),
                        review=self.intake is not None, text_key=self.text_key)
         await record(self.writer, self.intake, out.events, out.review_items)  # or 503: nothing lost
         return out.response
 
-    @serve.batch(max_batch_size=_CHUNK, batch_wait_timeout_s=0.002, batch_size_fn=items_in,
+    @serve.batch(max_batch_size=_CHUNK, batch_wait_timeout_s=0.002,
+                 batch_size_fn=lambda calls: sum(len(texts) for texts, _ in calls),
                  max_concurrent_batches=2)
-    async def _score(self, batch: list[list[str]]) -> list[ScoreResult]:
-        """Concurrent requests' texts in one Scorer call. Each call costs both replicas a
-        fixed ~1 ms (serialisation, the handle's routing, the Scorer's request handling):
-        paid once per batch, not once per single-item request (docs/benchmarks.md)."""
-        # a replica failure is retried once (serving.resilience), else every caller gets a 503
-        whole: ScoreResult = await retrying(self.scorer.score, [t for ts in batch for t in ts])
-        return whole.split([len(ts) for ts in batch])
+    async def _score_calls(self, calls: list[tuple[list[str], bool]]) -> list[ScoreResult]:
+        """Concurrent requests' texts in one Scorer call (one per cascade setting). Each call
+        costs both replicas a fixed ~1 ms (serialisation, the handle's routing, the Scorer's
+        request handling): paid once per batch, not once per single-item request."""
+        out: list[ScoreResult | None] = [None] * len(calls)
+        for flag in {c for _, c in calls}:
+            idx = [i for i, (_, c) in enumerate(calls) if c == flag]
+            # a replica failure is retried once (serving.resilience), else every caller: 503
+            whole: ScoreResult = await retrying(
+                self.scorer.score, [t for i in idx for t in calls[i][0]], flag)
+            for i, part in zip(idx, whole.split([len(calls[i][0]) for i in idx]), strict=True):
+                out[i] = part
+        return [r for r in out if r is not None]
+
+    async def _score(self, texts: list[str], cascade: bool) -> ScoreResult:
+        result: ScoreResult = await self._score_calls((texts, cascade))
+        return result
+
+    def _cascade_wanted(self, tenant: str) -> bool:
+        """Whether to let the Scorer's first stage decide benign items for ``tenant``: its
+        policy's ``cascade`` and, once resolved on a model version, that version's fit
+        (``ResolvedTenant.cascade_off``; ``cascade_refused`` catches the first request)."""
+        state = self._loaded()
+        tpol = state.policy.tenants.get(tenant)
+        if tpol is None or not tpol.cascade:
+            return False
+        for (_, loaded_at), resolved in reversed(list(self._resolved.items())):
+            if loaded_at == state.loaded_at and tenant in resolved:  # this policy's only
+                return resolved[tenant].cascade_off is None
+        return True
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         ctx = serve.get_replica_context()

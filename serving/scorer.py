@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from bastion.core.cascade import cascade_status
 from bastion.core.model import ModelMetadata, ModerationModel
 from bastion.core.settings import load_settings
 from bastion.registry.aliases import CHAMPION
@@ -49,13 +50,16 @@ class ScoreResult:
     model_version: str
     embeddings: np.ndarray  # (n, dim) float16: what the event log keeps
     scores: np.ndarray  # (n, n_heads) float32
+    stages: np.ndarray | None = None  # core.cascade.Stage per item; None: no cascade
 
     def split(self, sizes: list[int]) -> list[ScoreResult]:
         """Consecutive parts of ``sizes`` items each (the calls one batch served)."""
         out, start = [], 0
         for n in sizes:
-            out.append(ScoreResult(self.model_version, self.embeddings[start:start + n],
-                                   self.scores[start:start + n]))
+            out.append(ScoreResult(
+                self.model_version, self.embeddings[start:start + n],
+                self.scores[start:start + n],
+                None if self.stages is None else self.stages[start:start + n]))
             start += n
         return out
 
@@ -200,8 +204,29 @@ class Scorer:
         whole = ScoreResult(current.version, emb.astype(np.float16), scores)
         return whole.split([len(texts) for texts in batch])
 
-    async def score(self, texts: list[str]) -> ScoreResult:
+    async def score(self, texts: list[str], cascade: bool = False) -> ScoreResult:
+        if cascade:  # the cascade (core.cascade): the first stage may allow benign items
+            return await self._score_cascade(texts)
         return await self.score_batch(texts)
+
+    async def _score_cascade(self, texts: list[str]) -> ScoreResult:
+        """The first stage routes the call; only what it is unsure of (and the audit share)
+        joins the batch for the full model. A model swap in between: the full model, all."""
+        current = self._current
+        assert current is not None
+        routing = current.model.route(texts)
+        if routing is None:
+            return await self.score_batch(texts)
+        idx = routing.to_full
+        emb = np.zeros((len(texts), current.model.encoder.dim), np.float16)
+        full = np.zeros((0, len(current.model.head_keys)), np.float32)
+        if len(idx):
+            res = await self.score_batch([texts[i] for i in idx])
+            if res.model_version != current.version:
+                return res if len(idx) == len(texts) else await self.score_batch(texts)
+            emb[idx], full = res.embeddings, res.scores
+        return ScoreResult(current.version, emb, current.model.merge(routing, full),
+                           routing.stage)
 
     def metadata(self, version: str | None = None) -> ModelMetadata:
         """A loaded version's metadata (heads, curves): what the ingress resolves policy with."""
@@ -233,4 +258,5 @@ class Scorer:
             ),
             "torch_threads": torch.get_num_threads(),
             "numerics": getattr(cur.model.encoder, "numerics", None) if cur else None,
+            "cascade": cascade_status(cur.model.metadata.get("cascade")) if cur else None,
         }

@@ -90,6 +90,61 @@ def starter_build(state_dir: Path | None, data_dir: Path | None, out: Path | Non
                "docs/starter-model.md).")
 
 
+@starter.command("cascade", help="Fit the cascade's first stage for a starter artifact that "
+                 "has none (default the shipped one): fitted on its training split, "
+                 "calibrated on its validation split against its own heads, measured on its "
+                 "test split. 'bastion starter build' does this as part of the build.")
+@state_dir_option
+@click.option("--model", "model_dir", type=click.Path(file_okay=False, exists=True,
+              path_type=Path), default=None, help="The artifact (default: the shipped one).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Embedding cache folder (default the state directory's).")
+@click.option("--max-test", type=click.IntRange(min=100), default=None,
+              help="Measure on a random sample of N test items (default: all of them).")
+@guard
+def starter_cascade(state_dir: Path | None, model_dir: Path | None, cache_dir: Path | None,
+                    max_test: int | None) -> None:
+    from bastion.core.embcache import EmbeddingCache
+    from bastion.core.encoders import create_encoder
+    from bastion.core.model import ModerationModel
+    from bastion.core.store import default_database_url
+    from bastion.training.cascade import add_first_stage
+    from bastion.training.datasets import load_starter_data
+    from bastion.training.starter import split_masks
+
+    path = model_dir or SHIPPED_DIR
+    meta = json.loads((path / "metadata.json").read_text())
+    built = set(meta.get("data", {}).get("sources", {}))
+    names = [n for n in available_sources() if n in built]  # the build's order: same splits
+    missing = sorted(built - set(names))
+    if missing:
+        fail(f"the artifact was built from {', '.join(missing)}, not available here (the "
+             "development sets need ../shared/data or BASTION_DEV_DATA)")
+    data = load_starter_data(sources=names)
+    if data.fingerprint() != meta["data"]["fingerprint"]:
+        fail(f"the labelled data here differs from what {path} was built from (data "
+             "fingerprint); rebuild the whole artifact with 'bastion starter build'")
+    encoder = create_encoder("minilm", precision="fp32")
+    settings = settings_for(state_dir)
+    cache = EmbeddingCache(default_database_url(cache_dir) if cache_dir
+                           else settings.database_url, encoder)
+    try:
+        model: ModerationModel = add_first_stage(
+            path, data, lambda texts: cache.embed(texts)[0], splits=split_masks(data.groups),
+            max_test=max_test, encoder=encoder)
+    finally:
+        cache.close()
+    write_starter(model, path)
+    report = model.metadata["cascade"]["report"]
+    click.echo(f"First stage decides {report['first_stage_share']:.1%} of {report['n_items']} "
+               f"held-out items; decision agreement {report['decision_agreement']:.2%}")
+    for key, m in report["per_key"].items():
+        click.echo(f"  {key}: allows {m['missed']} of {m['n_flagged']} items the full model "
+                   f"flags; AUROC cascade {report['auroc'].get(key, {}).get('cascade')} vs "
+                   f"full {report['auroc'].get(key, {}).get('full')}")
+    click.echo(f"Wrote {path}")
+
+
 @starter.command("docs", help="Write docs/starter-model.md from the shipped artifact.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Default docs/starter-model.md of this checkout.")

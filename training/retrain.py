@@ -37,7 +37,7 @@ from ray.train.torch import TorchTrainer
 
 from bastion.core.embcache import EmbeddingCache
 from bastion.core.encoders import Encoder, HFEncoder, create_encoder
-from bastion.core.errors import BastionError
+from bastion.core.errors import BastionError, ModelError
 from bastion.core.labelled import LabelledSet
 from bastion.core.model import HeadSpec, LinearHeads, ModerationModel
 from bastion.core.policy import PolicySet
@@ -46,6 +46,7 @@ from bastion.core.settings import Settings
 from bastion.registry.evaluation import evaluate_heads
 from bastion.registry.lifecycle import GateRefused, Lifecycle
 from bastion.registry.store import CHALLENGER, CHAMPION, ModelRegistry
+from bastion.training.cascade import fit_for_model
 from bastion.training.finetune import FinetuneConfig, run_finetune
 from bastion.training.heads import FitConfig, fit_heads, pos_weights
 from bastion.training.reference import sample as reference_sample
@@ -321,6 +322,7 @@ class _Fitted:
     history: list[dict[str, Any]]
     restarts: int = 0
     cache_info: dict[str, Any] | None = None
+    val_emb: np.ndarray | None = None  # the validation split's: calibrates the cascade
 
 
 def _snapshot_for_run(settings: Settings, policy: PolicySet, opts: RetrainOptions, say: Say,
@@ -379,7 +381,7 @@ def _fit_heads_mode(settings: Settings, snap: Snapshot, keys: list[str], encoder
     return _Fitted(heads=heads, encoder=encoder, test_emb=test_emb,
                    gate_emb={encoder.identity["fingerprint"]: test_emb},
                    bundle=bool(base and base.metadata.get("encoder", {}).get("bundled")),
-                   history=history, cache_info=cache_info)
+                   history=history, cache_info=cache_info, val_emb=emb[snap.split == "val"])
 
 
 def _fit_full_mode(settings: Settings, snap: Snapshot, keys: list[str], encoder: Encoder,
@@ -408,7 +410,8 @@ def _fit_full_mode(settings: Settings, snap: Snapshot, keys: list[str], encoder:
         finally:
             cache.close()
     return _Fitted(heads=heads, encoder=tuned, test_emb=test_emb, gate_emb=gate_emb,
-                   bundle=True, history=history, restarts=restarts)
+                   bundle=True, history=history, restarts=restarts,
+                   val_emb=tuned.encode(snap.part("val").texts))
 
 
 def _new_model(fit: _Fitted, snap: Snapshot, keys: list[str], base: ModerationModel | None,
@@ -429,6 +432,25 @@ def _new_model(fit: _Fitted, snap: Snapshot, keys: list[str], base: ModerationMo
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "train_run": run_name,
     })
+
+
+def _fit_cascade(model: ModerationModel, fit: _Fitted, snap: Snapshot, scores: np.ndarray,
+                 say: Say) -> None:
+    """The new version's cascade first stage (``training.cascade``); without one (a head
+    with one class only in the training split) the version serves with the cascade off."""
+    if fit.val_emb is None:
+        return
+    try:
+        stage = fit_for_model(
+            model, snap.data, snap.split == "train",
+            (np.flatnonzero(snap.split == "val"), fit.heads.score(fit.val_emb)),
+            (np.flatnonzero(snap.split == "test"), scores))
+    except ModelError as err:
+        say(f"No cascade first stage for this version (it serves every item with the full "
+            f"model): {err}")
+        return
+    say(f"Cascade first stage: decides {stage.report['first_stage_share']:.0%} of the "
+        "held-out items")
 
 
 def _register(registry: ModelRegistry, model: ModerationModel, model_dir: Path, fit: _Fitted,
@@ -515,6 +537,7 @@ def retrain(settings: Settings, policy: PolicySet, opts: RetrainOptions,
             timings["train_total"] = time.perf_counter() - t_all
             model = _new_model(fit, snap, keys, base, opts, run_name, scores, metrics, curves,
                                timings)
+            _fit_cascade(model, fit, snap, scores, say)
             model.save(model_dir, bundle_encoder=fit.bundle)
             say("Registering the new version as @challenger...")
             version = _register(registry, model, model_dir, fit, snap, policy, opts, run_name,

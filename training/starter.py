@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from bastion.core.cascade import FIRST_STAGE_FILE, cascade_status
 from bastion.core.decision import threshold_for_precision
 from bastion.core.embcache import EmbeddingCache
 from bastion.core.encoders import Encoder, create_encoder
@@ -44,6 +45,7 @@ from bastion.registry.evaluation import (
     pr_curve,
 )
 from bastion.registry.store import ModelRegistry
+from bastion.training.cascade import fit_for_model
 from bastion.training.datasets import (
     CATEGORIES,
     CATEGORY_DESCRIPTIONS,
@@ -62,6 +64,7 @@ __all__ = [
     "encode_with_progress",
     "register_starter",
     "shipped_starter",
+    "split_masks",
     "tenant_metrics",
     "train_starter",
     "write_starter",
@@ -87,7 +90,7 @@ def encode_with_progress(
     return np.concatenate(out) if out else np.zeros((0, encoder.dim), np.float32)
 
 
-def _splits(groups: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_masks(groups: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """train / validation (early stopping) / test masks; the test split is the one every
     version's gate reads (``group_split`` with its default salt)."""
     test = group_split(groups)
@@ -153,6 +156,7 @@ def build_starter(
     cross_source: bool = True,
     sources: dict[str, dict[str, Any]] | None = None,
     command: str | None = None,
+    first_stage: bool = True,
 ) -> ModerationModel:
     """Fit the stacked heads on the train split, measure them on the held-out split.
 
@@ -166,12 +170,14 @@ def build_starter(
             it (a dozen more fits of one head each).
         sources: what to record of each source (fingerprints; see ``describe_sources``).
         command: the command line that built it, recorded in the metadata.
+        first_stage: also fit the cascade's first stage (``training.cascade``): calibrated
+            on the validation split against these heads, measured on the test split.
     """
     t0 = time.perf_counter()
     emb = (embed(data.texts, progress) if embed is not None
            else encode_with_progress(encoder, data.texts, progress))
     t_encode = time.perf_counter() - t0
-    train, val, test = _splits(data.groups)
+    train, val, test = split_masks(data.groups)
     keys = [c for c in data.categories
             if ((data.targets[train, data.categories.index(c)] >= 0.5)
                 & data.mask[train, data.categories.index(c)]).any()]
@@ -248,7 +254,15 @@ def build_starter(
         "curves": curves,
         "timings_s": {"encode": round(t_encode, 2), "fit": round(t_fit, 2)},
     }
-    return ModerationModel(encoder=encoder, heads=heads, metadata=meta)
+    model = ModerationModel(encoder=encoder, heads=heads, metadata=meta)
+    if first_stage:
+        if progress:
+            progress("cascade first stage", 0, 1)
+        fit_for_model(model, data, train, (np.flatnonzero(val), heads.score(emb[val])),
+                      (np.flatnonzero(test), scores))
+        if progress:
+            progress("cascade first stage", 1, 1)
+    return model
 
 
 def describe_sources(names: list[str]) -> dict[str, dict[str, Any]]:
@@ -273,8 +287,10 @@ def write_starter(model: ModerationModel, out_dir: Path = SHIPPED_DIR) -> Path:
         meta["encoder"]["path"] = f"<{meta['encoder']['registry_name']} package>"
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("heads.npz", "metadata.json"):
-            shutil.copy(tmp / name, out_dir / name)
+        (out_dir / FIRST_STAGE_FILE).unlink(missing_ok=True)
+        for name in ("heads.npz", "metadata.json", FIRST_STAGE_FILE):
+            if (tmp / name).is_file():
+                shutil.copy(tmp / name, out_dir / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
@@ -292,6 +308,9 @@ def _flat_metrics(meta: ModelMetadata) -> dict[str, float]:
             for name in ("auroc", "ap", "ece"):
                 if isinstance(m.get(name), (int, float)):
                     out[f"{key}.{src}.{name}"] = float(m[name])
+    for name, value in (cascade_status(meta.get("cascade")) or {}).items():
+        if isinstance(value, (int, float)):
+            out[f"cascade.{name}"] = float(value)
     return out
 
 

@@ -102,6 +102,7 @@ def render_markdown(meta: dict[str, Any], digest: str, extra: str = "") -> str:
             lines.append(f"| {key} | {src} | {m['n']} | {m['n_pos']} | {_metric(m, 'auroc')} "
                          f"| {_metric(m, 'ap')} | {_metric(m, 'ece')} | "
                          f"{_at(m, 'block_p90')} |")
+    lines += cascade_section(meta)
     cross = meta.get("cross_source") or {}
     if cross:
         lines += [
@@ -227,3 +228,55 @@ def plain_cases_section(results: dict[str, Any]) -> str:
         lines += ["", "The gate's `auroc_vs_champion` and `agreement_with_champion` checks "
                   "refuse a candidate that forgets (docs/registry.md)."]
     return "\n".join(lines)
+
+
+def cascade_section(meta: dict[str, Any]) -> list[str]:
+    """The cascade's first stage (``core.cascade``): what it is and what it measured."""
+    casc = meta.get("cascade")
+    if not casc:
+        return ["", "## The cascade", "",
+                "This artifact has no first stage: every item goes through the full model "
+                "(`bastion starter cascade` fits one)."]
+    rep = casc.get("report", {})
+    feats = casc.get("features", {})
+    lines = [
+        "", "## The cascade", "",
+        f"A first stage in front of the transformer: {feats.get('kind')} "
+        f"({feats.get('n_features')} hashed features, 1..{feats.get('ngram_max')}-grams) and "
+        "one logistic head per category, fitted on the same training split as the heads "
+        "(scikit-learn, liblinear). It only ever allows: an item every head scores below "
+        "its *sure-benign* threshold is decided `allow` without the transformer; anything "
+        "else, and a random "
+        f"{casc.get('audit_share', 0):.0%} audit share of every call, gets the full model.",
+        "",
+        f"Tolerance: {rep.get('tolerance_statement', '')}. Calibrated on the "
+        f"{rep.get('split', {}).get('calibration', 'validation split')}, against the full "
+        "model's scores (not the labels); measured on the "
+        f"{rep.get('split', {}).get('measured', 'test split')}: the first stage decides "
+        f"{rep.get('first_stage_share', 0):.1%} of them, and the cascade's decision agrees "
+        "with the full model's on "
+        f"{rep.get('decision_agreement', 0):.2%} (an item counts as disagreeing when the "
+        "first stage allows it and the full model flags any head).",
+        "",
+        "A head's flag level is the lowest score a default policy acts on (the held-out "
+        "review point at recall 0.9, the block point at precision 0.9, at most 0.5, at least "
+        "0.45); a "
+        "tenant reviewing below it gets the full model. A first-stage item's scores are its "
+        "probabilities mapped onto the full model's scale (a quantile map fitted on the "
+        "calibration items it is sure of), kept below the flag level.",
+        "",
+        "| head | flag level | sure-benign threshold | flagged (held out) | allowed by stage 1 "
+        "| AUROC full | AUROC cascade | AUROC stage 1 alone |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key in casc.get("keys", []):
+        pk = rep.get("per_key", {}).get(key, {})
+        au = rep.get("auroc", {}).get(key, {})
+        lines.append(
+            f"| {key} | {casc['flag_levels'].get(key)} | {casc['thresholds'].get(key)} | "
+            f"{pk.get('n_flagged')} | {pk.get('missed')} | {au.get('full', '—')} | "
+            f"{au.get('cascade', '—')} | {au.get('first_stage', '—')} |")
+    lines += ["", "Throughput against the transformer alone: `bench/cascade.py` "
+              "(bench/results/cascade.json). Per tenant it is switched off with "
+              "`cascade: false` in the policy."]
+    return lines

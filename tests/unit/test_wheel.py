@@ -41,6 +41,7 @@ def test_the_wheel_installs_only_bastion_at_top_level(tmp_path: Path) -> None:
     assert {"bastion/core/store/migrations/env.py", "bastion/core/store/migrations/script.py.mako",
             "bastion/core/store/migrations/versions/0001_schema.py"} <= set(names)
     assert "bastion/training/starter_model/heads.npz" in names
+    assert "bastion/training/starter_model/first_stage.npz" in names  # the cascade
     entry = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "bastion = bastion.cli:main" in entry or "bastion = bastion.cli:main" in entry
