@@ -159,12 +159,16 @@ def _policy(**tenant: object) -> dict[str, object]:
 
 def test_the_per_tenant_switch_and_the_flag_level_check() -> None:
     meta = {"version": "1", "cascade": {"flag_levels": {"harassment": 0.5}}}
-    on = resolve_policy(parse_policy(_policy(), "p"), ["harassment"], meta)["t"]  # type: ignore[arg-type]
+    on = resolve_policy(parse_policy(_policy(cascade=True), "p"), ["harassment"],
+                        meta)["t"]  # type: ignore[arg-type]
     assert on.cascade_off is None
+    default = resolve_policy(parse_policy(_policy(), "p"), ["harassment"], meta)["t"]  # type: ignore[arg-type]
+    assert default.cascade_off == "switched off in the policy (cascade: false)"  # off by default
     off = resolve_policy(parse_policy(_policy(cascade=False), "p"), ["harassment"],
                          meta)["t"]  # type: ignore[arg-type]
     assert off.cascade_off == "switched off in the policy (cascade: false)"
-    none = resolve_policy(parse_policy(_policy(), "p"), ["harassment"], {"version": "1"})["t"]
+    none = resolve_policy(parse_policy(_policy(cascade=True), "p"), ["harassment"],
+                          {"version": "1"})["t"]
     assert none.cascade_off == "the model version has no first stage"
     assert "below the first stage's calibrated flag level (harassment 0.6 < 0.7)" in str(
         cascade_fits({"flag_levels": {"harassment": 0.7}}, {"harassment": 0.6}))
