@@ -67,6 +67,10 @@ class BackgroundWriter(Generic[T]):
         capacity: most items queued; past it :meth:`submit` raises :class:`WriterFull`.
         flush_every_s: how long a partial batch waits for more items.
         max_batch: most items per write.
+        linger_s: how long a write waits after the first item for more, unless ``max_batch``
+            items wait or a caller waits for it (``on_done``). 0: write at once (group commit:
+            what arrives during a write joins the next). The review intake lingers: nobody
+            waits for it, and a batch of many items costs about what one item costs.
         backoff_s: first retry delay, doubled per failure up to ``max_backoff_s``.
     """
 
@@ -75,12 +79,13 @@ class BackgroundWriter(Generic[T]):
         permanent: Callable[[BaseException], bool] = lambda _e: False,
         reset: Callable[[], None] | None = None,
         capacity: int = 100_000, flush_every_s: float = 0.2, max_batch: int = 512,
-        backoff_s: float = 0.1, max_backoff_s: float = 5.0,
+        linger_s: float = 0.0, backoff_s: float = 0.1, max_backoff_s: float = 5.0,
     ) -> None:
         self.name = name
         self._write, self._permanent, self._reset = write, permanent, reset
         self.capacity, self._flush_every_s, self._max_batch = capacity, flush_every_s, max_batch
         self._backoff_s, self._max_backoff_s = backoff_s, max_backoff_s
+        self._linger_s = linger_s
         self._q: deque[T] = deque()
         self._cv = threading.Condition()
         self._inflight = 0
@@ -112,8 +117,11 @@ class BackgroundWriter(Generic[T]):
             if on_done is not None:
                 self._waiters.append((self._accepted, on_done))
             # Write now: concurrent submissions gather while a write runs (group commit), so
-            # waiting callers pay one transaction, not the flush interval.
-            self._cv.notify()
+            # waiting callers pay one transaction, not the flush interval. A lingering writer
+            # is woken only by a full batch or a waiting caller.
+            if (not self._linger_s or on_done is not None
+                    or len(self._q) >= self._max_batch):
+                self._cv.notify()
 
     def full_error(self) -> WriterFull:
         """The refusal of work that does not fit, saying why and when to come back."""
@@ -149,6 +157,11 @@ class BackgroundWriter(Generic[T]):
         with self._cv:
             if not self._q and not self._stop:
                 self._cv.wait(self._flush_every_s)
+            if self._linger_s and self._q and not self._stop and not self._waiters:
+                deadline = time.monotonic() + self._linger_s
+                while (len(self._q) < self._max_batch and not self._stop
+                       and not self._waiters and time.monotonic() < deadline):
+                    self._cv.wait(max(deadline - time.monotonic(), 0.001))
             n = min(len(self._q), self._max_batch)
             batch = [self._q.popleft() for _ in range(n)]
             self._inflight = n

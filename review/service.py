@@ -248,11 +248,12 @@ class IntakeWriter(BackgroundWriter[ReviewItem]):
     Only a :class:`ReviewError` (the items themselves are invalid) leaves items out, logged."""
 
     def __init__(self, service: ReviewService, retry_s: float = 1.0, capacity: int = 100_000,
-                 flush_every_s: float = 0.2) -> None:
+                 flush_every_s: float = 0.2, linger_s: float = 0.5) -> None:
         self.service = service
         super().__init__("review intake", self._intake, permanent=_invalid_items,
                          reset=service.queue.engine.dispose, capacity=capacity,
-                         flush_every_s=flush_every_s, max_batch=256, max_backoff_s=retry_s * 5)
+                         flush_every_s=flush_every_s, max_batch=256, linger_s=linger_s,
+                         max_backoff_s=retry_s * 5)
 
     def _intake(self, items: list[ReviewItem]) -> None:
         self.service.intake_decisions(items)
