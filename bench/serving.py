@@ -134,18 +134,23 @@ def http_matrix(url: str, texts: list[str], tenants: list[tuple[str, str]],
 
 _MEMORY_PROBE = """
 import gc, json, sys
-import numpy as np, psutil
+import numpy as np
 from bastion.core.encoders import create_encoder
 from bastion.core.model import HeadSpec, LinearHeads
 n, shared = int(sys.argv[1]), sys.argv[2] == "shared"
-encoders = [create_encoder("minilm") for _ in range(1 if shared else n)]
+encoders = [create_encoder("minilm", precision="fp32") for _ in range(1 if shared else n)]
 heads = LinearHeads([HeadSpec(f"p{j}") for j in range(n)], np.zeros((384, n), np.float32),
                     np.zeros(n, np.float32))
 for e in encoders:  # one forward each: what serving holds after its first batch
     heads.score(e.encode(["warm up the model", "and its buffers"]))
 gc.collect()
-m = psutil.Process().memory_full_info()
-print(json.dumps({"rss_mb": round(m.rss / 2**20, 1), "uss_mb": round(m.uss / 2**20, 1)}))
+kb = {}
+for line in open("/proc/self/smaps_rollup"):  # Linux: RSS, and USS = private pages
+    k, _, v = line.partition(":")
+    if v.strip().endswith("kB"):
+        kb[k] = int(v.split()[0])
+uss = kb["Private_Clean"] + kb["Private_Dirty"]
+print(json.dumps({"rss_mb": round(kb["Rss"] / 1024, 1), "uss_mb": round(uss / 1024, 1)}))
 """
 
 
