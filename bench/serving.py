@@ -139,6 +139,9 @@ from bastion.core.encoders import create_encoder
 from bastion.core.model import HeadSpec, LinearHeads
 n, shared = int(sys.argv[1]), sys.argv[2] == "shared"
 encoders = [create_encoder("minilm", precision="fp32") for _ in range(1 if shared else n)]
+for e in encoders:  # each policy's own fine-tuned copy holds its own weights: copy them out
+    for p in e.model.parameters():  # of the shared read-only mapping of the weights file
+        p.data = p.data.clone()
 heads = LinearHeads([HeadSpec(f"p{j}") for j in range(n)], np.zeros((384, n), np.float32),
                     np.zeros(n, np.float32))
 for e in encoders:  # one forward each: what serving holds after its first batch
