@@ -42,17 +42,6 @@ def call(served: Served, key: str, method: str, path: str, **kw: Any) -> httpx.R
         return c.request(method, path, headers={"Authorization": f"Bearer {key}"}, **kw)
 
 
-def wait_queued(served: Served, key: str, predicate: Any, timeout: float = 30) -> dict:
-    deadline = time.time() + timeout
-    body: dict = {}
-    while time.time() < deadline:
-        body = call(served, key, "GET", "/v1/review/queue").json()
-        if predicate(body["tasks"]):
-            return body
-        time.sleep(0.3)
-    raise AssertionError(f"queue never matched: {body}")
-
-
 def test_review_loop_end_to_end(served: Served, reviewers: dict[str, str]) -> None:
     session = f"s-{uuid.uuid4().hex[:8]}"
     body = {"tenant": "acme", "items": [
