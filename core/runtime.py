@@ -48,6 +48,9 @@ def ray_env() -> dict[str, str]:
         # external load balancers to notice; locally Serve's own proxy fronts it, and Ctrl-C
         # would wait those 30 s.
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+        # Serve's proxy answers 500 for a request whose Ingress replica died before answering;
+        # this middleware sends it to a live replica instead (core/proxyreplay.py).
+        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "bastion.core.proxyreplay:proxy_middlewares",
         # Ray Train / Ray Data in a CLI: Bastion prints its own progress lines; Ray Data's
         # per-operator bars and Train's print patch (which echoes every line twice) are noise.
         "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
