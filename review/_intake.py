@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from bastion.core.store.tables import review_events as events
 from bastion.core.store.tables import review_items as items
@@ -70,16 +70,103 @@ class Intake(QueueBase):
 
     def add_items(self, batch: list[tuple[ReviewItem, int | None]]) -> list[str | None]:
         """Many :meth:`add_item` (slots given) and :meth:`add_context` (slots ``None``) calls in
-        one transaction, in order: what serving's intake writes per drained batch, so the cost
-        per item is a few statements, not a transaction. Returns each one's task id."""
+        one transaction, with the same result as making them in order: what serving's intake
+        writes per drained batch. Set-based, so a batch costs a fixed handful of statements
+        (reads of the items and tasks it touches, one insert each of tasks, items and slots,
+        one update each of the item counts and the slots), whatever its size. Returns each
+        one's task id."""
         for item, n in batch:
             self._check_item(item, slots=n, context=n is None)
+        if not batch:
+            return []
+        return self._write(lambda conn: self._add_batch(conn, batch))
 
-        def run(conn: Connection) -> list[str | None]:
-            return [self._add_context(conn, item) if n is None
-                    else self._add_item(conn, item, n) for item, n in batch]
-
-        return self._write(run)
+    def _add_batch(self, conn: Connection,
+                   batch: list[tuple[ReviewItem, int | None]]) -> list[str | None]:
+        now = self._clock()
+        keys = list(dict.fromkeys((i.tenant, i.item_id) for i, _ in batch))
+        queued: dict[tuple[str, str], str] = {}  # (tenant, item_id) -> its task, once queued
+        for tenant in {t for t, _ in keys}:
+            ids = [i for t, i in keys if t == tenant]
+            queued.update(((tenant, r.item_id), r.task_id) for r in conn.execute(
+                select(items.c.item_id, items.c.task_id)
+                .where(items.c.tenant == tenant, items.c.item_id.in_(ids))))
+        own = {}  # the task each decision item makes, before any is written
+        for item, n in batch:
+            if n is not None:
+                group = (f"session:{item.session_id}" if item.session_id
+                         else f"item:{item.item_id}")
+                own[task_id_of(item.tenant, group)] = (item.tenant, group)
+        sessions = {task_id_of(i.tenant, f"session:{i.session_id}")
+                    for i, n in batch if n is None and i.session_id}
+        wanted = set(own) | sessions
+        state = {r.task_id: [r.slots, r.slots_done, r.status] for r in conn.execute(
+            select(tasks.c.task_id, tasks.c.slots, tasks.c.slots_done, tasks.c.status)
+            .where(tasks.c.task_id.in_(wanted)))}
+        new_tasks: list[str] = []  # made by a decision item of this batch, in order
+        # the calls in order, on the tasks' state as it would be after each one
+        out: list[str | None] = []
+        rows: list[dict[str, Any]] = []
+        added: dict[str, int] = {}
+        raised: dict[str, int] = {}
+        for item, n in batch:
+            key = (item.tenant, item.item_id)
+            if n is None:  # context: joins its session's task only if there is one
+                tid = (task_id_of(item.tenant, f"session:{item.session_id}")
+                       if item.session_id else None)
+                if tid is None or tid not in state:
+                    out.append(None)
+                    continue
+                if key not in queued:
+                    queued[key] = tid
+                    rows.append(self._item_row(item, tid, "context"))
+                    added[tid] = added.get(tid, 0) + 1
+                out.append(tid)
+                continue
+            group = (f"session:{item.session_id}" if item.session_id
+                     else f"item:{item.item_id}")
+            tid = task_id_of(item.tenant, group)
+            if tid not in state:
+                new_tasks.append(tid)
+                state[tid] = [0, 0, "open"]
+            more = False
+            if key in queued:  # already queued, perhaps in another task: that one is its task
+                tid = queued[key]
+                if tid not in state:
+                    (row,) = conn.execute(select(tasks.c.slots, tasks.c.slots_done,
+                                                 tasks.c.status).where(tasks.c.task_id == tid))
+                    state[tid] = [row.slots, row.slots_done, row.status]
+            else:
+                queued[key] = tid
+                rows.append(self._item_row(item, tid, item.source))
+                added[tid] = added.get(tid, 0) + 1
+                more = state[tid][2] == DONE
+            slots_now, done, _ = state[tid]
+            want = done + n if more else n
+            if want > slots_now:
+                state[tid][0], state[tid][2] = want, "open"
+                raised[tid] = want
+            out.append(tid)
+        if new_tasks:
+            conn.execute(self._insert_ignore(tasks), [dict(
+                task_id=tid, tenant=own[tid][0], group_key=own[tid][1], priority=0.0,
+                reasons="[]", slots=0, slots_done=0, status="open", n_items=0,
+                created_ts=now, updated_ts=now) for tid in new_tasks])
+        if rows:
+            conn.execute(self._insert_ignore(items), rows)
+        if added:
+            conn.execute(update(tasks).where(tasks.c.task_id == bindparam("tid"))
+                         .values(n_items=tasks.c.n_items + bindparam("added")),
+                         [{"tid": t, "added": k} for t, k in added.items()])
+        if raised:
+            conn.execute(update(tasks).where(tasks.c.task_id == bindparam("tid"),
+                                             tasks.c.slots < bindparam("want"))
+                         .values(slots=bindparam("want"), status="open", updated_ts=now),
+                         [{"tid": t, "want": w} for t, w in raised.items()])
+            conn.execute(self._insert_ignore(slots), [
+                {"task_id": t, "slot": i, "state": FREE}
+                for t, w in raised.items() for i in range(w)])
+        return out
 
     def _check_item(self, item: ReviewItem, *, slots: int | None = None,
                     context: bool = False) -> None:
@@ -205,12 +292,16 @@ class Intake(QueueBase):
                 for tid, (p, r) in ranked.items()]
 
         def run(conn: Connection) -> None:
-            now = self._clock()
-            for tid, p, text in rows:
-                res = conn.execute(update(tasks).where(tasks.c.task_id == tid)
-                                   .values(priority=p, reasons=text, updated_ts=now))
-                if not rowcount(res):
+            ids = [tid for tid, _, _ in rows]
+            found = set(conn.execute(select(tasks.c.task_id)
+                                     .where(tasks.c.task_id.in_(ids))).scalars())
+            for tid in ids:
+                if tid not in found:
                     raise NotFound(f"no review task {tid!r}")
+            conn.execute(update(tasks).where(tasks.c.task_id == bindparam("tid"))
+                         .values(priority=bindparam("p"), reasons=bindparam("why"),
+                                 updated_ts=self._clock()),
+                         [{"tid": tid, "p": p, "why": text} for tid, p, text in rows])
 
         self._write(run)
 

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -462,3 +463,51 @@ def test_unusable_database_urls_are_refused() -> None:
         ReviewQueue("sqlite://")
     with pytest.raises(ConfigError, match="unsupported scheme 'mysql'; give BASTION_DATABASE_URL"):
         ReviewQueue("mysql://x@localhost/db")
+
+
+# -- batched intake ------------------------------------------------------------------------
+
+
+def _queue_state(queue: ReviewQueue) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    with queue.engine.connect() as conn:
+        return (
+            conn.execute(text("SELECT task_id, tenant, group_key, slots, slots_done, status, "
+                              "n_items FROM review_tasks ORDER BY task_id")).all(),
+            conn.execute(text("SELECT tenant, item_id, task_id, source FROM review_items "
+                              "ORDER BY tenant, item_id")).all(),
+            conn.execute(text("SELECT task_id, slot, state FROM review_slots "
+                              "ORDER BY task_id, slot")).all(),
+        )
+
+
+def test_a_batch_does_what_the_same_calls_one_by_one_do(tmp_path: Path) -> None:
+    """add_items is set-based (a few statements per batch); random batches (repeats, context
+    items, sessions, tasks done and reopened, other tenants) end in the same queue as
+    add_item/add_context called in order."""
+    import random
+
+    rng = random.Random(14)
+    batched = ReviewQueue(f"sqlite:///{tmp_path / 'batched.db'}")
+    single = ReviewQueue(f"sqlite:///{tmp_path / 'single.db'}")
+    try:
+        for _ in range(40):
+            batch: list[tuple[ReviewItem, int | None]] = []
+            for _ in range(rng.randint(1, 12)):
+                it = item(f"i{rng.randint(0, 25)}", tenant=rng.choice(["acme", "acme", "b"]),
+                          session_id=rng.choice([None, "s1", "s2", "s3"]))
+                batch.append((it, None if rng.random() < 0.25 else rng.randint(1, 3)))
+            got = batched.add_items(batch)
+            want = [single.add_context(i) if n is None else single.add_item(i, slots=n)
+                    for i, n in batch]
+            assert got == want
+            assert _queue_state(batched) == _queue_state(single)
+            if rng.random() < 0.3:  # a task done: the next item in it reopens it
+                for queue in (batched, single):
+                    with queue.engine.begin() as conn:
+                        conn.execute(text(
+                            "UPDATE review_tasks SET status='done', slots_done=slots WHERE "
+                            "task_id=(SELECT min(task_id) FROM review_tasks WHERE "
+                            "status='open')"))
+    finally:
+        batched.close()
+        single.close()
