@@ -1,5 +1,5 @@
 """What Bastion adds to Ray Serve's HTTP proxy: a request that no replica answered is sent
-again, instead of failing with HTTP 500.
+again, instead of failing with HTTP 500 (or 404 while the application is being deployed).
 
 When an Ingress replica dies (``kill -9``, an out-of-memory kill, a node lost) with requests
 in flight, Serve's proxy gets ``ActorDiedError`` for them and its ASGI app returns without
@@ -10,6 +10,11 @@ and in the Kubernetes ConfigMap). It keeps the request body, and when the app re
 a response having started, it sends the same request again, once the proxy's router has
 dropped the dead replica, until :data:`REPLAY_BUDGET_S` is spent. Past that, nothing could
 answer: ``503`` with ``Retry-After``, never 500.
+
+While ``bastion up`` starts or redeploys, the proxy is up before the application is, and
+answers ``404 Path not found`` for every route. Every response of the application carries
+:data:`SERVED_HEADER` (:class:`MarkServed`), so a 404 without it is the proxy's: no application
+is deployed at that path yet. Such a request is replayed the same way, within the same budget.
 
 What is and is not replayed:
 
@@ -34,8 +39,8 @@ from typing import Any
 
 from starlette.middleware import Middleware
 
-__all__ = ["MAX_REPLAY_BODY_BYTES", "REPLAY_BUDGET_S", "ReplayUnanswered",
-           "proxy_middlewares"]
+__all__ = ["MAX_REPLAY_BODY_BYTES", "MarkServed", "REPLAY_BUDGET_S", "ReplayUnanswered",
+           "SERVED_HEADER", "proxy_middlewares"]
 
 logger = logging.getLogger("bastion.proxy")
 
@@ -52,6 +57,30 @@ MAX_REPLAY_BODY_BYTES = 16 * 1024 * 1024
 REPLAY_BUDGET_S = 30.0
 #: ``Retry-After`` when nothing answered within the budget.
 RETRY_AFTER_S = 5
+#: The header every response of the application carries (:class:`MarkServed`).
+SERVED_HEADER = b"x-bastion-served"
+
+
+class MarkServed:
+    """ASGI middleware of the application (not the proxy): every response carries
+    :data:`SERVED_HEADER`, so the proxy's middleware tells the application's 404 (an unknown
+    task) from the proxy's (no application deployed at the path yet)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def marked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (SERVED_HEADER, b"1")]}
+            await send(message)
+
+        await self.app(scope, receive, marked)
 
 
 class ReplayUnanswered:
@@ -86,13 +115,18 @@ class ReplayUnanswered:
         deadline = time.monotonic() + self.budget_s
         attempt = 0
         while True:
-            started = False
+            started = dropped = False
 
             async def tracking_send(message: Message) -> None:
-                nonlocal started
+                nonlocal started, dropped
                 if message["type"] == "http.response.start":
+                    if message["status"] == 404 and not any(
+                            k.lower() == SERVED_HEADER for k, _ in message.get("headers", [])):
+                        dropped = True  # the proxy's: nothing deployed at this path yet
+                        return
                     started = True
-                await send(message)
+                if not dropped:
+                    await send(message)
 
             await self.app(scope, _replayed([body], None, receive), tracking_send)
             if started:
@@ -104,8 +138,9 @@ class ReplayUnanswered:
                                scope.get("method"), scope.get("path"), attempt, self.budget_s)
                 await _unavailable(send, attempt)
                 return
-            logger.warning("%s %s: the replica died before answering; replaying (attempt %d)",
-                           scope.get("method"), scope.get("path"), attempt + 1)
+            logger.warning("%s %s: %s; replaying (attempt %d)", scope.get("method"),
+                           scope.get("path"), "no application deployed at the path yet"
+                           if dropped else "the replica died before answering", attempt + 1)
             await asyncio.sleep(min(0.05 * 2 ** attempt, 1.0, left))
 
 
@@ -131,8 +166,8 @@ def _replayed(chunks: list[bytes], last: Message | None, receive: Receive, *,
 async def _unavailable(send: Send, attempts: int) -> None:
     body = json.dumps({  # the API's ErrorBody
         "error": f"No Ingress replica answered this request ({attempts} attempts over "
-                 f"{REPLAY_BUDGET_S:.0f} s): the service is restarting or overloaded. Send "
-                 f"it again after Retry-After seconds.",
+                 f"{REPLAY_BUDGET_S:.0f} s): the service is starting, restarting or "
+                 f"overloaded. Send it again after Retry-After seconds.",
     }).encode()
     await send({"type": "http.response.start", "status": 503,
                 "headers": [(b"content-type", b"application/json"),

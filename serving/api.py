@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from bastion.core.http import BodyGuard, error_responses, install_error_handlers
+from bastion.core.proxyreplay import MarkServed
 from bastion.core.settings import Limits
 from bastion.review.routes import ReviewAccess, include_review
 from bastion.serving.schemas import (
@@ -50,6 +51,7 @@ def build_api(moderation: Moderation) -> FastAPI:
     install_error_handlers(api)
     api.add_middleware(BodyGuard, max_bytes=moderation.limits.max_body_bytes,
                        setting="limits.max_body_bytes")
+    api.add_middleware(MarkServed)  # outermost: the proxy tells this app's 404s from its own
     api.state.moderation = moderation
     api.include_router(router)
     include_review(api, moderation)

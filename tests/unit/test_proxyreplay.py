@@ -7,7 +7,7 @@ import asyncio
 import json
 from typing import Any
 
-from bastion.core.proxyreplay import ReplayUnanswered, proxy_middlewares
+from bastion.core.proxyreplay import SERVED_HEADER, MarkServed, ReplayUnanswered, proxy_middlewares
 from bastion.core.runtime import ray_env
 
 Message = dict[str, Any]
@@ -92,3 +92,40 @@ def test_ray_processes_load_it_as_the_proxy_callback() -> None:
     assert path == "bastion.core.proxyreplay:proxy_middlewares"
     (middleware,) = proxy_middlewares()
     assert middleware.cls is ReplayUnanswered
+
+
+class NotDeployedYet:
+    """The proxy before the application is deployed: 404 without the application's header,
+    ``until`` times, then the application's own answer (a 404 of its own here)."""
+
+    def __init__(self, until: int) -> None:
+        self.until, self.calls = until, 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.calls += 1
+        await receive()
+        if self.calls <= self.until:
+            await send({"type": "http.response.start", "status": 404,
+                        "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": b"Path '/v1' not found."})
+            return
+        await MarkServed(self._app)(scope, receive, send)
+
+    @staticmethod
+    async def _app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"error": "no task"}'})
+
+
+def test_the_proxys_404_before_deployment_is_replayed_the_apps_own_404_is_not() -> None:
+    inner = NotDeployedYet(until=2)
+    sent = call(ReplayUnanswered(inner, budget_s=10), [b"x"])
+    assert inner.calls == 3
+    start, body = sent
+    assert start["status"] == 404 and (SERVED_HEADER, b"1") in start["headers"]
+    assert body["body"] == b'{"error": "no task"}'
+
+
+def test_nothing_deployed_within_the_budget_is_503_not_404() -> None:
+    sent = call(ReplayUnanswered(NotDeployedYet(until=10**6), budget_s=0.3), [b"x"])
+    assert [m.get("status") for m in sent] == [503, None]
