@@ -70,6 +70,17 @@ class KeywordMatcher:
         self.allow_pattern = _phrase_pattern(policy.allow_list)
         self.deprioritized = _phrase_pattern(policy.deprioritized_phrases)
 
+    def spans(self, text: str) -> list[tuple[int, int, str]]:
+        """Where the keyword rules match in ``text`` itself: ``(start, end, rule)``, for
+        marking hits in a moderator's view. Matched on the case-folded text where folding
+        keeps every offset (otherwise none are given: :meth:`match` still decides)."""
+        folded = text.casefold()
+        if len(folded) != len(text):
+            return []
+        out = [(m.start(), m.end(), rule.name) for rule in self.rules
+               for m in rule.pattern.finditer(folded)]
+        return sorted(out)
+
     def match(self, text: str) -> tuple[bool, list[dict[str, Any]], list[str]]:
         """(exactly allow-listed, keyword hits, de-prioritised phrases found)."""
         norm = normalize_text(text)

@@ -58,7 +58,17 @@ class DecisionEvent:
             "decision": self.decision, "scores": json.dumps(self.scores),
             "reasons": json.dumps(self.reasons), "model_version": self.model_version,
             "policy_version": self.policy_version, "embedding": emb,
+            "category": self.category,
         }
+
+    @property
+    def category(self) -> str | None:
+        """The category that decided a block or review: the first reason's (reasons come
+        most severe first); None for an allow."""
+        if self.decision == "allow" or not self.reasons:
+            return None
+        cat = self.reasons[0].get("category")
+        return str(cat)[:64] if cat else None
 
 
 def _event(m: Any) -> DecisionEvent:

@@ -208,6 +208,11 @@ class ReviewPolicy(_Frozen):
         600, gt=0, le=86400, description="Seconds a claimed task stays with its moderator "
         "before it returns to the queue.",
     )
+    daily_exposure_cap: int = Field(
+        400, ge=1, le=100_000, description="Wellness: items a moderator may reveal in the "
+        "console per UTC day (counted over all their tenants); past it the console claims no "
+        "more of this tenant's tasks for them until the next day.",
+    )
 
 
 class FairUse(_Frozen):

@@ -108,6 +108,11 @@ class ReviewQueue(Intake, Claims):
             raise NotFound(f"no review task {task_id!r} in tenants {allowed}")
         return found[0]
 
+    def task_tenant(self, task_id: str) -> str | None:
+        """The tenant a task belongs to (None for no such task): one indexed read."""
+        return self._read(lambda conn: conn.execute(
+            select(tasks.c.tenant).where(tasks.c.task_id == task_id)).scalar_one_or_none())
+
     def tasks(self, task_ids: Collection[str], tenants: Collection[str]) -> list[Task]:
         """Several tasks in one read (those outside ``tenants``, or gone, are left out)."""
         ids = list(dict.fromkeys(task_ids))
@@ -146,6 +151,7 @@ class ReviewQueue(Intake, Claims):
             status=t.status, items=[item_record(i._mapping) for i in its[t.task_id]],
             reports=reps[t.task_id], events=evs[t.task_id],
             gold={i.item_id: json.loads(i.gold) for i in its[t.task_id] if i.gold is not None},
+            created_ts=t.created_ts,
         ) for t in rows]
 
     def stats(self) -> dict[str, Any]:

@@ -89,6 +89,7 @@ class Task:
     reports: list[Report]
     events: list[SessionEvent]
     gold: dict[str, dict[str, float]]
+    created_ts: float = 0.0  # when the task was made (its age in the console's queue)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 
 from bastion.core.http import ApiError, bearer_token, error_responses
 from bastion.core.keys import holder
+from bastion.review.audit import AuditLog
 from bastion.review.records import LabelIn, LeaseLost, NotFound, Report, ReviewError
 from bastion.review.records import SessionEvent as ReviewEvent
 from bastion.review.schemas import ClaimToken, EventsRequest, ReportRequest, SubmitRequest
@@ -102,6 +103,14 @@ _TENANT = error_responses(400, 401, 404, 413, 422, 503)
 _REVIEWER = (401, 403, 503)
 
 
+def _audit_task(service: ReviewService, who: Reviewer, action: str, task_id: str,
+                **detail: Any) -> None:
+    """Write a reviewer's action on a task to the audit log (``bastion.review.audit``)."""
+    AuditLog(service.queue.engine).record(who.name, who.role, action,
+                                          tenant=service.queue.task_tenant(task_id),
+                                          target=task_id, **detail)
+
+
 def _digest(parts: list[Any]) -> str:
     """An id derived from content, so a repeat of the same report or event is one record."""
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
@@ -157,6 +166,9 @@ async def review_claim(who: CurrentReviewer,
     if got is None:
         return JSONResponse({"claim": None, "message": "nothing to review"}, 200)
     claim, task = got
+    await asyncio.to_thread(AuditLog(access.review_service().queue.engine).record, who.name,
+                            who.role, "claim", tenant=task.tenant, target=task.task_id,
+                            slot=claim.slot, via="api")
     return JSONResponse({"claim": {"token": claim.token, "task_id": claim.task_id,
                                    "slot": claim.slot, "leased_until": claim.leased_until},
                          "task": task_view(task, show_gold=who.role == "mlops")})
@@ -179,6 +191,9 @@ async def review_submit(req: SubmitRequest, who: CurrentReviewer,
         raise ApiError(404, str(err)) from None
     except ReviewError as err:
         raise ApiError(422, str(err)) from None
+    if not sub.duplicate:
+        await asyncio.to_thread(_audit_task, service, who, "submit", sub.task_id,
+                                submission_id=sub.submission_id, labels=len(sub.labels))
     return {"submission_id": sub.submission_id, "task_id": sub.task_id,
             "duplicate": sub.duplicate, "labels": len(sub.labels)}
 
@@ -195,6 +210,7 @@ async def review_release(req: ClaimToken, who: CurrentReviewer,
         await asyncio.to_thread(service.queue.release, req.token)
     except (LeaseLost, NotFound) as err:
         raise ApiError(409, str(err)) from None
+    await asyncio.to_thread(_audit_task, service, who, "release", owner.task_id)
     return {"released": True}
 
 

@@ -69,6 +69,10 @@ class ReviewService:
         self.labels = LabelStore(queue.engine, text_key)  # the queue writes labels there on submit
         self._thresholds = thresholds or (lambda _t: {})
 
+    def policy(self) -> PolicySet:
+        """The policy as it is now (it may be reloaded while serving)."""
+        return self._policy()
+
     # -- intake ------------------------------------------------------------------------------
     def _slots(self, tenant: str, item: ReviewItem) -> int:
         pol = self._policy().tenants[tenant]

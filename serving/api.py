@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from bastion.core.http import BodyGuard, error_responses, install_error_handlers
 from bastion.core.proxyreplay import MarkServed
 from bastion.core.settings import Limits
+from bastion.review.console import include_console
 from bastion.review.routes import ReviewAccess, include_review
 from bastion.serving.schemas import (
     ModerateRequest,
@@ -55,6 +56,7 @@ def build_api(moderation: Moderation) -> FastAPI:
     api.state.moderation = moderation
     api.include_router(router)
     include_review(api, moderation)
+    include_console(api)  # the moderators' console, on the same origin (/console/)
     return api
 
 

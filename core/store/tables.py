@@ -24,7 +24,7 @@ from sqlalchemy import (
 __all__ = [
     "metadata", "events", "review_tasks", "review_items", "review_reports", "review_events",
     "review_slots", "review_claims", "label_items", "labels", "label_history", "drift_triggers",
-    "embedding_encoders", "embeddings", "legacy_imports",
+    "embedding_encoders", "embeddings", "legacy_imports", "audit_log",
 ]
 
 # Constraint names are fixed so that migrations can name them the same on every backend.
@@ -54,8 +54,11 @@ events = Table(
     Column("model_version", Text, nullable=False),
     Column("policy_version", Text, nullable=False),
     Column("embedding", LargeBinary),  # float16
+    # the category that decided a block or review (the first reason's); None for allow
+    Column("category", String(64)),
     Index(None, "tenant", "ts"),
     Index(None, "tenant", "session_id"),
+    Index(None, "ts"),  # the dashboards' time windows over all tenants
     sqlite_autoincrement=True,  # seq is arrival order: never reused
 )
 
@@ -243,4 +246,22 @@ legacy_imports = Table(
     Column("sha256", String(64), primary_key=True),
     Column("imported_ts", Double, nullable=False),
     Column("counts", Text, nullable=False),  # JSON {table: rows}
+)
+
+# -- the audit log: every action taken in the console and through the review API ----------
+# actor: the reviewer's name; role: moderator | mlops; action: sign_in, claim, reveal, submit,
+# release, promote, rollback, ...; target: a task id, an item id or a model version.
+audit_log = Table(
+    "audit_log", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Double, nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("tenant", String(64)),
+    Column("action", String(32), nullable=False),
+    Column("target", Text),
+    Column("detail", Text, nullable=False),  # JSON object
+    Index(None, "actor", "action", "ts"),
+    Index(None, "ts"),
+    sqlite_autoincrement=True,
 )

@@ -1,0 +1,436 @@
+// Bastion moderators' console: one page, no framework, no build step, nothing from a CDN.
+// The reviewer key lives in this tab's sessionStorage and goes out only as a Bearer header.
+// Every text from the server is put in the page with textContent, never as HTML.
+"use strict";
+
+const KEY = "bastion.key";
+const PENDING = "bastion.pending-submissions";
+const COLORS = { block: "#c0392b", review: "#d68910", allow: "#27ae60", reports: "#2e86c1" };
+
+const state = {
+  me: null, claim: null, task: null, cursor: 0, labels: {}, revealed: {}, categories: [],
+  submitted: false, monitorTimer: null, retryTimer: null,
+};
+
+const $ = (id) => document.getElementById(id);
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v; else if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+}
+function toast(msg, bad) {
+  const t = $("toast");
+  t.textContent = msg; t.className = bad ? "bad" : ""; t.hidden = false;
+  clearTimeout(toast.timer); toast.timer = setTimeout(() => { t.hidden = true; }, 4000);
+}
+function age(s) {
+  if (s == null) return "";
+  if (s < 60) return `${Math.round(s)} s`;
+  if (s < 3600) return `${Math.round(s / 60)} min`;
+  if (s < 86400) return `${(s / 3600).toFixed(1)} h`;
+  return `${(s / 86400).toFixed(1)} d`;
+}
+function clock(ts) { return new Date(ts * 1000).toISOString().slice(11, 19); }
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function api(method, path, body) {
+  const key = sessionStorage.getItem(KEY);
+  const headers = { Accept: "application/json" };
+  if (key) headers.Authorization = `Bearer ${key}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+                                cache: "no-store", credentials: "omit" });
+  let data = null;
+  try { data = await r.json(); } catch (e) { data = null; }
+  if (!r.ok) {
+    const msg = (data && data.error) || `HTTP ${r.status}`;
+    if (r.status === 401) signOut(msg);
+    throw new ApiError(r.status, msg);
+  }
+  return data;
+}
+
+// -- sign-in ------------------------------------------------------------------------------
+async function signIn(ev) {
+  ev.preventDefault();
+  const key = $("key").value.trim();
+  $("key").value = "";
+  sessionStorage.setItem(KEY, key);
+  try {
+    state.me = await api("POST", "/v1/console/session");
+    $("signin-error").textContent = "";
+    showChrome();
+    location.hash = "#/queue";
+    route();
+  } catch (e) {
+    sessionStorage.removeItem(KEY);
+    $("signin-error").textContent = e.message;
+  }
+}
+function signOut(msg) {
+  sessionStorage.removeItem(KEY);
+  state.me = null;
+  $("bar").hidden = true;
+  stopMonitor();
+  show("signin");
+  if (msg) $("signin-error").textContent = msg;
+}
+function showChrome() {
+  const me = state.me;
+  $("bar").hidden = false;
+  $("who").textContent = `${me.name} (${me.role}: ${me.tenants.join(", ")})`;
+  for (const n of document.querySelectorAll(".mlops-only")) n.hidden = me.role !== "mlops";
+  showExposure(me.exposure_today);
+}
+function showExposure(n) {
+  const caps = Object.values(state.me.daily_exposure_caps || {});
+  const cap = caps.length ? Math.max(...caps) : null;
+  $("exposure").textContent = `exposure today: ${n}${cap ? " / " + cap : ""}`;
+  state.me.exposure_today = n;
+}
+
+// -- views --------------------------------------------------------------------------------
+function show(name) {
+  for (const v of document.querySelectorAll(".view")) v.hidden = v.id !== `view-${name}`;
+  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.id === `nav-${name}`);
+}
+async function route() {
+  if (!state.me) { show("signin"); return; }
+  const name = (location.hash.replace(/^#\//, "") || "queue").split("?")[0];
+  stopMonitor();
+  show(name);
+  try {
+    if (name === "queue") await loadQueue();
+    else if (name === "review") await ensureClaim();
+    else if (name === "overview") await loadOverview();
+    else if (name === "monitor") startMonitor();
+    else if (name === "audit") await loadAudit();
+  } catch (e) { toast(e.message, true); }
+}
+
+// -- queue --------------------------------------------------------------------------------
+function reasonText(r) {
+  if (r.factor && r.factor.startsWith("severity")) return `${r.category} ${r.score} (threshold ${r.threshold})`;
+  if (r.factor) return `${r.factor}${r.value !== undefined ? " ×" + r.value : ""}`;
+  return JSON.stringify(r);
+}
+async function loadQueue() {
+  const params = new URLSearchParams();
+  if ($("filter-category").value) params.set("category", $("filter-category").value);
+  if ($("filter-reason").value) params.set("reason", $("filter-reason").value);
+  const data = await api("GET", `/v1/console/queue?${params}`);
+  const body = $("queue-table").tBodies[0];
+  body.replaceChildren();
+  const cats = new Set([...$("filter-category").options].map((o) => o.value));
+  for (const t of data.tasks) {
+    for (const c of t.categories) if (!cats.has(c)) { $("filter-category").append(el("option", { value: c, text: c })); cats.add(c); }
+    const why = el("ul", { class: "why" }, ...t.reasons.map((r) => el("li", { text: reasonText(r) })));
+    body.append(el("tr", { "data-task": t.task_id },
+      el("td", { text: t.priority.toFixed(3) }), el("td", { text: t.tenant }), el("td", {}, why),
+      el("td", { text: age(t.age_s) }), el("td", { text: `${t.slots_done}/${t.slots}` }),
+      el("td", { text: t.items }), el("td", { text: t.reports }), el("td", { text: t.events })));
+  }
+  $("queue-count").textContent = `${data.tasks.length} open`;
+}
+
+// -- session review -----------------------------------------------------------------------
+async function ensureClaim() {
+  if (state.claim && !state.submitted) { renderTask(); return; }
+  await claimNext();
+}
+async function claimNext() {
+  state.claim = null; state.task = null; state.labels = {}; state.revealed = {}; state.cursor = 0;
+  state.submitted = false;
+  let data;
+  try {
+    data = await api("POST", "/v1/console/claim");
+  } catch (e) {
+    $("review-body").hidden = true; $("review-empty").hidden = false;
+    $("review-empty").textContent = e.message;
+    return;
+  }
+  if (!data.claim) {
+    $("review-body").hidden = true; $("review-empty").hidden = false;
+    $("review-empty").textContent = "Nothing to review.";
+    return;
+  }
+  state.claim = data.claim; state.task = data.task;
+  const cats = new Set();
+  for (const it of data.task.items) for (const c of Object.keys(it.scores || {})) cats.add(c);
+  state.categories = [...cats].sort();
+  renderTask();
+}
+function flagged(it) { return it.source !== "context"; }
+function renderTask() {
+  const task = state.task;
+  $("review-empty").hidden = true; $("review-body").hidden = false;
+  $("review-tenant").textContent = `${task.tenant} · ${task.group_key} · slot ${state.claim.slot + 1} of ${task.slots}`;
+  const legend = $("keys-legend");
+  legend.replaceChildren(el("span", { text: "Keys: " }),
+    ...state.categories.map((c, i) => el("kbd", { text: `${i + 1} ${c}` })),
+    el("kbd", { text: "0 none" }), el("kbd", { text: "r reveal" }), el("kbd", { text: "j/k next/previous item" }),
+    el("kbd", { text: "Enter submit" }), el("kbd", { text: "s skip" }), el("kbd", { text: "n next session" }));
+  const list = $("items");
+  list.replaceChildren();
+  task.items.forEach((it, i) => {
+    const li = el("li", { class: "item" + (flagged(it) ? " flagged" : "") + (i === state.cursor ? " current" : ""),
+                          "data-item": it.item_id });
+    const text = el("div", { class: "text" });
+    if (state.revealed[it.item_id] !== undefined) {
+      text.append(...markText(state.revealed[it.item_id]));
+    } else {
+      text.classList.add("masked");
+      text.textContent = it.text_kept ? `Masked (${it.text_length} characters): press r or click to reveal`
+                                      : "The tenant keeps no text for review (digest only)";
+      if (it.text_kept) text.addEventListener("click", () => { state.cursor = i; reveal(); });
+    }
+    const scores = Object.entries(it.scores || {}).sort((a, b) => b[1] - a[1]).slice(0, 4)
+      .map(([c, s]) => el("span", { class: "score" + (s >= 0.5 ? " high" : ""), text: `${c} ${s.toFixed(2)}` }));
+    const label = state.labels[it.item_id];
+    const chosen = label === undefined ? "unlabelled" : label.size === 0 ? "none" : [...label].join(", ");
+    li.append(el("div", { class: "meta" }, el("span", { text: `${it.user_id || "?"} · ${clock(it.ts)} · model: ${it.decision || "-"}` }),
+                 ...scores, ...(it.keyword_hits || []).map((k) => el("span", { class: "hit", text: `keyword ${k}` }))),
+              text, el("div", { class: "label", text: `label: ${chosen}` }));
+    list.append(li);
+  });
+  $("reasons").replaceChildren(...task.reasons.map((r) => el("li", { text: reasonText(r) })));
+  $("timeline").replaceChildren(...task.timeline.map((x) => el("li", {
+    text: x.kind === "report"
+      ? `${clock(x.ts)} report by ${x.reporter}: ${x.reason}${x.comment ? " (" + x.comment + ")" : ""}`
+      : `${clock(x.ts)} ${x.kind}: ${x.user_id || "?"} → ${x.target_user || "?"}` })));
+  if (!task.timeline.length) $("timeline").append(el("li", { class: "muted", text: "none" }));
+}
+function markText(r) {
+  const out = []; let at = 0;
+  for (const s of r.keyword_spans || []) {
+    if (s.start < at) continue;
+    out.push(document.createTextNode(r.text.slice(at, s.start)));
+    out.push(el("mark", { title: `keyword rule ${s.rule}`, text: r.text.slice(s.start, s.end) }));
+    at = s.end;
+  }
+  out.push(document.createTextNode(r.text.slice(at)));
+  return out;
+}
+async function reveal() {
+  const it = state.task && state.task.items[state.cursor];
+  if (!it || !it.text_kept || state.revealed[it.item_id] !== undefined) return;
+  const r = await api("POST", "/v1/console/reveal", { token: state.claim.token, item_id: it.item_id });
+  state.revealed[it.item_id] = r;
+  showExposure(r.exposure_today);
+  renderTask();
+}
+function toggle(category) {
+  const it = state.task.items[state.cursor];
+  const cur = state.labels[it.item_id] || new Set();
+  if (category === null) state.labels[it.item_id] = new Set();
+  else { cur.has(category) ? cur.delete(category) : cur.add(category); state.labels[it.item_id] = cur; }
+  renderTask();
+}
+function move(delta) {
+  const n = state.task.items.length;
+  state.cursor = Math.max(0, Math.min(n - 1, state.cursor + delta));
+  renderTask();
+  const cur = document.querySelector("#items li.current");
+  if (cur) cur.scrollIntoView({ block: "nearest" });
+}
+
+// Submissions are kept in localStorage until the server has them: a lost connection loses no
+// label, and resending the same submission_id is harmless (the server makes it idempotent).
+function pending() { return JSON.parse(localStorage.getItem(PENDING) || "[]"); }
+function setPending(list) { localStorage.setItem(PENDING, JSON.stringify(list)); }
+async function flushPending() {
+  let list = pending();
+  for (const sub of list) {
+    try {
+      await api("POST", "/v1/review/submit", sub.body);
+      list = pending().filter((x) => x.body.submission_id !== sub.body.submission_id);
+      setPending(list);
+      $("submit-status").textContent = "Saved.";
+    } catch (e) {
+      if (e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 429) {
+        setPending(pending().filter((x) => x.body.submission_id !== sub.body.submission_id));
+        $("submit-status").textContent = `Not saved: ${e.message}`;
+        toast(e.message, true);
+      } else {
+        $("submit-status").textContent = "Connection lost: the labels are kept here and will be sent again.";
+        clearTimeout(state.retryTimer);
+        state.retryTimer = setTimeout(flushPending, 3000);
+        return false;
+      }
+    }
+  }
+  return true;
+}
+async function submit() {
+  if (!state.task || state.submitted) return;
+  const missing = state.task.items.filter((it) => flagged(it) && state.labels[it.item_id] === undefined);
+  if (missing.length) { toast(`Label every flagged item first (${missing.length} left).`, true); return; }
+  const labels = [];
+  for (const [item_id, set] of Object.entries(state.labels))
+    for (const c of state.categories) labels.push({ item_id, category: c, value: set.has(c) ? 1 : 0 });
+  const body = { token: state.claim.token, submission_id: crypto.randomUUID(), labels };
+  setPending([...pending(), { body }]);
+  state.submitted = true;
+  $("submit-status").textContent = "Sending…";
+  if (await flushPending()) toast("Labels saved. Press n for the next session.");
+}
+async function skip() {
+  if (!state.claim) return;
+  if (!state.submitted) {
+    try { await api("POST", "/v1/review/release", { token: state.claim.token }); } catch (e) { toast(e.message, true); }
+  }
+  await claimNext();
+}
+
+function onKey(ev) {
+  if (ev.target instanceof HTMLInputElement || ev.target instanceof HTMLSelectElement) return;
+  if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  const view = (location.hash.replace(/^#\//, "") || "queue");
+  if (view === "queue" && ev.key === "c") { location.hash = "#/review"; return; }
+  if (view !== "review" || !state.task) return;
+  const k = ev.key;
+  if (k >= "1" && k <= "9" && state.categories[Number(k) - 1] !== undefined && !state.submitted) toggle(state.categories[Number(k) - 1]);
+  else if (k === "0" && !state.submitted) toggle(null);
+  else if (k === "j" || k === "ArrowDown") move(1);
+  else if (k === "k" || k === "ArrowUp") move(-1);
+  else if (k === "r") reveal().catch((e) => toast(e.message, true));
+  else if (k === "Enter") submit();
+  else if (k === "s") skip();
+  else if (k === "n") { if (state.submitted) claimNext(); else toast("Submit or skip this session first.", true); }
+  else return;
+  ev.preventDefault();
+}
+
+// -- charts (SVG, drawn here) ---------------------------------------------------------------
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs) {
+  const n = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) n.setAttribute(k, v);
+  return n;
+}
+// A time series chart: one line per series over the buckets (unix seconds), with axes.
+function lineChart(box, buckets, series, label) {
+  const W = 760, H = 220, L = 48, B = 28, T = 10, R = 110;
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "plot", role: "img", "aria-label": label });
+  const max = Math.max(1, ...Object.values(series).flat());
+  const x = (i) => L + (buckets.length <= 1 ? 0 : (i * (W - L - R)) / (buckets.length - 1));
+  const y = (v) => H - B - (v * (H - B - T)) / max;
+  root.append(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }));
+  root.append(svg("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" }));
+  for (const f of [0, 0.5, 1]) {
+    const t = svg("text", { x: L - 6, y: y(max * f) + 4, "text-anchor": "end", class: "tick" });
+    t.textContent = Math.round(max * f); root.append(t);
+  }
+  const every = Math.max(1, Math.ceil(buckets.length / 8));
+  buckets.forEach((b, i) => {
+    if (i % every) return;
+    const t = svg("text", { x: x(i), y: H - 8, "text-anchor": "middle", class: "tick" });
+    t.textContent = clock(b).slice(0, 5); root.append(t);
+  });
+  let row = 0;
+  for (const [name, values] of Object.entries(series)) {
+    const color = COLORS[name] || "#555";
+    const pts = values.map((v, i) => `${x(i)},${y(v)}`).join(" ");
+    root.append(svg("polyline", { points: pts, fill: "none", stroke: color, "stroke-width": 2, "data-series": name }));
+    const lx = W - R + 12, ly = T + 14 + row * 18;
+    root.append(svg("rect", { x: lx, y: ly - 9, width: 10, height: 10, fill: color }));
+    const t = svg("text", { x: lx + 15, y: ly, class: "legend" });
+    t.textContent = `${name} (${values.reduce((a, b) => a + b, 0)})`; root.append(t);
+    row += 1;
+  }
+  box.replaceChildren(root);
+}
+// A bar chart (histogram): labelled bars, stacked by series.
+function barChart(box, labels, series, label) {
+  const W = 370, H = 200, L = 90, T = 6, R = 40;
+  const n = Math.max(labels.length, 1), bh = Math.min(26, (H - T) / n - 4);
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "plot", role: "img", "aria-label": label });
+  const totals = labels.map((_, i) => Object.values(series).reduce((a, s) => a + s[i], 0));
+  const max = Math.max(1, ...totals);
+  labels.forEach((name, i) => {
+    const yy = T + i * (bh + 4);
+    const t = svg("text", { x: L - 6, y: yy + bh * 0.7, "text-anchor": "end", class: "tick" });
+    t.textContent = name; root.append(t);
+    let xx = L;
+    for (const [s, values] of Object.entries(series)) {
+      const w = (values[i] * (W - L - R)) / max;
+      if (w > 0) root.append(svg("rect", { x: xx, y: yy, width: w, height: bh, fill: COLORS[s] || "#2e86c1", "data-series": s }));
+      xx += w;
+    }
+    const v = svg("text", { x: xx + 4, y: yy + bh * 0.7, class: "tick" });
+    v.textContent = totals[i]; root.append(v);
+  });
+  box.replaceChildren(root);
+}
+
+// -- dashboards ---------------------------------------------------------------------------
+async function loadOverview() {
+  const d = await api("GET", "/v1/console/overview?hours=24&bucket_s=3600");
+  const total = Object.values(d.decisions).flat().reduce((a, b) => a + b, 0);
+  $("overview-cards").replaceChildren(
+    card("Decisions", total), card("Blocked", sum(d.decisions.block)), card("To review", sum(d.decisions.review)),
+    card("Reports", sum(d.reports)), card("Open tasks", d.queue.open), card("Oldest open", age(d.queue.oldest_s)),
+    card("Moderator minutes saved", d.minutes_saved.minutes,
+         `${d.minutes_saved.automatic_decisions} automatic decisions × ${d.minutes_saved.seconds_per_item} s per item` +
+         (d.minutes_saved.measured_from_claims ? " (measured from claims)" : " (default until claims measure it)")));
+  lineChart($("chart-decisions"), d.buckets, d.decisions, "decisions per hour");
+  lineChart($("chart-reports"), d.buckets, { reports: d.reports }, "reports per hour");
+  const cats = Object.keys(d.by_category).slice(0, 8);
+  barChart($("chart-categories"), cats, { block: cats.map((c) => d.by_category[c].block), review: cats.map((c) => d.by_category[c].review) }, "categories");
+  barChart($("chart-ages"), d.queue.age_histogram.map((b) => b.label), { reports: d.queue.age_histogram.map((b) => b.n) }, "open tasks by age");
+  $("tenant-table").tBodies[0].replaceChildren(...Object.entries(d.by_tenant).map(([t, v]) =>
+    el("tr", {}, el("td", { text: t }), el("td", { text: v.block || 0 }), el("td", { text: v.review || 0 }), el("td", { text: v.allow || 0 }))));
+}
+function sum(a) { return (a || []).reduce((x, y) => x + y, 0); }
+function card(title, value, hint) {
+  return el("div", { class: "card", title: hint || "" }, el("div", { class: "muted", text: title }), el("div", { class: "big", text: value }));
+}
+async function refreshMonitor() {
+  const d = await api("GET", "/v1/console/monitor");
+  $("monitor-total").textContent = d.total;
+  $("monitor-updated").textContent = clock(d.now);
+  lineChart($("chart-monitor"), d.buckets, d.decisions, "decisions per 30 s, last 15 minutes");
+  $("monitor-latest").tBodies[0].replaceChildren(...d.latest.map((e) =>
+    el("tr", { class: e.decision }, el("td", { text: clock(e.ts) }), el("td", { text: e.tenant }), el("td", { text: e.item_id }),
+       el("td", { text: e.decision }), el("td", { text: e.category || "" }))));
+}
+function startMonitor() {
+  refreshMonitor().catch((e) => toast(e.message, true));
+  state.monitorTimer = setInterval(() => refreshMonitor().catch(() => {}), 2000);
+}
+function stopMonitor() { clearInterval(state.monitorTimer); state.monitorTimer = null; }
+async function loadAudit() {
+  const d = await api("GET", "/v1/console/audit?limit=200");
+  $("audit-table").tBodies[0].replaceChildren(...d.entries.map((e) =>
+    el("tr", {}, el("td", { text: new Date(e.ts * 1000).toISOString().replace("T", " ").slice(0, 19) }),
+       el("td", { text: e.actor }), el("td", { text: e.role }), el("td", { text: e.tenant || "" }),
+       el("td", { text: e.action }), el("td", { text: e.target || "" }))));
+}
+
+// -- start --------------------------------------------------------------------------------
+async function start() {
+  $("signin-form").addEventListener("submit", signIn);
+  $("sign-out").addEventListener("click", () => signOut());
+  $("claim-top").addEventListener("click", () => { location.hash = "#/review"; });
+  $("submit-labels").addEventListener("click", submit);
+  $("skip").addEventListener("click", skip);
+  $("next").addEventListener("click", () => { if (state.submitted) claimNext(); });
+  $("filter-category").addEventListener("change", () => loadQueue().catch((e) => toast(e.message, true)));
+  $("filter-reason").addEventListener("change", () => loadQueue().catch((e) => toast(e.message, true)));
+  document.addEventListener("keydown", onKey);
+  window.addEventListener("hashchange", route);
+  window.addEventListener("online", flushPending);
+  if (sessionStorage.getItem(KEY)) {
+    try { state.me = await api("GET", "/v1/console/me"); showChrome(); } catch (e) { state.me = null; }
+  }
+  if (state.me && pending().length) flushPending();
+  route();
+}
+document.addEventListener("DOMContentLoaded", start);
