@@ -324,9 +324,9 @@ function lineChart(box, buckets, series, label) {
   const y = (v) => H - B - (v * (H - B - T)) / max;
   root.append(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }));
   root.append(svg("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" }));
-  for (const f of [0, 0.5, 1]) {
-    const t = svg("text", { x: L - 6, y: y(max * f) + 4, "text-anchor": "end", class: "tick" });
-    t.textContent = Math.round(max * f); root.append(t);
+  for (const v of [...new Set([0, Math.round(max / 2), max])]) {
+    const t = svg("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", class: "tick" });
+    t.textContent = v; root.append(t);
   }
   const every = Math.max(1, Math.ceil(buckets.length / 8));
   buckets.forEach((b, i) => {
@@ -349,8 +349,8 @@ function lineChart(box, buckets, series, label) {
 }
 // A bar chart (histogram): labelled bars, stacked by series.
 function barChart(box, labels, series, label) {
-  const W = 370, H = 200, L = 90, T = 6, R = 40;
-  const n = Math.max(labels.length, 1), bh = Math.min(26, (H - T) / n - 4);
+  const n = Math.max(labels.length, 1), bh = 20;
+  const W = 370, L = 90, T = 6, R = 40, H = T + n * (bh + 4) + 4;
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "plot", role: "img", "aria-label": label });
   const totals = labels.map((_, i) => Object.values(series).reduce((a, s) => a + s[i], 0));
   const max = Math.max(1, ...totals);

@@ -1,0 +1,228 @@
+"""The moderators' console in a real browser: Debian's Chromium (``/usr/bin/chromium``, never a
+downloaded one) driven by Playwright, against the served application.
+
+A moderator signs in with a reviewer key (never in the URL), claims the top session, reveals
+its text, labels it with the keyboard (with the connection cut at the moment of submitting:
+the labels are kept and sent when it is back) and the labels reach the label store; a
+moderator of another tenant sees nothing of it; the monitor updates without a reload when new
+decisions arrive. Screenshots of each screen are taken; ``BASTION_UPDATE_SCREENSHOTS=1`` writes
+them to docs/console/ (docs/console.md shows them)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bastion.core.keys import add_reviewer, reviewers_path
+from bastion.core.labels import LabelStore
+from bastion.platform import deploy
+from bastion.review._checks import task_id as task_id_of
+
+from .conftest import Served
+
+pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.model, pytest.mark.browser]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Chromium as root in a closed network: no sandbox (root), and none of its background calls
+# home (they would be refused by this machine's network, many at a time).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-dev-shm-usage"]
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+OFFENSIVE = "you are a stupid bitch and everyone hates you"
+
+
+def _require_browser() -> Any:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as err:  # pragma: no cover - dev dependency
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"playwright is not installed ({err}): run `make install`")
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is missing: .ci/run installs it (apt-get install -y chromium)")
+        pytest.skip("Chromium is not installed: `apt-get install -y chromium` (Debian's, no "
+                    "browser download) to run the console's browser tests")
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_playwright = _require_browser()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def reviewers(served: Served) -> dict[str, str]:
+    path = reviewers_path(served.settings.state_dir)
+    keys = {"cora": add_reviewer(path, "cora", "moderator", ["acme"]),
+            "dan": add_reviewer(path, "dan", "moderator", ["studio"]),
+            "olga": add_reviewer(path, "olga", "mlops", ["acme", "studio"])}
+    deploy(served.settings, served.policy, served.keys, served.dashboard)
+    return keys
+
+
+def shot(page: Any, name: str, tmp: Path) -> None:
+    out = tmp / f"{name}.png"
+    page.screenshot(path=str(out), full_page=True)
+    if os.environ.get("BASTION_UPDATE_SCREENSHOTS") == "1":
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out, SHOTS / out.name)
+
+
+def sign_in(browser: Any, served: Served, key: str, who: str) -> tuple[Any, Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(f"{served.url}/console/")
+    page.fill("#key", key)
+    page.click("#signin")
+    page.wait_for_selector(f"#who:has-text('{who}')")
+    assert key not in page.url
+    return context, page
+
+
+def moderate(served: Served, items: list[dict[str, Any]], tenant: str = "acme") -> None:
+    with served.client() as c:
+        r = c.post("/v1/moderate", json={"tenant": tenant, "items": items},
+                   headers={"Authorization": f"Bearer {served.keys[tenant]}"})
+    assert r.status_code == 200, r.text
+
+
+def wait_for_task(served: Served, key: str, task_id: str) -> None:
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        r = httpx.get(f"{served.url}/v1/review/tasks/{task_id}",
+                      headers={"Authorization": f"Bearer {key}"})
+        if r.status_code == 200 and r.json()["items"]:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"task {task_id} never reached the queue")
+
+
+def test_a_moderator_claims_reveals_and_labels_a_session_with_the_keyboard(
+        served: Served, reviewers: dict[str, str], browser: Any, tmp_path: Path) -> None:
+    session = f"console-{uuid.uuid4().hex[:8]}"
+    moderate(served, [
+        {"id": f"{session}-1", "text": OFFENSIVE,
+         "context": {"session_id": session, "user_id": "troll"}},
+        {"id": f"{session}-2", "text": "see you at lunch",
+         "context": {"session_id": session, "user_id": "pal"}}])
+    with served.client() as c:  # reports raise the session to the top of the queue
+        for i in range(5):
+            assert c.post("/v1/reports", headers={
+                "Authorization": f"Bearer {served.keys['acme']}"}, json={
+                "tenant": "acme", "reporter": f"witness{i}", "reason": "harassment",
+                "text": "abusive", "session_id": session}).status_code == 202
+    task_id = task_id_of("acme", f"session:{session}")
+    wait_for_task(served, reviewers["cora"], task_id)
+
+    context, page = sign_in(browser, served, reviewers["cora"], "cora")
+    shot(page, "queue", tmp_path)
+    page.wait_for_selector("#queue-table tbody tr")
+    # claim the top session; skip (s) others' sessions until this one comes up
+    page.keyboard.press("c")
+    for _ in range(30):
+        page.wait_for_selector("#review-tenant:not(:empty), #review-empty:not([hidden])")
+        if session in page.inner_text("#review-tenant"):
+            break
+        page.keyboard.press("s")
+        page.wait_for_timeout(300)
+    assert session in page.inner_text("#review-tenant")
+    assert page.locator("#items .text.masked").count() == 2  # masked until revealed
+    assert OFFENSIVE not in page.content()
+    assert "5" in page.inner_text("#timeline") or page.locator("#timeline li").count() == 5
+    shot(page, "review-masked", tmp_path)
+
+    page.keyboard.press("r")  # reveal the first item (counts as exposure)
+    page.wait_for_selector(f"#items li:first-child .text:has-text('{OFFENSIVE[:20]}')")
+    assert re.search(r"exposure today: [1-9]", page.inner_text("#exposure"))
+    legend = page.inner_text("#keys-legend")
+    digit = re.search(r"(\d) harassment", legend)
+    assert digit, legend
+    page.keyboard.press(digit.group(1))  # item 1: harassment
+    page.keyboard.press("j")
+    page.keyboard.press("0")  # item 2: none of the categories
+    assert "label: harassment" in page.inner_text("#items li:first-child .label")
+    assert "label: none" in page.inner_text("#items li:nth-child(2) .label")
+    shot(page, "review-labelled", tmp_path)
+
+    context.set_offline(True)  # the connection drops as the moderator submits
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#submit-status:has-text('Connection lost')")
+    assert "labels are kept" in page.inner_text("#submit-status")
+    context.set_offline(False)
+    page.wait_for_selector("#submit-status:has-text('Saved')", timeout=30_000)
+
+    store = LabelStore(served.settings.database_url)
+    try:
+        votes = store.votes(["acme"], reviewed=True)
+    finally:
+        store.close()
+    mine = {k: [(v.annotator, v.value) for v in vs] for k, vs in votes.items()
+            if k[0].startswith(f"acme:{session}")}
+    assert mine[(f"acme:{session}-1", "harassment")] == [("cora", 1.0)]
+    assert mine[(f"acme:{session}-2", "harassment")] == [("cora", 0.0)]
+    assert all(v == [("cora", 0.0)] for k, v in mine.items()
+               if k != (f"acme:{session}-1", "harassment"))
+    context.close()
+
+    # a moderator of another tenant sees nothing of it: not in the queue, not claimable
+    other, page = sign_in(browser, served, reviewers["dan"], "dan")
+    page.wait_for_timeout(500)
+    assert page.locator(f"#queue-table tr[data-task='{task_id}']").count() == 0
+    assert session not in page.content()
+    r = httpx.get(f"{served.url}/v1/console/queue",
+                  headers={"Authorization": f"Bearer {reviewers['dan']}"})
+    assert all(t["tenant"] == "studio" for t in r.json()["tasks"])
+    other.close()
+
+    # ML ops: the audit log holds what cora did
+    ops, page = sign_in(browser, served, reviewers["olga"], "olga")
+    page.goto(f"{served.url}/console/#/audit")
+    page.wait_for_selector("#audit-table tbody tr")
+    audit = page.inner_text("#audit-table")
+    for action in ("sign_in", "claim", "reveal", "submit"):
+        assert re.search(rf"cora\s+moderator\s+\S*\s*{action}", audit), (action, audit)
+    shot(page, "audit", tmp_path)
+    page.goto(f"{served.url}/console/#/overview")
+    page.wait_for_selector("#chart-decisions svg polyline", state="attached")
+    shot(page, "overview", tmp_path)
+    ops.close()
+
+
+def test_the_monitor_updates_without_a_reload_when_decisions_arrive(
+        served: Served, reviewers: dict[str, str], browser: Any, tmp_path: Path) -> None:
+    context, page = sign_in(browser, served, reviewers["olga"], "olga")
+    page.goto(f"{served.url}/console/#/monitor")
+    page.wait_for_selector("#monitor-updated:not(:has-text('never'))")
+    page.evaluate("window.__loaded = true")  # gone if the page reloads
+    before = int(page.inner_text("#monitor-total"))
+    tag = uuid.uuid4().hex[:8]
+    moderate(served, [{"id": f"mon-{tag}-{i}", "text": t} for i, t in enumerate(
+        ["what a lovely day", "you are worthless trash", "see you at lunch"])])
+    deadline = time.time() + 20  # polled here: the page's CSP forbids evaluating strings
+    while int(page.inner_text("#monitor-total")) < before + 3:
+        assert time.time() < deadline, "the monitor did not update"
+        page.wait_for_timeout(250)
+    page.wait_for_selector(f"#monitor-latest td:has-text('mon-{tag}')")
+    assert page.evaluate("window.__loaded === true")
+    assert page.locator("#chart-monitor svg polyline").count() == 3
+    shot(page, "monitor", tmp_path)
+    page.goto(f"{served.url}/console/")
+    page.click("#sign-out")
+    page.wait_for_selector("#view-signin:not([hidden])")
+    shot(page, "sign-in", tmp_path)
+    context.close()
