@@ -21,6 +21,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DataError, IntegrityError
 
 from bastion.core.store import READ, open_store
+from bastion.core.store.counts import add_event_counts
 from bastion.core.store.tables import events
 from bastion.core.textkey import text_digest
 from bastion.core.writer import BackgroundWriter
@@ -95,8 +96,10 @@ class EventLog:
     def append(self, batch: list[DecisionEvent]) -> None:
         if not batch:
             return
-        with self._engine.begin() as conn:
-            conn.execute(insert(events), [e.row() for e in batch])
+        rows = [e.row() for e in batch]
+        with self._engine.begin() as conn:  # the events and their counts, together
+            conn.execute(insert(events), rows)
+            add_event_counts(conn, rows)
 
     def count(self, tenant: str | None = None) -> int:
         q = select(func.count()).select_from(events)

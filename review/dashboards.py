@@ -1,8 +1,8 @@
 """What the console's dashboards show, aggregated in the database (never row by row in Python):
 
 - :func:`overview`: decisions per category and tenant over time (block / review / allow),
-  user reports, the review queue's depth and age, and the moderator minutes that automatic
-  decisions saved;
+  from the per-minute counts kept with the event log (``event_counts``), user reports, the
+  review queue's depth and age, and the moderator minutes that automatic decisions saved;
 - :func:`monitor`: the last 15 minutes in 30-second buckets and the newest decisions, for the
   monitor screen that polls it.
 
@@ -20,7 +20,13 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Engine, Integer, cast, func, select
 
 from bastion.core.store import is_postgres
-from bastion.core.store.tables import events, review_claims, review_reports, review_tasks
+from bastion.core.store.tables import (
+    event_counts,
+    events,
+    review_claims,
+    review_reports,
+    review_tasks,
+)
 
 __all__ = ["DEFAULT_REVIEW_S", "monitor", "overview"]
 
@@ -46,12 +52,14 @@ def overview(engine: Engine, tenants: Collection[str], *, hours: float = 24.0,
     n = int((now - start) // bucket_s) + 1
     scope = list(tenants)
     with engine.connect() as conn:
-        b = _bucket(conn, events.c.ts, start, bucket_s).label("b")
+        # the per-minute counts kept with the events (core.store.counts), not the events
+        counts = event_counts.c
+        b = _bucket(conn, counts.minute * 60, start, bucket_s).label("b")
         rows = conn.execute(
-            select(events.c.tenant, events.c.decision, events.c.category, b,
-                   func.count().label("n"))
-            .where(events.c.ts >= start, events.c.tenant.in_(scope))
-            .group_by(events.c.tenant, events.c.decision, events.c.category, b)).all()
+            select(counts.tenant, counts.decision, counts.category, b,
+                   func.sum(counts.n).label("n"))
+            .where(counts.minute >= int(start // 60), counts.tenant.in_(scope))
+            .group_by(counts.tenant, counts.decision, counts.category, b)).all()
         rb = _bucket(conn, review_reports.c.ts, start, bucket_s).label("b")
         reports = conn.execute(
             select(rb, func.count().label("n")).where(
@@ -75,10 +83,10 @@ def overview(engine: Engine, tenants: Collection[str], *, hours: float = 24.0,
         lambda: {"block": 0, "review": 0, "allow": 0})
     for r in rows:
         i = min(max(int(r.b), 0), n - 1)
-        series.setdefault(r.decision, [0] * n)[i] += r.n
-        by_tenant[r.tenant][r.decision] = by_tenant[r.tenant].get(r.decision, 0) + r.n
+        series.setdefault(r.decision, [0] * n)[i] += int(r.n)
+        by_tenant[r.tenant][r.decision] = by_tenant[r.tenant].get(r.decision, 0) + int(r.n)
         if r.category and r.decision in ("block", "review"):
-            by_category[r.category][r.decision] += r.n
+            by_category[r.category][r.decision] += int(r.n)
     report_series = [0] * n
     for r in reports:
         report_series[min(max(int(r.b), 0), n - 1)] += r.n

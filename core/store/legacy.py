@@ -48,6 +48,7 @@ from sqlalchemy import Connection, Engine, Table, and_, insert, select, update
 
 from bastion.core.errors import StoreError
 from bastion.core.labels import put_item
+from bastion.core.store.counts import rebuild_event_counts
 from bastion.core.store.engine import insert_ignore
 from bastion.core.store.tables import (
     drift_triggers,
@@ -194,6 +195,7 @@ def _copy(src: sqlite3.Connection, conn: Connection, old: str, table: Table,
 
 def _events(src: sqlite3.Connection, conn: Connection, tick: _Tally) -> None:
     tick("decisions", _copy(src, conn, "decisions", events, _EVENT_COLUMNS, "seq"))
+    rebuild_event_counts(conn)  # the dashboards' counts include the imported decisions
 
 
 def _triggers(src: sqlite3.Connection, conn: Connection, tick: _Tally) -> None:

@@ -24,7 +24,7 @@ from sqlalchemy import (
 __all__ = [
     "metadata", "events", "review_tasks", "review_items", "review_reports", "review_events",
     "review_slots", "review_claims", "label_items", "labels", "label_history", "drift_triggers",
-    "embedding_encoders", "embeddings", "legacy_imports", "audit_log",
+    "embedding_encoders", "embeddings", "legacy_imports", "audit_log", "event_counts",
 ]
 
 # Constraint names are fixed so that migrations can name them the same on every backend.
@@ -60,6 +60,18 @@ events = Table(
     Index(None, "tenant", "session_id"),
     Index(None, "ts"),  # the dashboards' time windows over all tenants
     sqlite_autoincrement=True,  # seq is arrival order: never reused
+)
+
+# Decisions per tenant, minute (floor(ts / 60)), decision and deciding category ('' for none),
+# written with the events they count (core.store.counts): what the dashboards aggregate.
+event_counts = Table(
+    "event_counts", metadata,
+    Column("tenant", String(64), primary_key=True),
+    Column("minute", Integer, primary_key=True),
+    Column("decision", String(32), primary_key=True),
+    Column("category", String(64), primary_key=True),
+    Column("n", Integer, nullable=False),
+    Index(None, "minute"),
 )
 
 # -- the review queue ----------------------------------------------------------------------

@@ -130,3 +130,38 @@ def test_the_serve_config_carries_only_a_url_that_is_not_the_default(
     assert args()["database_url"] is None
     url = "postgresql+psycopg://bastion@db:5432/bastion"
     assert args(database_url="postgresql://bastion@db:5432/bastion")["database_url"] == url
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres",
+                                                            marks=pytest.mark.postgres)])
+def test_upgrading_to_the_console_schema_counts_the_events_already_logged(
+        tmp_path: Path, backend: str) -> None:
+    from sqlalchemy import text
+
+    from bastion.core.store import upgrade
+
+    def run(url: str) -> None:
+        engine = open_engine(url)
+        try:
+            upgrade(engine, "0002")
+            with engine.begin() as conn:
+                for ts, decision in ((120.5, "block"), (150.0, "block"), (3600.0, "allow")):
+                    conn.execute(text(
+                        "INSERT INTO events (ts, request_id, tenant, item_id, text_sha256, "
+                        "text_len, decision, scores, reasons, model_version, policy_version) "
+                        "VALUES (:ts, 'r', 'acme', :i, 'x', 1, :d, '{}', '[]', '1', 'p')"),
+                        {"ts": ts, "i": f"i{ts}", "d": decision})
+            upgrade(engine)
+            with engine.connect() as conn:
+                rows = conn.execute(text("SELECT tenant, minute, decision, category, n FROM "
+                                         "event_counts ORDER BY minute")).all()
+            assert [tuple(r) for r in rows] == [("acme", 2, "block", "", 2),
+                                                ("acme", 60, "allow", "", 1)]
+        finally:
+            engine.dispose()
+
+    if backend == "sqlite":
+        run(f"sqlite:///{tmp_path / 'old.db'}")
+    else:
+        with postgres_schema(postgres_server(), migrate=False) as url:
+            run(url)
