@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 from bastion.core.decision import KeywordMatcher
 from bastion.core.http import ApiError, error_responses
 from bastion.review.audit import AuditLog, day_start
-from bastion.review.dashboards import monitor, overview
+from bastion.review.dashboards import moderator_throughput, monitor, overview
 from bastion.review.records import LeaseLost, NotFound, Task
 from bastion.review.routes import Access, CurrentReviewer, Reviewer
 
@@ -291,3 +291,35 @@ async def console_audit(who: CurrentReviewer, access: Access,
     entries = await asyncio.to_thread(_audit(access).recent, who.tenants, colleagues,
                                       limit=limit)
     return {"entries": [e.__dict__ for e in entries]}
+
+
+@router.get("/v1/console/moderators",
+            summary="Each moderator's throughput, agreement with peers, gold accuracy and "
+                    "reliability (ML ops only).",
+            responses=error_responses(*_REVIEWER))
+async def console_moderators(who: CurrentReviewer, access: Access) -> dict[str, Any]:
+    if who.role != "mlops":
+        raise ApiError(403, f"{who.name} is a {who.role}; moderator measures are for ML ops")
+    service = access.review_service()
+
+    def run() -> dict[str, Any]:
+        throughput = moderator_throughput(service.queue.engine, who.tenants)
+        agreement = service.agreement(who.tenants)
+        reliability = service.moderators(who.tenants)
+        names = sorted(set(throughput) | set(agreement) | {r["annotator"] for r in reliability})
+        out = []
+        for name in names:
+            mine = [r for r in reliability if r["annotator"] == name]
+            golds = [(r["gold_accuracy"], r["n_gold"]) for r in mine
+                     if r["gold_accuracy"] is not None and r["n_gold"]]
+            n_gold = sum(n for _, n in golds)
+            out.append({
+                "moderator": name, **throughput.get(name, {"sessions": 0, "items": 0}),
+                **agreement.get(name, {"agreement": None, "pairs": 0}),
+                "gold_accuracy": round(sum(a * n for a, n in golds) / n_gold, 4)
+                if n_gold else None, "gold_labels": n_gold,
+                "reliability": [{k: r[k] for k in ("category", "sensitivity", "specificity",
+                                                   "n_labels")} for r in mine]})
+        return {"moderators": out}
+
+    return await asyncio.to_thread(run)

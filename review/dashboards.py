@@ -146,3 +146,30 @@ def monitor(engine: Engine, tenants: Collection[str], *, minutes: float = 15.0,
         "latest": [{"seq": r.seq, "ts": r.ts, "tenant": r.tenant, "item_id": r.item_id,
                     "decision": r.decision, "category": r.category} for r in newest],
     }
+
+
+def moderator_throughput(engine: Engine, tenants: Collection[str], *, days: float = 7.0,
+                         now: float | None = None) -> dict[str, dict[str, Any]]:
+    """Per moderator, over the last ``days``: sessions submitted, items in them, the median
+    seconds per item (claim to submission) and when they last submitted."""
+    now = time.time() if now is None else now
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(review_claims.c.moderator, review_claims.c.claimed_ts,
+                   review_claims.c.submitted_ts, review_tasks.c.n_items)
+            .join(review_tasks, review_tasks.c.task_id == review_claims.c.task_id)
+            .where(review_claims.c.submitted_ts.is_not(None),
+                   review_claims.c.submitted_ts >= now - days * 86400,
+                   review_tasks.c.tenant.in_(list(tenants)))).all()
+    per: dict[str, list[Any]] = defaultdict(list)
+    for r in rows:
+        per[r.moderator].append(r)
+    out = {}
+    for who, rs in per.items():
+        spans = [(r.submitted_ts - r.claimed_ts) / max(r.n_items, 1) for r in rs]
+        out[who] = {"sessions": len(rs), "items": sum(r.n_items for r in rs),
+                    "items_per_hour_of_work": round(3600 * sum(r.n_items for r in rs) / max(
+                        sum(r.submitted_ts - r.claimed_ts for r in rs), 1e-9), 1),
+                    "median_s_per_item": round(statistics.median(spans), 1),
+                    "last_submitted": max(r.submitted_ts for r in rs)}
+    return out

@@ -181,17 +181,37 @@ class ReviewService:
         self.labels.add_labels(tenant, item_id, "gold", labels)
         return tid
 
-    def moderators(self) -> list[dict[str, Any]]:
+    def moderators(self, tenants: Collection[str] | None = None) -> list[dict[str, Any]]:
         """Each moderator's estimated reliability per category (Dawid-Skene over every label
-        in the queue, gold answers clamped), with their accuracy on gold items."""
-        votes = self.labels.votes(reviewed=True)
+        in the queue, or ``tenants``' only; gold answers clamped), with their accuracy on gold
+        items."""
+        votes = self.labels.votes(tenants, reviewed=True)
         gold = {(item_key(t, i), c): v for (t, i), labels in self.queue.gold_items().items()
-                for c, v in labels.items()}
+                for c, v in labels.items() if tenants is None or t in tenants}
         if not votes:
             return []
         result = dawid_skene(votes, gold={k: v for k, v in gold.items() if k in votes})
         return [asdict(r) for r in sorted(result.reliability.values(),
                                           key=lambda r: (r.annotator, r.category))]
+
+    def agreement(self, tenants: Collection[str]) -> dict[str, dict[str, float | int]]:
+        """Each moderator's agreement with their peers: over the (item, category) pairs that
+        others labelled too, the share where their label (>= 0.5) matches the majority of the
+        others' (ties left out)."""
+        agree: dict[str, list[int]] = {}
+        for votes in self.labels.votes(tenants, reviewed=True).values():
+            if len(votes) < 2:
+                continue
+            for v in votes:
+                others = [o.value >= 0.5 for o in votes if o.annotator != v.annotator]
+                yes = sum(others)
+                if not others or yes * 2 == len(others):
+                    continue
+                hit = (v.value >= 0.5) == (yes * 2 > len(others))
+                tally = agree.setdefault(v.annotator, [0, 0])
+                tally[0] += int(hit)
+                tally[1] += 1
+        return {a: {"agreement": round(k / n, 4), "pairs": n} for a, (k, n) in agree.items()}
 
     def select_for_labelling(self, budget: int, *,
                              tenants: list[str] | None = None, since: float | None = None,

@@ -112,6 +112,7 @@ async function route() {
     else if (name === "overview") await loadOverview();
     else if (name === "monitor") startMonitor();
     else if (name === "audit") await loadAudit();
+    else if (name === "moderators") await loadModerators();
   } catch (e) { toast(e.message, true); }
 }
 
@@ -412,6 +413,17 @@ async function loadAudit() {
     el("tr", {}, el("td", { text: new Date(e.ts * 1000).toISOString().replace("T", " ").slice(0, 19) }),
        el("td", { text: e.actor }), el("td", { text: e.role }), el("td", { text: e.tenant || "" }),
        el("td", { text: e.action }), el("td", { text: e.target || "" }))));
+}
+
+function pct(x) { return x == null ? "–" : `${(100 * x).toFixed(1)}%`; }
+async function loadModerators() {
+  const d = await api("GET", "/v1/console/moderators");
+  $("moderators-table").tBodies[0].replaceChildren(...d.moderators.map((m) =>
+    el("tr", {}, el("td", { text: m.moderator }), el("td", { text: m.sessions }), el("td", { text: m.items }),
+       el("td", { text: m.items_per_hour_of_work ?? "–" }), el("td", { text: m.median_s_per_item ?? "–" }),
+       el("td", { text: `${pct(m.agreement)} (${m.pairs} pairs)` }),
+       el("td", { text: `${pct(m.gold_accuracy)} (${m.gold_labels} gold)` }),
+       el("td", { text: m.reliability.map((r) => `${r.category} ${r.sensitivity.toFixed(2)}/${r.specificity.toFixed(2)}`).join(", ") }))));
 }
 
 // -- start --------------------------------------------------------------------------------

@@ -197,6 +197,10 @@ def test_a_moderator_claims_reveals_and_labels_a_session_with_the_keyboard(
     for action in ("sign_in", "claim", "reveal", "submit"):
         assert re.search(rf"cora\s+moderator\s+\S*\s*{action}", audit), (action, audit)
     shot(page, "audit", tmp_path)
+    page.goto(f"{served.url}/console/#/moderators")
+    page.wait_for_selector("#moderators-table tbody tr:has-text('cora')")
+    assert "1" in page.inner_text("#moderators-table tbody tr:has-text('cora')")
+    shot(page, "moderators", tmp_path)
     page.goto(f"{served.url}/console/#/overview")
     page.wait_for_selector("#chart-decisions svg polyline", state="attached")
     shot(page, "overview", tmp_path)

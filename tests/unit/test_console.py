@@ -194,3 +194,36 @@ def test_the_page_and_its_assets_carry_the_security_headers(setup: Setup) -> Non
     assert "innerHTML" not in js.text  # server text goes in as textContent only
     assert setup.client.get("/console/assets/other.js").status_code == 404
     assert setup.client.get("/console", follow_redirects=False).headers["location"] == "/console/"
+
+
+def test_moderator_measures_are_for_ml_ops_and_count_agreement(setup: Setup) -> None:
+    setup.service.intake_decisions([item("a", 0.78)])  # near the threshold: 3 labels wanted
+    for key, value in (("rev_ann", 1.0), ("rev_bob", 1.0)):
+        got = setup.client.post("/v1/console/claim", headers=as_(key)).json()
+        assert got["claim"], got
+        r = setup.client.post("/v1/review/submit", headers=as_(key), json={
+            "token": got["claim"]["token"], "submission_id": f"m-{key}",
+            "labels": [{"item_id": "a", "category": "hate", "value": value}]})
+        assert r.status_code == 200, r.text
+    assert setup.client.get("/v1/console/moderators", headers=as_("rev_ann")).status_code == 403
+    rows = {m["moderator"]: m for m in setup.client.get(
+        "/v1/console/moderators", headers=as_("rev_ops")).json()["moderators"]}
+    assert set(rows) == {"ann", "bob"}
+    assert rows["ann"]["sessions"] == 1 and rows["ann"]["items"] == 1
+    assert rows["ann"]["agreement"] == 1.0 and rows["ann"]["pairs"] == 1
+    assert {r["category"] for r in rows["ann"]["reliability"]} == {"hate"}
+
+
+def test_the_script_parses() -> None:
+    """A syntax error would leave the page dead; the browser tests would say so later."""
+    import shutil
+    import subprocess
+    from importlib import resources
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the browser tests check the script instead")
+    script = resources.files("bastion.review").joinpath("console_static", "console.js")
+    with resources.as_file(script) as path:
+        done = subprocess.run([node, "--check", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -33,6 +33,7 @@ EXPECTED = {
     ("get", "/v1/console/overview"): {200, 401, 403, 422, 503},
     ("get", "/v1/console/monitor"): {200, 401, 403, 503},
     ("get", "/v1/console/audit"): {200, 401, 403, 422, 503},
+    ("get", "/v1/console/moderators"): {200, 401, 403, 503},
     ("get", "/healthz"): {200},
     ("get", "/readyz"): {200, 503},
 }
