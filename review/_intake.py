@@ -24,6 +24,11 @@ __all__ = ["Intake", "SOURCES"]
 SOURCES = ("decision", "report", "event", "sample", "context")
 
 
+def _group(item: ReviewItem) -> str:
+    """The task an item belongs to: its session's, or one of its own."""
+    return f"session:{item.session_id}" if item.session_id else f"item:{item.item_id}"
+
+
 class Intake(QueueBase):
     """What comes into the queue (see :class:`~bastion.review.queue.ReviewQueue`)."""
 
@@ -91,19 +96,12 @@ class Intake(QueueBase):
             queued.update(((tenant, r.item_id), r.task_id) for r in conn.execute(
                 select(items.c.item_id, items.c.task_id)
                 .where(items.c.tenant == tenant, items.c.item_id.in_(ids))))
-        own = {}  # the task each decision item makes, before any is written
-        for item, n in batch:
-            if n is not None:
-                group = (f"session:{item.session_id}" if item.session_id
-                         else f"item:{item.item_id}")
-                own[task_id_of(item.tenant, group)] = (item.tenant, group)
-        sessions = {task_id_of(i.tenant, f"session:{i.session_id}")
-                    for i, n in batch if n is None and i.session_id}
-        wanted = set(own) | sessions
+        wanted = {task_id_of(i.tenant, _group(i)) for i, n in batch
+                  if n is not None or i.session_id}  # a context item's is its session's
         state = {r.task_id: [r.slots, r.slots_done, r.status] for r in conn.execute(
             select(tasks.c.task_id, tasks.c.slots, tasks.c.slots_done, tasks.c.status)
             .where(tasks.c.task_id.in_(wanted)))}
-        new_tasks: list[str] = []  # made by a decision item of this batch, in order
+        new_tasks: list[tuple[str, str, str]] = []  # (task, tenant, group) made by this batch
         # the calls in order, on the tasks' state as it would be after each one
         out: list[str | None] = []
         rows: list[dict[str, Any]] = []
@@ -123,11 +121,10 @@ class Intake(QueueBase):
                     added[tid] = added.get(tid, 0) + 1
                 out.append(tid)
                 continue
-            group = (f"session:{item.session_id}" if item.session_id
-                     else f"item:{item.item_id}")
+            group = _group(item)
             tid = task_id_of(item.tenant, group)
             if tid not in state:
-                new_tasks.append(tid)
+                new_tasks.append((tid, item.tenant, group))
                 state[tid] = [0, 0, "open"]
             more = False
             if key in queued:  # already queued, perhaps in another task: that one is its task
@@ -149,9 +146,9 @@ class Intake(QueueBase):
             out.append(tid)
         if new_tasks:
             conn.execute(self._insert_ignore(tasks), [dict(
-                task_id=tid, tenant=own[tid][0], group_key=own[tid][1], priority=0.0,
+                task_id=tid, tenant=tenant, group_key=group, priority=0.0,
                 reasons="[]", slots=0, slots_done=0, status="open", n_items=0,
-                created_ts=now, updated_ts=now) for tid in new_tasks])
+                created_ts=now, updated_ts=now) for tid, tenant, group in new_tasks])
         if rows:
             conn.execute(self._insert_ignore(items), rows)
         if added:
@@ -203,9 +200,7 @@ class Intake(QueueBase):
         return tid
 
     def _add_item(self, conn: Connection, item: ReviewItem, slots: int) -> str:
-        group = (f"session:{item.session_id}" if item.session_id
-                 else f"item:{item.item_id}")
-        tid = self._ensure_task(conn, item.tenant, group)
+        tid = self._ensure_task(conn, item.tenant, _group(item))
         added = rowcount(conn.execute(self._insert_ignore(items).values(
             **self._item_row(item, tid, item.source))))
         if not added:  # already queued, perhaps in another task: that one is its task
