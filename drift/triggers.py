@@ -24,28 +24,23 @@ from __future__ import annotations
 
 import calendar
 import json
-import os
-import shlex
-import shutil
-import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, insert, select
 from sqlalchemy.engine import URL
 
+from bastion.core.jobs import active_jobs, bastion_command, jobs_client, submit
 from bastion.core.labels import LabelStore
 from bastion.core.model import ModelMetadata
 from bastion.core.policy import PolicySet, TriggerRule
-from bastion.core.runtime import dashboard_http, process_ray_env
 from bastion.core.settings import Settings
 from bastion.core.store import is_postgres, open_store
 from bastion.core.store.tables import drift_triggers
+from bastion.core.store.triggers import trigger_rows
 from bastion.drift.monitor import DriftReport
 from bastion.registry.store import CHALLENGER, CHAMPION, ModelRegistry, RegistryEmptyError
 
@@ -62,8 +57,7 @@ __all__ = [
 Say = Callable[[str], None]
 
 # Ray job metadata that marks Bastion's retraining jobs (dedupe looks for it).
-JOB_KIND = {"bastion": "retrain"}
-_ACTIVE = {"PENDING", "RUNNING"}
+JOB_KIND = {"bastion": "retrain"}  # one of core.jobs.JOB_KINDS
 _TRIGGER_LOCK = 0x62617374_03  # pg_advisory_xact_lock key: one trigger evaluation at a time
 
 @dataclass(frozen=True)
@@ -221,11 +215,7 @@ class TriggerLog:
             model_version=model_version, message=outcome.message)))
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
-        q = select(drift_triggers).order_by(drift_triggers.c.id.desc()).limit(limit)
-        rows = self._run(lambda conn: conn.execute(q).all())
-        return [{"at": r.at, "action": r.action, "rule": r.rule, "reasons": json.loads(r.reasons),
-                 "job_id": r.job_id, "model_version": r.model_version, "message": r.message}
-                for r in rows]
+        return self._run(lambda conn: trigger_rows(conn, limit))  # type: ignore[no-any-return]
 
     def close(self) -> None:
         if self._owned:
@@ -235,26 +225,7 @@ class TriggerLog:
 def retrain_entrypoint(settings: Settings, reason: str) -> str:
     """``bastion retrain`` for this state directory: the command the Kubernetes RayJob runs,
     from the same installation as the running platform."""
-    exe = Path(sys.executable).with_name("bastion")
-    cmd = str(exe) if exe.exists() else (shutil.which("bastion") or "bastion")
-    return shlex.join([cmd, "retrain", "--state-dir", str(settings.state_dir),
-                       "--reason", reason])
-
-
-def _job_env() -> dict[str, str]:
-    """Settings the job's driver must see as the platform does (endpoints and locations)."""
-    env = {k: v for k, v in os.environ.items()
-           if k.startswith("BASTION_") or k in ("MLFLOW_TRACKING_URI",)}
-    return {**process_ray_env(), **env}
-
-
-def _active_jobs(client: Any) -> list[str]:
-    out = []
-    for job in client.list_jobs():
-        meta = job.metadata or {}
-        if meta.get("bastion") == JOB_KIND["bastion"] and str(job.status) in _ACTIVE:
-            out.append(job.submission_id or job.job_id or "?")
-    return out
+    return bastion_command(settings, "retrain", "--reason", reason)
 
 
 def maybe_retrain(settings: Settings, policy: PolicySet, signals: Signals, dashboard_url: str,
@@ -271,14 +242,12 @@ def maybe_retrain(settings: Settings, policy: PolicySet, signals: Signals, dashb
     reason = f"trigger {rule}: " + "; ".join(reasons)
     cooldown_s = policy.retraining.triggers.cooldown_hours * 3600.0
     if client is None:
-        from ray.job_submission import JobSubmissionClient  # start-up time: Ray (seconds)
-
-        client = JobSubmissionClient(dashboard_http(dashboard_url))
+        client = jobs_client(dashboard_url)
     log = TriggerLog(settings.database_url)
     try:
         with log.exclusive():
             now_ = time.time() if now is None else now
-            active = _active_jobs(client)
+            active = active_jobs(client, JOB_KIND["bastion"])
             last = log.last_submitted()
             if active:
                 outcome = TriggerOutcome(
@@ -294,15 +263,9 @@ def maybe_retrain(settings: Settings, policy: PolicySet, signals: Signals, dashb
                     f"{policy.retraining.triggers.cooldown_hours:g} h ({left:.2f} h left)",
                     at=now_)
             else:
-                sub_id = f"bastion-retrain-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now_))}" \
-                         f"-{uuid.uuid4().hex[:6]}"
                 try:
-                    job_id = client.submit_job(
-                        entrypoint=retrain_entrypoint(settings, reason),
-                        submission_id=sub_id,
-                        runtime_env={"env_vars": _job_env()},
-                        metadata={**JOB_KIND, "rule": rule},
-                    )
+                    job_id = submit(client, settings, JOB_KIND["bastion"], "retrain",
+                                    "--reason", reason, metadata={"rule": rule}, now=now_)
                     outcome = TriggerOutcome("submitted", rule, reasons,
                                              f"{reason}; submitted Ray job {job_id}",
                                              job_id=job_id, at=now_)
