@@ -9,6 +9,7 @@ cache) and scored by its heads under the tenant's policy. Reports go under
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -27,14 +28,20 @@ from bastion.core.labels import LabelStore
 from bastion.core.model import ModelMetadata, ModerationModel
 from bastion.core.policy import PolicySet
 from bastion.core.settings import Settings
-from bastion.drift.monitor import DriftReport, Reference, check_window, render_html
+from bastion.drift.monitor import (
+    DriftReport,
+    Reference,
+    check_window,
+    render_html,
+    report_plots,
+)
 from bastion.drift.triggers import gather_signals, maybe_retrain
 from bastion.drift.validation import suite_version
-from bastion.registry.store import CHAMPION, ModelRegistry
+from bastion.registry.store import CHAMPION, DRIFT_EXPERIMENT, ModelRegistry
 
 __all__ = ["champion_reference", "check_tenants", "drift_dir", "monitor_pass"]
 
-EXPERIMENT = "bastion-drift"
+EXPERIMENT = DRIFT_EXPERIMENT  # the MLflow experiment of drift reports (registry.store)
 log = logging.getLogger(__name__)
 
 
@@ -163,7 +170,8 @@ def check_tenants(settings: Settings, policy: PolicySet, *, tenants: list[str] |
             ref = refs[tenant]
             report = check_window(ref, rows, tenant=tenant, false_alarm_rate=false_alarm_rate,
                                   reviewed=evidence.get(tenant))
-            paths = _write(settings, report, render_html(report, ref, rows))
+            plots = report_plots(ref, rows)
+            paths = _write(settings, report, render_html(report, plots), plots)
             if log_mlflow:
                 _log(settings, report, paths)
             verdict = ("DRIFT" if report.drift else
@@ -175,20 +183,28 @@ def check_tenants(settings: Settings, policy: PolicySet, *, tenants: list[str] |
     return out
 
 
-def _write(settings: Settings, report: DriftReport, page: str) -> tuple[Path, Path]:
+def _write(settings: Settings, report: DriftReport, page: str,
+           plots: dict[str, str]) -> list[Path]:
+    """The report as JSON, as a page and its plots as PNGs (``<tenant>-<UTC time>.*``); the
+    JSON and the page come first."""
     d = drift_dir(settings.state_dir)
     d.mkdir(parents=True, exist_ok=True)
     stem = f"{report.tenant}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(report.created_at))}"
     js, ht = d / f"{stem}.json", d / f"{stem}.html"
     js.write_text(json.dumps(report.to_json(), indent=2, default=str))
     ht.write_text(page)
-    return js, ht
+    pngs = []
+    for name, b64 in plots.items():
+        png = d / f"{stem}-{name}.png"
+        png.write_bytes(base64.b64decode(b64))
+        pngs.append(png)
+    return [js, ht, *pngs]
 
 
-def _log(settings: Settings, report: DriftReport, paths: tuple[Path, Path]) -> None:
+def _log(settings: Settings, report: DriftReport, paths: list[Path]) -> None:
     registry = ModelRegistry(settings)
     client = registry.client
-    run = client.create_run(registry.experiment_id(EXPERIMENT),
+    run = client.create_run(registry.experiment_id(DRIFT_EXPERIMENT),
                             run_name=f"drift-{report.tenant}",
                             tags={"bastion.tenant": report.tenant,
                                   "bastion.model_version": str(report.model_version),

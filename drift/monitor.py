@@ -33,7 +33,7 @@ from bastion.drift.result import DriftResult
 from bastion.drift.univariate import ks_test, psi
 from bastion.drift.validation import build_suite, reference_frame_from_texts, validate, window_frame
 
-__all__ = ["Reference", "DriftReport", "check_window", "render_html"]
+__all__ = ["PLOTS", "Reference", "DriftReport", "check_window", "render_html", "report_plots"]
 
 
 @dataclass
@@ -243,13 +243,24 @@ def _flag_rates_over_time(reference: Reference, rows: list[Mapping[str, Any]],
     return _png(fig)
 
 
-def render_html(report: DriftReport, reference: Reference,
-                rows: Iterable[Mapping[str, Any]]) -> str:
-    """A self-contained HTML page: verdict, failed checks, every test, score histograms."""
-    esc = html.escape
+#: The plots of a drift report, by the name of their PNG artifact (``drift/<stem>-<name>.png``).
+PLOTS = ("scores", "flag_rates")
+
+
+def report_plots(reference: Reference, rows: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """The report's plots as base64 PNGs: score histograms (reference against window) and
+    flag rates over time; a plot the window cannot draw is left out."""
     rows = list(rows)
-    png = _histograms(reference, rows)
-    rates_png = _flag_rates_over_time(reference, rows)
+    plots = {"scores": _histograms(reference, rows),
+             "flag_rates": _flag_rates_over_time(reference, rows)}
+    return {k: v for k, v in plots.items() if v}
+
+
+def render_html(report: DriftReport, plots: Mapping[str, str]) -> str:
+    """A self-contained HTML page: verdict, failed checks, every test, the plots."""
+    esc = html.escape
+    png = plots.get("scores", "")
+    rates_png = plots.get("flag_rates", "")
     verdict = ("DRIFT" if report.drift else "PRECISION DROP" if report.performance_drop
                else "INVALID DATA" if "validation" in report.failed else "no drift")
     def test_row(t: dict[str, Any]) -> str:

@@ -30,12 +30,15 @@ from bastion.core.settings import Settings
 from bastion.registry.aliases import CHALLENGER, CHAMPION
 from bastion.registry.pyfunc import BastionPyfunc
 
-__all__ = ["ModelRegistry", "ModelVersionInfo", "CHAMPION", "CHALLENGER", "REFERENCE_ARTIFACT"]
+__all__ = ["ModelRegistry", "ModelVersionInfo", "CHAMPION", "CHALLENGER", "DRIFT_EXPERIMENT",
+           "REFERENCE_ARTIFACT"]
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 EXPERIMENT = "bastion-training"
+#: The drift monitor's reports, one run per tenant and check (artifacts under ``drift/``).
+DRIFT_EXPERIMENT = "bastion-drift"
 # A sample of the texts a version was trained on, logged with its run: the drift monitor's
 # reference, readable wherever the registry is (not only in the state directory that trained it).
 REFERENCE_ARTIFACT = "drift/reference_texts.json"

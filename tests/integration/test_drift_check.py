@@ -42,8 +42,12 @@ def test_a_window_of_real_traffic_is_checked_and_reported(served: Served) -> Non
     registry = ModelRegistry(served.settings)
     runs = registry.client.search_runs([registry.experiment_id(EXPERIMENT)],
                                        "tags.`bastion.tenant` = 'studio'")
+    stem = saved[-1].stem
     assert runs and {a.path for a in registry.client.list_artifacts(
-        runs[0].info.run_id, "drift")} >= {f"drift/{saved[-1].name}"}
+        runs[0].info.run_id, "drift")} >= {f"drift/{stem}.json", f"drift/{stem}.html",
+                                           f"drift/{stem}-scores.png",
+                                           f"drift/{stem}-flag_rates.png"}
+    assert (saved[-1].parent / f"{stem}-scores.png").read_bytes()[:4] == b"\x89PNG"
     # the expectation suite is kept with the model version and reused by the next check
     from bastion.registry.store import CHAMPION
 

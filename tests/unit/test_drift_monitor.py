@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bastion.drift.monitor import Reference, check_window, render_html
+from bastion.drift.monitor import Reference, check_window, render_html, report_plots
 from bastion.training.datasets import load_sms_spam
 
 
@@ -44,7 +44,7 @@ def test_no_shift_passes_a_shift_is_caught_and_bad_data_is_named(texts: list[str
     broken = [dict(r, text="", scores={"spam": 1.7}) for r in same[:40]] + same[40:]
     report = check_window(ref, broken, tenant="acme", n_permutations=400)
     assert "validation" in report.failed and report.validation["failures"]
-    page = render_html(report, ref, broken)
+    page = render_html(report, report_plots(ref, broken))
     assert "acme" in page and "<img src='data:image/png;base64," in page
     assert report.to_json()["model_version"] == "7"
 
@@ -66,7 +66,7 @@ def test_longer_texts_are_drift_and_psi_is_shown_but_does_not_count(texts: list[
     hidden = [dict(r, text=None, text_len=len(r["text"])) for r in window]
     assert "text_len_ks" in check_window(ref, hidden, tenant="acme",
                                          n_permutations=400).failed
-    page = render_html(report, ref, window)
+    page = render_html(report, report_plots(ref, window))
     assert "shown only" in page and "Flag rates over time" in page
 
 
