@@ -76,8 +76,9 @@ def models_audit(state_dir: Path | None) -> None:
 @click.command(help="Move @champion back to the previous champion.")
 @state_dir_option
 @click.option("--reason", default=None, help="Why: kept in the audit trail.")
+@click.option("--actor", default=None, help="Who asks, for the audit trail (default: the OS user).")
 @guard
-def rollback(state_dir: Path | None, reason: str | None) -> None:
-    old, new = lifecycle_for(state_dir).rollback(reason=reason)
+def rollback(state_dir: Path | None, reason: str | None, actor: str | None) -> None:
+    old, new = lifecycle_for(state_dir).rollback(reason=reason, actor=actor)
     click.echo(f"Rolled back @champion from version {old} to version {new}. Serving follows "
                "within seconds.")

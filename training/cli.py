@@ -242,15 +242,19 @@ def retrain(state_dir: Path | None, mode: str | None, workers: int | None, epoch
 @click.argument("version")
 @click.option("--force", is_flag=True, help="Promote even if the gate fails (recorded).")
 @click.option("--reason", default=None, help="Why: kept in the audit trail.")
+@click.option("--actor", default=None,
+              help="Who asks, for the audit trail (default: the OS user; the console passes "
+                   "the reviewer's name).")
 @guard
-def promote(state_dir: Path | None, version: str, force: bool, reason: str | None) -> None:
+def promote(state_dir: Path | None, version: str, force: bool, reason: str | None,
+            actor: str | None) -> None:
     settings = settings_for(state_dir)
     ModelRegistry(settings).ensure_reachable()  # before building the held-out data (slow)
     pol = load_policy(ensure_policy_file(settings))
     # the held-out data a retraining run under this policy gates on: one evaluation set
     lc = Lifecycle(settings, pol, eval_data=heldout_data(settings, pol))
     try:
-        result = lc.promote(version, force=force, reason=reason)
+        result = lc.promote(version, force=force, reason=reason, actor=actor)
     except GateRefused as err:
         click.echo(str(err))
         sys.exit(1)
