@@ -12,8 +12,9 @@ from fastapi.responses import JSONResponse
 
 from bastion.core.http import BodyGuard, error_responses, install_error_handlers
 from bastion.core.proxyreplay import MarkServed
-from bastion.core.settings import Limits
+from bastion.core.settings import Limits, Settings
 from bastion.review.console import include_console
+from bastion.review.console_models import include_models
 from bastion.review.routes import ReviewAccess, include_review
 from bastion.serving.schemas import (
     ModerateRequest,
@@ -31,6 +32,7 @@ class Moderation(ReviewAccess, Protocol):
     """What the routes need from the deployment that serves them (the Ingress)."""
 
     limits: Limits
+    settings: Settings  # the state directory and registry this deployment serves from
 
     async def moderate(self, req: ModerateRequest, request: Request) -> dict[str, Any]:
         """Authenticate, score and decide a request whose body passed ``check_limits``."""
@@ -57,6 +59,7 @@ def build_api(moderation: Moderation) -> FastAPI:
     api.include_router(router)
     include_review(api, moderation)
     include_console(api)  # the moderators' console, on the same origin (/console/)
+    include_models(api, moderation.settings)  # its Models and Drift screens (ML ops)
     return api
 
 

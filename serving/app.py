@@ -58,7 +58,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         num_replicas=sv.ingress_replicas,
         max_ongoing_requests=sv.ingress_max_ongoing_requests,
     ).bind(scorer, _database_url(args), args.limits.model_dump(), args.keys_file,
-            args.state_dir, sv.review_intake)
+            args.state_dir, sv.review_intake, args.tracking_uri, args.model_name)
 
 
 def _database_url(args: AppArgs) -> str:

@@ -66,12 +66,16 @@ class Ingress:
     def __init__(
         self, scorer: DeploymentHandle, database_url: str, limits: dict[str, Any],
         keys_file: str | None = None, state_dir: str | None = None,
-        review_intake: bool = True,
+        review_intake: bool = True, tracking_uri: str | None = None,
+        model_name: str | None = None,
     ) -> None:
         self.scorer = scorer
         self.keys_file = keys_file
         self.limits = Limits.model_validate(limits)
-        self.text_key = text_key(load_settings(state_dir))  # keyed text digests (core.textkey)
+        # the registry the Scorer serves from (the console's Models screen reads it)
+        self.settings = load_settings(state_dir, mlflow_tracking_uri=tracking_uri,
+                                      model_name=model_name)
+        self.text_key = text_key(self.settings)  # keyed text digests (core.textkey)
         # the event log, the review queue and its labels: one database (Settings.database_url)
         self.writer = EventWriter(EventLog(database_url))
         self.review: ReviewService | None = ReviewService(

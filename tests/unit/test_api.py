@@ -5,7 +5,9 @@ in milliseconds; the real deployment is tests/integration/test_serving.py."""
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from bastion.core.http import ApiError
 from bastion.core.keys import key_hash
-from bastion.core.settings import Limits
+from bastion.core.settings import Limits, Settings
 from bastion.review.service import ReviewService
 from bastion.serving.api import build_api
 from bastion.serving.auth import authenticate_tenant
@@ -30,6 +32,7 @@ class FakeDeployment:
     def __init__(self) -> None:
         self.limits = Limits(max_items=4, max_text_chars=10, max_body_bytes=2048,
                              max_id_chars=8)
+        self.settings = Settings(state_dir=Path(tempfile.gettempdir()) / "bastion-fake-api")
         self.seen: list[ModerateRequest] = []
 
     def authenticate(self, request: Request, tenant: str) -> str:
