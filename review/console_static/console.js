@@ -9,7 +9,8 @@ const COLORS = { block: "#c0392b", review: "#d68910", allow: "#27ae60", reports:
 
 const state = {
   me: null, claim: null, task: null, cursor: 0, labels: {}, revealed: {}, categories: [],
-  submitted: false, monitorTimer: null, retryTimer: null,
+  submitted: false, monitorTimer: null, retryTimer: null, jobsTimer: null, models: null,
+  activeJobs: new Set(),
 };
 
 const $ = (id) => document.getElementById(id);
@@ -113,6 +114,8 @@ async function route() {
     else if (name === "monitor") startMonitor();
     else if (name === "audit") await loadAudit();
     else if (name === "moderators") await loadModerators();
+    else if (name === "models") { await loadModels(); startJobsPoll(); }
+    else if (name === "drift") await loadDrift();
   } catch (e) { toast(e.message, true); }
 }
 
@@ -406,7 +409,10 @@ function startMonitor() {
   refreshMonitor().catch((e) => toast(e.message, true));
   state.monitorTimer = setInterval(() => refreshMonitor().catch(() => {}), 2000);
 }
-function stopMonitor() { clearInterval(state.monitorTimer); state.monitorTimer = null; }
+function stopMonitor() {
+  clearInterval(state.monitorTimer); state.monitorTimer = null;
+  clearInterval(state.jobsTimer); state.jobsTimer = null;
+}
 async function loadAudit() {
   const d = await api("GET", "/v1/console/audit?limit=200");
   $("audit-table").tBodies[0].replaceChildren(...d.entries.map((e) =>
@@ -426,6 +432,133 @@ async function loadModerators() {
        el("td", { text: m.reliability.map((r) => `${r.category} ${r.sensitivity.toFixed(2)}/${r.specificity.toFixed(2)}`).join(", ") }))));
 }
 
+// -- models, jobs and drift (ML ops) -------------------------------------------------------
+function utc(ts) { return ts ? new Date(ts * 1000).toISOString().replace("T", " ").slice(0, 19) : ""; }
+function fmt(x) { return x == null ? "–" : typeof x === "number" ? String(Math.round(x * 10000) / 10000) : String(x); }
+function button(text, cls, onClick, disabled) {
+  const b = el("button", { type: "button", class: cls, text });
+  b.disabled = !!disabled;
+  b.addEventListener("click", () => onClick().catch((e) => toast(e.message, true)));
+  return b;
+}
+async function loadModels() {
+  const d = await api("GET", "/v1/console/models");
+  state.models = d;
+  $("models-name").textContent = d.model;
+  $("models-cards").replaceChildren(card("Champion", d.champion ? `version ${d.champion}` : "none"),
+    card("Champion history", d.history.join(" → ") || "–"), card("Versions", d.versions.length));
+  const can = d.can_change_champion;
+  $("rollback").disabled = !can || d.history.length < 2;
+  $("models-note").textContent = can ? "Promotion runs the gate in a Ray job: the version is promoted only if it passes."
+    : "Your key does not cover every tenant: promoting and rolling back need an ML-ops key for all tenants.";
+  $("versions-table").tBodies[0].replaceChildren(...d.versions.map((v) => {
+    const champion = v.aliases.includes("champion");
+    const verdict = v.validation_status || "not gated";
+    return el("tr", { "data-version": v.version },
+      el("td", { text: v.version }), el("td", { text: v.aliases.map((a) => "@" + a).join(" ") }),
+      el("td", { text: v.kind || "" }), el("td", { text: utc(v.created) }),
+      el("td", { class: verdict === "passed" ? "ok" : verdict === "failed" ? "bad" : "", text: verdict }),
+      el("td", { class: "msg", text: v.gate_failures.join(", ") }),
+      el("td", {}, button("Gate report", "small secondary", () => showGate(v.version)), " ",
+         champion ? "" : button("Promote", "small", () => promote(v.version), !can)));
+  }));
+  $("models-audit").tBodies[0].replaceChildren(...d.audit.map((e) => el("tr", {},
+    el("td", { text: (e.at || "").replace("T", " ").replace("Z", "") }), el("td", { text: e.action }),
+    el("td", { text: e.version || "" }), el("td", { text: e.previous || e.champion || "" }),
+    el("td", { text: e.actor || "" }), el("td", { class: "msg", text: e.reason || (e.failures || []).join("; ") }))));
+  await loadJobs();
+}
+async function showGate(version) {
+  const d = await api("GET", `/v1/console/models/${encodeURIComponent(version)}`);
+  $("gate-panel").hidden = false;
+  $("gate-version").textContent = d.version;
+  $("gate-verdict").textContent = d.report ? `${d.report.verdict}, run ${d.report_at} against champion ${d.report.champion || "none"}`
+                                           : "no gate has run on this version yet";
+  $("gate-reason").textContent = d.reason ? `Why it was made: ${d.reason}` : "";
+  const checks = d.report ? d.report.checks : [];
+  $("gate-table").tBodies[0].replaceChildren(...checks.map((c) => el("tr", { class: c.passed === false ? "bad" : "" },
+    el("td", { text: c.tenant || "all" }), el("td", { text: c.category || "" }), el("td", { text: c.name }),
+    el("td", { text: fmt(c.value) }), el("td", { text: fmt(c.threshold) }),
+    el("td", { text: c.passed == null ? "not measured" : c.passed ? "yes" : "NO" }), el("td", { class: "msg", text: c.message }))));
+}
+function reasonGiven() {
+  const reason = $("change-reason").value.trim();
+  if (reason.length < 3) { toast("Say why in Reason first: it is kept in the audit trail.", true); $("change-reason").focus(); return null; }
+  return reason;
+}
+async function promote(version) {
+  const reason = reasonGiven();
+  if (!reason || !confirm(`Run the gate on version ${version} against the champion and promote it if it passes?`)) return;
+  const r = await api("POST", `/v1/console/models/${encodeURIComponent(version)}/promote`, { reason });
+  toast(r.message);
+  state.activeJobs.add(r.job_id);
+  await loadJobs();
+}
+async function rollback() {
+  const h = (state.models && state.models.history) || [];
+  const reason = reasonGiven();
+  if (!reason || !confirm(`Move @champion from version ${h[h.length - 1]} back to version ${h[h.length - 2]}?`)) return;
+  const r = await api("POST", "/v1/console/models/rollback", { reason });
+  toast(r.message);
+  await loadModels();
+}
+async function loadJobs() {
+  const d = await api("GET", "/v1/console/jobs");
+  $("jobs-error").hidden = !d.jobs_error; $("jobs-error").textContent = d.jobs_error || "";
+  const active = new Set(d.jobs.filter((j) => j.status === "PENDING" || j.status === "RUNNING").map((j) => j.job_id));
+  const finished = [...state.activeJobs].some((id) => !active.has(id));
+  state.activeJobs = active;
+  $("jobs-table").tBodies[0].replaceChildren(...d.jobs.map((j) => el("tr", { "data-job": j.job_id, "data-status": j.status },
+    el("td", { text: j.job_id }), el("td", { text: j.kind }),
+    el("td", { class: j.status === "SUCCEEDED" ? "ok" : j.status === "FAILED" ? "bad" : "", text: j.status }),
+    el("td", { text: j.version ? `version ${j.version}` : j.rule ? `rule ${j.rule}` : "" }),
+    el("td", { class: "msg", text: [j.actor, j.reason].filter(Boolean).join(": ") }),
+    el("td", { text: utc(j.start_time) }), el("td", { text: utc(j.end_time) }), el("td", { class: "msg", text: j.message || "" }))));
+  if (!d.jobs.length) $("jobs-table").tBodies[0].append(el("tr", {}, el("td", { class: "muted", colspan: "8", text: "no jobs yet" })));
+  $("triggers-table").tBodies[0].replaceChildren(...d.triggers.map((t) => el("tr", {},
+    el("td", { text: utc(t.at) }), el("td", { text: t.action }), el("td", { text: t.rule }),
+    el("td", { class: "msg", text: t.reasons.join("; ") }), el("td", { text: t.job_id || "" }), el("td", { class: "msg", text: t.message }))));
+  $("jobs-updated").textContent = `updated ${clock(Date.now() / 1000)}`;
+  if (finished && location.hash === "#/models") await loadModels();
+}
+function startJobsPoll() {
+  state.jobsTimer = setInterval(() => loadJobs().catch(() => {}), 3000);
+}
+function driftVerdict(r) {
+  return r.drift ? "DRIFT" : r.performance_drop ? "PRECISION DROP" : r.validation_failures ? "INVALID DATA" : "no drift";
+}
+async function loadDrift() {
+  const d = await api("GET", "/v1/console/drift?limit=50");
+  $("drift-table").tBodies[0].replaceChildren(...d.runs.map((r) => {
+    const tr = el("tr", { class: "clickable", "data-run": r.run_id },
+      el("td", { text: utc(r.at) }), el("td", { text: r.tenant }), el("td", { text: r.model_version || "" }),
+      el("td", { class: driftVerdict(r) === "no drift" ? "ok" : "verdict-drift", text: driftVerdict(r) }),
+      el("td", { text: r.n_window }), el("td", { text: r.validation_failures }));
+    tr.addEventListener("click", () => showDrift(r.run_id).catch((e) => toast(e.message, true)));
+    return tr;
+  }));
+  if (!d.runs.length) $("drift-table").tBodies[0].append(el("tr", {}, el("td", { class: "muted", colspan: "6",
+    text: "no drift checks yet: the monitor checks every tenant with enough traffic (policy drift.min_items)" })));
+  await loadJobs();
+}
+async function showDrift(runId) {
+  const d = await api("GET", `/v1/console/drift/${encodeURIComponent(runId)}`);
+  const r = d.report;
+  for (const tr of $("drift-table").tBodies[0].rows) tr.classList.toggle("selected", tr.dataset.run === runId);
+  $("drift-panel").hidden = false;
+  $("drift-title").textContent = `${d.tenant}, ${utc(r.created_at)}: ${r.n_window} items, model version ${r.model_version}; ` +
+    `failed: ${(r.failed || []).join(", ") || "nothing"}`;
+  const titles = { scores: "Scores: reference against window", flag_rates: "Flag rates over time (dashed: the reference's rate)" };
+  $("drift-plots").replaceChildren(...Object.entries(d.plots).map(([name, uri]) =>
+    el("figure", { "data-plot": name }, el("figcaption", { text: titles[name] || name }), el("img", { src: uri, alt: titles[name] || name }))));
+  const fails = (r.validation && r.validation.failures) || [];
+  $("drift-validation").replaceChildren(...(fails.length ? fails.map((f) =>
+    el("li", { text: `${f.expectation} on ${f.column}: ${f.unexpected_count} unexpected` })) : [el("li", { text: "all expectations met" })]));
+  $("drift-tests").tBodies[0].replaceChildren(...r.tests.map((t) => el("tr", { class: t.drift ? "bad" : "" },
+    el("td", { text: t.name }), el("td", { text: fmt(t.statistic) }), el("td", { text: fmt(t.p_value) }),
+    el("td", { text: fmt(t.threshold) }), el("td", { text: t.drift ? (t.counts === false ? "yes (shown only)" : "yes") : "" }))));
+}
+
 // -- start --------------------------------------------------------------------------------
 async function start() {
   $("signin-form").addEventListener("submit", signIn);
@@ -435,6 +568,7 @@ async function start() {
   $("skip").addEventListener("click", skip);
   $("next").addEventListener("click", () => { if (state.submitted) claimNext(); });
   $("filter-category").addEventListener("change", () => loadQueue().catch((e) => toast(e.message, true)));
+  $("rollback").addEventListener("click", () => rollback().catch((e) => toast(e.message, true)));
   $("filter-reason").addEventListener("change", () => loadQueue().catch((e) => toast(e.message, true)));
   document.addEventListener("keydown", onKey);
   window.addEventListener("hashchange", route);

@@ -5,7 +5,8 @@ A moderator signs in with a reviewer key (never in the URL), claims the top sess
 its text, labels it with the keyboard (with the connection cut at the moment of submitting:
 the labels are kept and sent when it is back) and the labels reach the label store; a
 moderator of another tenant sees nothing of it; the monitor updates without a reload when new
-decisions arrive. Screenshots of each screen are taken; ``BASTION_UPDATE_SCREENSHOTS=1`` writes
+decisions arrive; ML ops promote a version through the gate (a real Ray job) and read a drift
+report with its plots. Screenshots of each screen are taken; ``BASTION_UPDATE_SCREENSHOTS=1`` writes
 them to docs/console/ (docs/console.md shows them)."""
 
 from __future__ import annotations
@@ -26,10 +27,15 @@ from sqlalchemy import create_engine, delete, select
 from bastion.core.keys import add_reviewer, reviewers_path
 from bastion.core.labels import LabelStore
 from bastion.core.store import tables as t
+from bastion.drift.check import check_tenants
 from bastion.platform import deploy
+from bastion.registry.lifecycle import Lifecycle
+from bastion.registry.store import CHAMPION, ModelRegistry
 from bastion.review._checks import task_id as task_id_of
+from bastion.training.datasets import load_sms_spam
 
-from .conftest import Served
+from .conftest import POLICY, Served, Starter
+from .test_registry import register, variant
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.model, pytest.mark.browser]
 
@@ -264,3 +270,79 @@ def test_the_monitor_updates_without_a_reload_when_decisions_arrive(
     page.wait_for_selector("#view-signin:not([hidden])")
     shot(page, "sign-in", tmp_path)
     context.close()
+
+
+def test_ml_ops_promote_through_the_gate_and_read_drift_reports_in_the_browser(
+        served: Served, starter: Starter, reviewers: dict[str, str], browser: Any,
+        tmp_path: Path) -> None:
+    """The Models screen's promote button runs `bastion promote` as a real Ray job on the
+    session's cluster: a version worse on spam is refused by the gate, the champion stays, and
+    the refusal is on record under the ML-ops reviewer's name. The Drift screen shows a real
+    check's report with its plots. A moderator has neither."""
+    settings = served.settings
+    path = settings.resolved_policy_file  # what the job's 'bastion promote' reads
+    before = path.read_text() if path.exists() else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(POLICY.read_text())
+    try:
+        worse = register(settings, variant(starter.model, negate="spam"))
+        texts = [t for t in load_sms_spam(limit=400, seed=5).texts if t.strip()][:120]
+        for i in range(0, len(texts), 60):
+            assert served.moderate("studio", texts[i:i + 60]).status_code == 200
+        time.sleep(1.5)  # the event log's group commit
+        ((report, message),) = check_tenants(settings, served.policy, tenants=["studio"],
+                                             hours=1, min_items=100)
+        assert report is not None, message
+
+        context, page = sign_in(browser, served, reviewers["olga"], "olga")
+        page.on("dialog", lambda d: d.accept())  # the confirmation before promoting
+        page.goto(f"{served.url}/console/#/models")
+        page.wait_for_selector(f"#versions-table tr[data-version='{worse}']")
+        champion_row = page.inner_text(f"#versions-table tr[data-version='{starter.version}']")
+        assert "@champion" in champion_row
+        assert page.locator("#rollback").is_disabled()  # nothing before the first champion
+        page.fill("#change-reason", "browser test: a candidate worse on spam")
+        page.click(f"#versions-table tr[data-version='{worse}'] button:has-text('Promote')")
+        page.wait_for_selector("#jobs-table tr[data-job] td:has-text('promote')")
+        job = page.get_attribute("#jobs-table tbody tr[data-job]", "data-job")
+        assert job and job.startswith("bastion-promote-")
+        deadline = time.time() + 600
+        while page.get_attribute(f"#jobs-table tr[data-job='{job}']", "data-status") not in (
+                "SUCCEEDED", "FAILED", "STOPPED"):
+            assert time.time() < deadline, "the promotion job did not finish in 10 min"
+            page.wait_for_timeout(1000)
+        assert page.get_attribute(f"#jobs-table tr[data-job='{job}']",
+                                  "data-status") == "FAILED"  # the gate refused: exit 1
+        page.wait_for_selector(f"#versions-table tr[data-version='{worse}'] td.bad")
+        registry = ModelRegistry(settings)
+        assert registry.by_alias(CHAMPION).version == starter.version
+        trail = Lifecycle(settings, served.policy).audit()
+        assert (trail[-1]["action"], trail[-1]["actor"], trail[-1]["version"]) == (
+            "refused", "olga", worse)
+        page.wait_for_selector("#models-audit tbody tr:has-text('refused')")
+        page.click(f"#versions-table tr[data-version='{worse}'] button:has-text('Gate report')")
+        page.wait_for_selector("#gate-table tbody tr.bad")
+        assert "spam" in page.inner_text("#gate-table")
+        shot(page, "models", tmp_path)
+
+        page.goto(f"{served.url}/console/#/drift")
+        page.wait_for_selector("#drift-table tr[data-run] td:has-text('studio')")
+        page.click("#drift-table tr[data-run]:has-text('studio')")
+        page.wait_for_selector("#drift-plots figure[data-plot='scores'] img")
+        assert page.evaluate(  # the plot decoded and drew (naturalWidth 0 if not)
+            "document.querySelector(\"#drift-plots img\").naturalWidth") > 100
+        assert page.locator("#drift-tests tbody tr").count() == len(report.tests)
+        shot(page, "drift", tmp_path)
+        context.close()
+
+        mod, page = sign_in(browser, served, reviewers["cora"], "cora")
+        assert page.locator("#nav-models").is_hidden() and page.locator("#nav-drift").is_hidden()
+        r = httpx.get(f"{served.url}/v1/console/models",
+                      headers={"Authorization": f"Bearer {reviewers['cora']}"})
+        assert r.status_code == 403
+        mod.close()
+    finally:
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(before)
