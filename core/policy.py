@@ -362,6 +362,10 @@ class RetrainingPolicy(_Frozen):
                         "it sooner).")
     seed_data: bool = Field(True, description="Train on the packaged seed data as well as the "
                             "human labels.")
+    seed_limit_per_source: int | None = Field(
+        None, ge=50, description="Most items taken from each seed source (default: all). The "
+        "held-out split every gate of this policy measures on is cut from the same sample, so "
+        "a smaller one trains and gates faster and measures less.")
     auto_promote: bool = Field(True, description="Promote a retrained version that passes the "
                                "gate; if false it stays @challenger for a person to promote.")
     triggers: TriggerPolicy = Field(

@@ -95,7 +95,7 @@ def options_from_policy(policy: PolicySet, **flags: Any) -> RetrainOptions:
     """The policy's ``retraining`` defaults, with explicit flags (not None) on top."""
     rp = policy.retraining
     opts = RetrainOptions(mode=rp.mode, workers=rp.workers, seed_data=rp.seed_data,
-                          promote=rp.auto_promote,
+                          promote=rp.auto_promote, limit_per_source=rp.seed_limit_per_source,
                           finetune=FinetuneConfig(epochs=rp.epochs))
     epochs = flags.pop("epochs", None)
     if epochs is not None:

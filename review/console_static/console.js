@@ -513,13 +513,20 @@ async function loadJobs() {
     el("td", { class: j.status === "SUCCEEDED" ? "ok" : j.status === "FAILED" ? "bad" : "", text: j.status }),
     el("td", { text: j.version ? `version ${j.version}` : j.rule ? `rule ${j.rule}` : "" }),
     el("td", { class: "msg", text: [j.actor, j.reason].filter(Boolean).join(": ") }),
-    el("td", { text: utc(j.start_time) }), el("td", { text: utc(j.end_time) }), el("td", { class: "msg", text: j.message || "" }))));
+    el("td", { text: utc(j.start_time) }), el("td", { text: utc(j.end_time) }), el("td", { class: "msg" }, longText(j.message || "")))));
   if (!d.jobs.length) $("jobs-table").tBodies[0].append(el("tr", {}, el("td", { class: "muted", colspan: "8", text: "no jobs yet" })));
   $("triggers-table").tBodies[0].replaceChildren(...d.triggers.map((t) => el("tr", {},
     el("td", { text: utc(t.at) }), el("td", { text: t.action }), el("td", { text: t.rule }),
     el("td", { class: "msg", text: t.reasons.join("; ") }), el("td", { text: t.job_id || "" }), el("td", { class: "msg", text: t.message }))));
+  if (!d.triggers.length) $("triggers-table").tBodies[0].append(el("tr", {}, el("td", { class: "muted", colspan: "6",
+    text: "no trigger has fired yet (policy retraining.triggers)" })));
   $("jobs-updated").textContent = `updated ${clock(Date.now() / 1000)}`;
   if (finished && location.hash === "#/models") await loadModels();
+}
+// A long message (Ray's, with the job's last log lines) folded after its first 160 characters.
+function longText(text) {
+  if (text.length <= 200) return document.createTextNode(text);
+  return el("details", {}, el("summary", { text: text.slice(0, 160) + "…" }), el("pre", { class: "log", text }));
 }
 function startJobsPoll() {
   state.jobsTimer = setInterval(() => loadJobs().catch(() => {}), 3000);
@@ -549,7 +556,9 @@ async function showDrift(runId) {
   $("drift-title").textContent = `${d.tenant}, ${utc(r.created_at)}: ${r.n_window} items, model version ${r.model_version}; ` +
     `failed: ${(r.failed || []).join(", ") || "nothing"}`;
   const titles = { scores: "Scores: reference against window", flag_rates: "Flag rates over time (dashed: the reference's rate)" };
-  $("drift-plots").replaceChildren(...Object.entries(d.plots).map(([name, uri]) =>
+  const order = (name) => { const i = Object.keys(titles).indexOf(name); return i < 0 ? 99 : i; };
+  const plots = Object.entries(d.plots).sort((a, b) => order(a[0]) - order(b[0]));
+  $("drift-plots").replaceChildren(...plots.map(([name, uri]) =>
     el("figure", { "data-plot": name }, el("figcaption", { text: titles[name] || name }), el("img", { src: uri, alt: titles[name] || name }))));
   const fails = (r.validation && r.validation.failures) || [];
   $("drift-validation").replaceChildren(...(fails.length ? fails.map((f) =>

@@ -8,7 +8,7 @@ from bastion.core.labels import LabelledItem
 from bastion.core.policy import parse_policy
 from bastion.training.datasets import CATEGORIES
 from bastion.training.heads import FitConfig, fit_heads
-from bastion.training.retrain import RetrainError, options_from_policy
+from bastion.training.retrain import RetrainError, options_from_policy, snapshot_options
 from bastion.training.snapshot import connected_groups, labels_to_set
 
 
@@ -71,10 +71,11 @@ def test_fit_heads_with_validation_keeps_the_best_and_stops_early() -> None:
 
 def test_retrain_options_come_from_the_policy_and_flags_override() -> None:
     pol = parse_policy({"retraining": {"mode": "full", "workers": 2, "epochs": 5,
-                                       "auto_promote": False},
+                                       "auto_promote": False, "seed_limit_per_source": 300},
                         "tenants": {"acme": {"categories": {"spam": {"block_threshold": .9}}}}})
     opts = options_from_policy(pol)
     assert (opts.mode, opts.workers, opts.finetune.epochs, opts.promote) == ("full", 2, 5, False)
+    assert snapshot_options(opts)["limit_per_source"] == 300  # the gate's held-out set too
     opts = options_from_policy(pol, mode="heads", epochs=1, workers=None)
     assert (opts.mode, opts.workers, opts.finetune.epochs) == ("heads", 2, 1)
     with pytest.raises(RetrainError, match="unknown mode"):
