@@ -234,8 +234,13 @@ def test_full_finetune_on_two_workers_resumes_after_a_worker_dies_and_serves(
     assert model.encoder.identity["fingerprint"] != starter.model.encoder.identity["fingerprint"]
     check = model.metadata["scoring_check"]
     _, scores = model.score(check["texts"])
-    # (bf16 encoder: other batch neighbours pad differently, a few 1e-3 of score at most)
-    np.testing.assert_allclose(scores, np.array(check["scores"]), atol=1e-2)
+    # the encoder's numerics are chosen by measuring here (core.numerics): bf16 (other batch
+    # neighbours pad differently) stays within a few 1e-3 of the logged scores, int8 within a
+    # few hundredths (its quality is checked on AUROC by test_numerics_quality)
+    chosen = getattr(model.encoder, "numerics", {}).get("chosen")
+    np.testing.assert_allclose(scores, np.array(check["scores"]),
+                               atol=0.05 if chosen == "int8" else 1e-2,
+                               err_msg=f"numerics {chosen}")
 
     # serving loads it and scores as logged, under the policy as it is: a category whose
     # target precision this version's curve misses runs review-only (never a 503)
@@ -246,12 +251,14 @@ def test_full_finetune_on_two_workers_resumes_after_a_worker_dies_and_serves(
     try:
         wait_for_version(served, version)
         body = served.moderate("acme", check["texts"]).json()
+        with served.client() as c:
+            ready = c.get("/readyz").json()
+        served_with = ((ready.get("scorer") or {}).get("numerics") or {}).get("chosen")
         keys = model.head_keys
         for res, logged in zip(body["results"], check["scores"], strict=True):
             for cat in ("hate", "harassment", "spam"):
-                assert res["scores"][cat] == pytest.approx(logged[keys.index(cat)], abs=0.02)
-        with served.client() as c:
-            ready = c.get("/readyz").json()
+                assert res["scores"][cat] == pytest.approx(
+                    logged[keys.index(cat)], abs=0.05 if served_with == "int8" else 0.02)
         assert isinstance(ready.get("policy_fit"), dict)
     finally:
         lc.rollback(reason="test cleanup")
