@@ -124,17 +124,14 @@ async def console_model(request: Request, who: CurrentReviewer,
     return await _call(lambda: gate_report(state.registry(), version))  # type: ignore[no-any-return]
 
 
+def _audit(access: Access, who: Reviewer, action: str, version: str, **detail: Any) -> None:
+    """The console's audit log, beside the registry's trail (which the Lifecycle writes)."""
+    AuditLog(access.review_service().queue.engine).record(who.name, who.role, action,
+                                                          target=version, **detail)
+
+
 def _covers_all(access: Access, who: Reviewer) -> bool:
     return set(access.review_service().policy().tenants) <= set(who.tenants)
-
-
-def _may_change_champion(access: Access, who: Reviewer) -> None:
-    _ops(who)
-    if not _covers_all(access, who):
-        missing = sorted(set(access.review_service().policy().tenants) - set(who.tenants))
-        raise ApiError(403, f"one model serves every tenant; {who.name}'s key does not cover "
-                            f"{', '.join(missing)}: promote or roll back with an ML-ops key "
-                            "for all tenants ('bastion review keys add NAME --role mlops')")
 
 
 class ChampionChange(BaseModel):
@@ -145,15 +142,25 @@ class ChampionChange(BaseModel):
 _SAFE_REASON = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def _may_change_champion(access: Access, who: Reviewer, req: ChampionChange) -> str:
+    """403 unless ``who`` is ML ops for every tenant; the reason, on one line."""
+    _ops(who)
+    if not _covers_all(access, who):
+        missing = sorted(set(access.review_service().policy().tenants) - set(who.tenants))
+        raise ApiError(403, f"one model serves every tenant; {who.name}'s key does not cover "
+                            f"{', '.join(missing)}: promote or roll back with an ML-ops key "
+                            "for all tenants ('bastion review keys add NAME --role mlops')")
+    return _SAFE_REASON.sub(" ", req.reason).strip()
+
+
 @router.post("/v1/console/models/{version}/promote", status_code=202,
              summary="Gate VERSION against the champion in a Ray job (`bastion promote`) and "
                      "promote it if it passes (ML ops for every tenant).",
              responses=error_responses(*_OPS, 400, 404, 409, 413, 422))
 async def console_promote(req: ChampionChange, request: Request, who: CurrentReviewer,
                           access: Access, version: str = _VERSION) -> dict[str, Any]:
-    _may_change_champion(access, who)
+    reason = _may_change_champion(access, who, req)
     state = _state(request)
-    reason = _SAFE_REASON.sub(" ", req.reason).strip()
 
     def run() -> dict[str, Any]:
         registry = state.registry()
@@ -168,8 +175,7 @@ async def console_promote(req: ChampionChange, request: Request, who: CurrentRev
         job_id = submit(client, state.settings, "promote", "promote", version,
                         "--actor", who.name, "--reason", reason,
                         metadata={"version": version, "actor": who.name, "reason": reason})
-        AuditLog(access.review_service().queue.engine).record(
-            who.name, who.role, "promote", target=version, job_id=job_id, reason=reason)
+        _audit(access, who, "promote", version, job_id=job_id, reason=reason)
         return {"job_id": job_id, "version": version,
                 "message": f"the gate is running on version {version} in Ray job {job_id}; "
                            "it is promoted only if it passes"}
@@ -182,8 +188,7 @@ async def console_promote(req: ChampionChange, request: Request, who: CurrentRev
              responses=error_responses(*_OPS, 400, 409, 413, 422))
 async def console_rollback(req: ChampionChange, request: Request, who: CurrentReviewer,
                            access: Access) -> dict[str, Any]:
-    _may_change_champion(access, who)
-    reason = _SAFE_REASON.sub(" ", req.reason).strip()
+    reason = _may_change_champion(access, who, req)
 
     def run() -> dict[str, Any]:
         lc = _lifecycle(request, access)
@@ -193,8 +198,7 @@ async def console_rollback(req: ChampionChange, request: Request, who: CurrentRe
             raise
         except BastionError as err:
             raise ApiError(409, str(err)) from None
-        AuditLog(access.review_service().queue.engine).record(
-            who.name, who.role, "rollback", target=new, previous=old, reason=reason)
+        _audit(access, who, "rollback", new, previous=old, reason=reason)
         return {"from": old, "to": new,
                 "message": f"@{CHAMPION} moved from version {old} back to {new}; serving "
                            "follows within seconds"}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,39 +28,13 @@ from bastion.review.queue import ReviewQueue
 from bastion.review.routes import include_review
 from bastion.review.service import ReviewService
 from tests.unit.test_console import policy
+from tests.unit.test_drift_triggers import FakeJob, FakeJobs
 from tests.unit.test_review_routes import REVIEWERS, FakeAccess, as_
 
 REVIEWERS.setdefault("rev_ops", ("ops", "mlops", ["acme"]))
 REVIEWERS.setdefault("rev_root", ("root", "mlops", ["acme", "studio"]))
 PNG = base64.b64decode(  # a 1x1 PNG
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
-
-
-@dataclass
-class FakeJob:
-    submission_id: str
-    status: str
-    metadata: dict[str, str]
-    job_id: str | None = None
-    message: str | None = None
-    start_time: int | None = 1_000_000
-    end_time: int | None = None
-
-
-@dataclass
-class FakeJobs:
-    """Ray's JobSubmissionClient, as far as the routes use it."""
-
-    jobs: list[FakeJob] = field(default_factory=list)
-    submitted: list[dict[str, Any]] = field(default_factory=list)
-
-    def list_jobs(self) -> list[FakeJob]:
-        return list(self.jobs)
-
-    def submit_job(self, **kw: Any) -> str:
-        self.submitted.append(kw)
-        self.jobs.append(FakeJob(kw["submission_id"], "PENDING", kw["metadata"]))
-        return str(kw["submission_id"])
 
 
 class Setup:

@@ -69,15 +69,21 @@ def test_a_rule_without_conditions_is_a_policy_error_that_says_what_to_set() -> 
 
 @dataclass
 class FakeJob:
+    """A job as ``JobSubmissionClient.list_jobs`` describes it (the fields Bastion reads)."""
+
     submission_id: str
     status: str
     metadata: dict[str, str]
     job_id: str | None = None
+    message: str | None = None
+    start_time: int | None = 1_000_000  # ms
+    end_time: int | None = None
 
 
 @dataclass
 class FakeJobs:
-    """The part of ray.job_submission.JobSubmissionClient that maybe_retrain uses."""
+    """The part of ray.job_submission.JobSubmissionClient that Bastion uses (maybe_retrain,
+    the console's jobs routes)."""
 
     jobs: list[FakeJob] = field(default_factory=list)
     fail: bool = False
