@@ -54,11 +54,15 @@ class Lifecycle:
 
     def __init__(self, settings: Settings, policy: PolicySet,
                  eval_data: LabelledSet | None = None, latency_items: int = 100,
-                 embeddings: dict[str, np.ndarray] | None = None) -> None:
+                 embeddings: dict[str, np.ndarray] | None = None,
+                 registry: ModelRegistry | None = None) -> None:
+        """``registry``: one already opened (and checked reachable) for ``settings``."""
         self.settings = settings
         self.policy = policy
-        self.registry = ModelRegistry(settings)
-        self.registry.ensure_reachable()  # a clear error now, not MLflow's minutes of retries
+        if registry is None:
+            registry = ModelRegistry(settings)
+            registry.ensure_reachable()  # a clear error now, not MLflow's minutes of retries
+        self.registry = registry
         self.client = self.registry.client
         self.name = self.registry.name
         self._eval_data = eval_data

@@ -90,9 +90,9 @@ async def _call(fn: Callable[[], Any]) -> Any:
 
 
 def _lifecycle(request: Request, access: Access) -> Lifecycle:
-    state = _state(request)
-    state.registry()  # reachable, else 503
-    return Lifecycle(state.settings, access.review_service().policy())
+    state = _state(request)  # its registry: opened once, checked reachable (else 503)
+    return Lifecycle(state.settings, access.review_service().policy(),
+                     registry=state.registry())
 
 
 @router.get("/v1/console/models",
