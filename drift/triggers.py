@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, insert, select
 from sqlalchemy.engine import URL
 
-from bastion.core.jobs import active_jobs, bastion_command, jobs_client, submit
+from bastion.core.jobs import active_jobs, jobs_client, submit
 from bastion.core.labels import LabelStore
 from bastion.core.model import ModelMetadata
 from bastion.core.policy import PolicySet, TriggerRule
@@ -51,7 +51,6 @@ __all__ = [
     "fired",
     "gather_signals",
     "maybe_retrain",
-    "retrain_entrypoint",
 ]
 
 Say = Callable[[str], None]
@@ -220,12 +219,6 @@ class TriggerLog:
     def close(self) -> None:
         if self._owned:
             self._engine.dispose()
-
-
-def retrain_entrypoint(settings: Settings, reason: str) -> str:
-    """``bastion retrain`` for this state directory: the command the Kubernetes RayJob runs,
-    from the same installation as the running platform."""
-    return bastion_command(settings, "retrain", "--reason", reason)
 
 
 def maybe_retrain(settings: Settings, policy: PolicySet, signals: Signals, dashboard_url: str,
