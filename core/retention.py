@@ -143,7 +143,7 @@ def _finished(tenant: str) -> Any:
 def _purge_review_items(engine: Engine, tenant: str, cutoff: float, shas: set[bytes]) -> int:
     done = 0
     where = and_(review_items.c.tenant == tenant, review_items.c.ts < cutoff,
-                 review_items.c.text.is_not(None),
+                 or_(review_items.c.text.is_not(None), review_items.c.media_blob.is_not(None)),
                  review_items.c.task_id.in_(_finished(tenant)))
     while True:
         with engine.begin() as conn:
@@ -151,10 +151,11 @@ def _purge_review_items(engine: Engine, tenant: str, cutoff: float, shas: set[by
                                 .order_by(review_items.c.item_id).limit(_BATCH)).all()
             if not rows:
                 return done
-            shas.update(_sha(r.text) for r in rows)
+            shas.update(_sha(r.text) for r in rows if r.text is not None)
             conn.execute(update(review_items).where(
                 review_items.c.tenant == tenant,
-                review_items.c.item_id.in_([r.item_id for r in rows])).values(text=None))
+                review_items.c.item_id.in_([r.item_id for r in rows])).values(
+                    text=None, media_blob=None, media_type=None))
             done += len(rows)
 
 

@@ -44,8 +44,22 @@ class Limits(BaseModel):
     max_text_chars: int = Field(
         20_000, ge=1, description="Longest text of one item, in characters."
     )
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body.")
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest request body (base64 media included: "
+        "it is 4/3 the size of the bytes it carries).")
     max_id_chars: int = Field(256, ge=1, description="Longest item, session or user id.")
+    max_image_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest image of one item, in bytes (decoded).")
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=64 * 64, description="Most pixels (width x height) of one image.")
+    max_audio_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest audio clip of one item, in bytes.")
+    max_audio_seconds: float = Field(
+        60.0, gt=0, le=600, description="Longest audio clip of one item (a speaker's turn or a "
+        "rolling window), in seconds.")
+    max_media_items: int = Field(
+        16, ge=1, description="Most image and audio items in one request (each costs far more "
+        "than a text).")
 
 
 class ServingConfig(BaseModel):
@@ -78,6 +92,14 @@ class ServingConfig(BaseModel):
     champion_poll_s: float = Field(
         2.0, gt=0, description="How often each Scorer replica checks the @champion alias."
     )
+    image_replicas: int = Field(
+        1, ge=0, description="Replicas of the ImageModerator (image-safety model, PDQ hashes, "
+        "OCR); 0: images are refused with 422. Text requests never reach it.")
+    audio_replicas: int = Field(
+        1, ge=0, description="Replicas of the VoiceModerator (voice activity, Whisper tiny.en, "
+        "acoustic cues); 0: audio is refused with 422. Text requests never reach it.")
+    media_threads: int = Field(
+        1, ge=1, description="Intra-op threads of each media model (ONNX, CTranslate2).")
     precision: str = Field(
         "auto", pattern="^(auto|fp32|bf16|int8)$",
         description="Encoder numerics: fp32, bf16 (CPUs with native bf16), int8 (dynamic "

@@ -35,7 +35,9 @@ def item_record(m: Any) -> ReviewItem:
         session_id=m["session_id"], user_id=m["user_id"], source=m["source"],
         scores=json.loads(m["scores"]), keyword_hits=json.loads(m["keyword_hits"]),
         decision=m["decision"], model_version=m["model_version"],
-        policy_version=m["policy_version"], ts=m["ts"])
+        policy_version=m["policy_version"], ts=m["ts"], modality=m["modality"] or "text",
+        media=None if m["media"] is None else json.loads(m["media"]),
+        media_type=m["media_type"], has_media=bool(m["has_media"]))
 
 
 def rowcount(res: Any) -> int:

@@ -184,7 +184,10 @@ class Intake(QueueBase):
             source=source, scores=json.dumps(item.scores),
             keyword_hits=json.dumps(item.keyword_hits), decision=item.decision,
             model_version=item.model_version, policy_version=item.policy_version,
-            ts=item.ts, gold=None)
+            ts=item.ts, gold=None, modality=item.modality,
+            media=None if item.media is None else json.dumps(item.media),
+            media_type=item.media_type if item.media_blob is not None else None,
+            media_blob=item.media_blob)
 
     def _add_context(self, conn: Connection, item: ReviewItem) -> str | None:
         if not item.session_id:

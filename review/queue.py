@@ -108,6 +108,20 @@ class ReviewQueue(Intake, Claims):
             raise NotFound(f"no review task {task_id!r} in tenants {allowed}")
         return found[0]
 
+    def item_media(self, task_id: str, item_id: str,
+                   tenants: Collection[str]) -> tuple[str, bytes]:
+        """The kept raw media (MIME type, bytes) of one item of a task; :class:`NotFound` when
+        the task is outside ``tenants`` or the tenant's policy kept none."""
+        allowed = scope(tenants)
+        row = self._read(lambda conn: conn.execute(
+            select(items.c.media_type, items.c.media_blob).where(
+                items.c.task_id == task_id, items.c.item_id == item_id,
+                items.c.tenant.in_(allowed))).first())
+        if row is None or row.media_blob is None:
+            raise NotFound(f"no kept media for item {item_id!r} of task {task_id!r} (the "
+                           "tenant's policy keeps none, or it was purged)")
+        return str(row.media_type or "application/octet-stream"), bytes(row.media_blob)
+
     def task_tenant(self, task_id: str) -> str | None:
         """The tenant a task belongs to (None for no such task): one indexed read."""
         return self._read(lambda conn: conn.execute(
@@ -136,7 +150,10 @@ class ReviewQueue(Intake, Claims):
         its: dict[str, list[Any]] = {i: [] for i in ids}
         reps: dict[str, list[Report]] = {i: [] for i in ids}
         evs: dict[str, list[SessionEvent]] = {i: [] for i in ids}
-        for r in conn.execute(select(items).where(items.c.task_id.in_(ids))
+        # every column but the raw media (item_media reads it, one item at a time)
+        cols = [c for c in items.c if c.name != "media_blob"]
+        for r in conn.execute(select(*cols, items.c.media_blob.is_not(None).label("has_media"))
+                              .where(items.c.task_id.in_(ids))
                               .order_by(items.c.ts, items.c.item_id)):
             its[r.task_id].append(r)
         for r in conn.execute(select(reports).where(reports.c.task_id.in_(ids))

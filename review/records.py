@@ -43,6 +43,15 @@ class ReviewItem:
     model_version: str | None
     policy_version: str | None
     ts: float
+    # "text", "image" or "audio"; for media, ``text`` is what it showed or said, ``media`` its
+    # facts (size, hash, transcript words, the flagged span) and ``media_blob`` the raw image
+    # or clip, only where the tenant's policy keeps it (read back as ``has_media`` only: the
+    # bytes come from ReviewQueue.item_media).
+    modality: str = "text"
+    media: dict[str, Any] | None = None
+    media_type: str | None = None
+    media_blob: bytes | None = None
+    has_media: bool = False
 
 
 @dataclass(frozen=True)

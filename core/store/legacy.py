@@ -260,7 +260,9 @@ def _review(src: sqlite3.Connection, conn: Connection, tick: _Tally) -> None:
     for table in _REVIEW_TABLES:
         n = 0
         if _has(src, table.name):
-            cols = ", ".join(c.name for c in table.columns)
+            # the columns the old store has (later ones, e.g. media, keep their defaults)
+            present = {r[1] for r in src.execute(f"PRAGMA table_info({table.name})")}
+            cols = ", ".join(c.name for c in table.columns if c.name in present)
             for batch in _rows(src, f"SELECT {cols} FROM {table.name} ORDER BY rowid"):
                 for r in batch:  # ON CONFLICT: what the new queue already holds stays
                     got = conn.execute(insert_ignore(conn, table).values(**r).returning(

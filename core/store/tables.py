@@ -56,6 +56,11 @@ events = Table(
     Column("embedding", LargeBinary),  # float16
     # the category that decided a block or review (the first reason's); None for allow
     Column("category", String(64)),
+    # "text", "image" or "audio"; for media, ``text`` is what it showed or said (OCR text,
+    # transcript), ``embedding`` the image model's (images) or the text encoder's (audio),
+    # and ``media`` the JSON facts (format, size, duration, PDQ hash, cues). Never raw media.
+    Column("modality", String(8), nullable=False, server_default="text"),
+    Column("media", Text),
     Index(None, "tenant", "ts"),
     Index(None, "tenant", "session_id"),
     Index(None, "ts"),  # the dashboards' time windows over all tenants
@@ -110,6 +115,11 @@ review_items = Table(
     Column("policy_version", Text),
     Column("ts", Double, nullable=False),
     Column("gold", Text),  # JSON {category: value} when the answer is known
+    Column("modality", String(8), nullable=False, server_default="text"),
+    Column("media", Text),  # JSON: the facts, transcript words, the flagged span
+    # the raw image or audio, only where the tenant's policy keeps it (core.policy.MediaPolicy)
+    Column("media_type", String(32)),  # its MIME type
+    Column("media_blob", LargeBinary),
     Index(None, "task_id"),
     Index(None, "tenant", "user_id", "ts"),
 )
