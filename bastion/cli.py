@@ -26,6 +26,7 @@ COMMANDS = {
     "policy": "bastion.commands:policy",
     "moderate": "bastion.serving.cli:moderate",
     "keys": "bastion.serving.cli:keys",
+    "media": "bastion.serving.cli:media",
     "models": "bastion.registry.cli:models",
     "rollback": "bastion.registry.cli:rollback",
     "promote": "bastion.training.cli:promote",

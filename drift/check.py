@@ -28,6 +28,7 @@ from bastion.core.labels import LabelStore
 from bastion.core.model import ModelMetadata, ModerationModel
 from bastion.core.policy import PolicySet
 from bastion.core.settings import Settings
+from bastion.drift.media import MEDIA_MODALITIES, check_media_window
 from bastion.drift.monitor import (
     DriftReport,
     Reference,
@@ -157,7 +158,16 @@ def check_tenants(settings: Settings, policy: PolicySet, *, tenants: list[str] |
         windows: dict[str, list[dict[str, Any]]] = {}
         for tenant in tenants or sorted(policy.tenants):
             # the monitor reads the records' fields by name (vars: no copy of the embeddings)
-            rows = [vars(e) for e in log_.read(tenant=tenant, since=time.time() - hours * 3600)]
+            since = time.time() - hours * 3600
+            rows = [vars(e) for e in log_.read(tenant=tenant, since=since - hours * 3600)]
+            earlier = [r for r in rows if r["ts"] < since]
+            rows = [r for r in rows if r["ts"] >= since]
+            for modality in MEDIA_MODALITIES:  # images and voice: against the window before
+                media = _check_media(settings, tenant, modality, earlier, rows, min_items,
+                                     false_alarm_rate, log_mlflow)
+                if media is not None:
+                    out.append(media)
+            rows = [r for r in rows if r.get("modality", "text") == "text"]
             if len(rows) < min_items:
                 out.append((None, f"{tenant}: {len(rows)} item(s) in the last {hours:g} h, "
                                   f"fewer than {min_items}: not checked"))
@@ -183,13 +193,37 @@ def check_tenants(settings: Settings, policy: PolicySet, *, tenants: list[str] |
     return out
 
 
+def _check_media(settings: Settings, tenant: str, modality: str,
+                 earlier: list[dict[str, Any]], rows: list[dict[str, Any]], min_items: int,
+                 false_alarm_rate: float, log_mlflow: bool
+                 ) -> tuple[DriftReport | None, str] | None:
+    """One modality's check of a tenant (None: the tenant sent none of it)."""
+    ref = [r for r in earlier if r.get("modality") == modality]
+    win = [r for r in rows if r.get("modality") == modality]
+    if not win and not ref:
+        return None
+    if len(win) < min_items or len(ref) < min_items:
+        return None, (f"{tenant} {modality}: {len(win)} item(s) in the window and {len(ref)} "
+                      f"in the one before, fewer than {min_items}: not checked")
+    report = check_media_window(ref, win, tenant=tenant, modality=modality,
+                                false_alarm_rate=false_alarm_rate)
+    paths = _write(settings, report, render_html(report, {}), {})
+    if log_mlflow:
+        _log(settings, report, paths)
+    verdict = "DRIFT" if report.drift else "no drift"
+    return report, (f"{tenant} {modality}: {verdict} over {len(win)} item(s) against the "
+                    f"{len(ref)} before; failed: {', '.join(report.failed) or 'nothing'}; "
+                    f"report {paths[1]}")
+
+
 def _write(settings: Settings, report: DriftReport, page: str,
            plots: dict[str, str]) -> list[Path]:
     """The report as JSON, as a page and its plots as PNGs (``<tenant>-<UTC time>.*``); the
     JSON and the page come first."""
     d = drift_dir(settings.state_dir)
     d.mkdir(parents=True, exist_ok=True)
-    stem = f"{report.tenant}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(report.created_at))}"
+    kind = "" if report.modality == "text" else f"{report.modality}-"
+    stem = f"{report.tenant}-{kind}{time.strftime('%Y%m%dT%H%M%S', time.gmtime(report.created_at))}"
     js, ht = d / f"{stem}.json", d / f"{stem}.html"
     js.write_text(json.dumps(report.to_json(), indent=2, default=str))
     ht.write_text(page)
@@ -208,7 +242,8 @@ def _log(settings: Settings, report: DriftReport, paths: list[Path]) -> None:
                             run_name=f"drift-{report.tenant}",
                             tags={"bastion.tenant": report.tenant,
                                   "bastion.model_version": str(report.model_version),
-                                  "bastion.drift": str(report.drift).lower()})
+                                  "bastion.drift": str(report.drift).lower(),
+                                  "bastion.modality": report.modality})
     rid = run.info.run_id
     client.log_metric(rid, "drift", float(report.drift))
     client.log_metric(rid, "n_window", float(report.n_window))

@@ -77,6 +77,8 @@ class DriftReport:
     # precision on reviewed items fell below held-out (kept apart from distribution drift:
     # trigger rules may treat them differently)
     performance_drop: bool = False
+    # "text", or "image" / "audio" for a tenant's media (drift.media: against its window before)
+    modality: str = "text"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

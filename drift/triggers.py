@@ -107,10 +107,11 @@ def gather_signals(settings: Settings, reports: Sequence[DriftReport | None],
     drops = [f"{r.tenant}/{t['name'].split(':', 1)[1]}" for r in done for t in r.tests
              if t["name"].startswith("precision:") and t["drift"]]
     return Signals(
-        drifted=[r.tenant for r in done if r.drift],
+        # the text heads' retraining answers drift in what they read, not in images or voice
+        drifted=[r.tenant for r in done if r.drift and r.modality == "text"],
         precision_drops=drops,
         validation_failures={r.tenant: len(r.validation["failures"]) for r in done
-                             if r.validation["failures"]},
+                             if r.validation["failures"] and r.modality == "text"},
         new_labels=new_labels,
         champion_age_hours=_champion_age_hours(meta, now),
         model_version=meta.get("version"),

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["DECISIONS", "ValidationResult", "build_suite", "reference_frame_from_texts",
-           "suite_version", "validate", "window_frame"]
+__all__ = ["DECISIONS", "ValidationResult", "build_suite", "gx_module", "quantile_range",
+           "reference_frame_from_texts", "suite_version", "validate", "window_frame"]
 
 DECISIONS = ["block", "review", "allow"]
 _SHARES = ["letters_share", "non_ascii_share", "digit_share"]
@@ -76,7 +76,7 @@ class ValidationResult:
 
 
 @functools.cache
-def _gx() -> ModuleType:
+def gx_module() -> ModuleType:
     os.environ["GX_ANALYTICS_ENABLED"] = "false"  # offline: no usage statistics, ever
     with warnings.catch_warnings():
         # Import-time noise: google-api-core (GX's optional BigQuery/GCS backends) warns that
@@ -216,7 +216,7 @@ def reference_frame_from_texts(
     return window_frame(rows)
 
 
-def _quantiles(frame: pd.DataFrame, col: str, q: float) -> tuple[float, float] | None:
+def quantile_range(frame: pd.DataFrame, col: str, q: float) -> tuple[float, float] | None:
     if col not in frame:
         return None
     v = pd.to_numeric(frame[col], errors="coerce").astype("float64").dropna()
@@ -260,7 +260,7 @@ def build_suite(
     if not (0 <= quantile < 0.5 and slack >= 0 and 0 < mostly <= 1):
         raise ValueError(f"build_suite: need 0 <= quantile < 0.5, slack >= 0, 0 < mostly <= 1;"
                          f" got quantile={quantile}, slack={slack}, mostly={mostly}")
-    gx = _gx()
+    gx = gx_module()
     E = gx.expectations
     scores = [f"score_{c}" for c in categories]
     exps: list[Any] = [E.ExpectTableRowCountToBeBetween(min_value=1)]
@@ -274,7 +274,7 @@ def build_suite(
     exps += [E.ExpectColumnValuesToBeBetween(column=c, min_value=0.0, max_value=1.0)
              for c in [*scores, "max_score"]]
 
-    lengths = _quantiles(reference, "text_len", quantile)
+    lengths = quantile_range(reference, "text_len", quantile)
     if lengths is not None:
         lo, hi = math.floor(lengths[0] * (1 - slack)), math.ceil(lengths[1] * (1 + slack))
         exps.append(E.ExpectColumnValuesToBeBetween(
@@ -282,12 +282,12 @@ def build_suite(
         exps.append(E.ExpectColumnValueLengthsToBeBetween(
             column="text", min_value=lo, max_value=hi, mostly=mostly))
     for col in _SHARES:
-        if (q := _quantiles(reference, col, quantile)) is not None:
+        if (q := quantile_range(reference, col, quantile)) is not None:
             pad = slack * max(q[1] - q[0], _MIN_SPREAD)
             exps.append(E.ExpectColumnValuesToBeBetween(
                 column=col, min_value=round(max(0.0, q[0] - pad), 6),
                 max_value=round(min(1.0, q[1] + pad), 6), mostly=mostly))
-    if (urls := _quantiles(reference, "url_count", quantile)) is not None:
+    if (urls := quantile_range(reference, "url_count", quantile)) is not None:
         exps.append(E.ExpectColumnValuesToBeBetween(
             column="url_count", min_value=0, max_value=max(1, math.ceil(urls[1] * (1 + slack))),
             mostly=mostly))
@@ -311,7 +311,7 @@ def build_suite(
 
 def _parse_suite(suite: Any) -> Any:
     """The GX ExpectationSuite of a suite dict; ValueError naming what is wrong."""
-    gx = _gx()  # GX on first use (see _gx); then its submodules
+    gx = gx_module()  # GX on first use (see _gx); then its submodules
     from great_expectations.expectations.expectation_configuration import (
         ExpectationConfiguration,
     )
@@ -382,7 +382,7 @@ def _check(res: Any, frame: pd.DataFrame) -> dict[str, Any]:
 
 def _ephemeral_context() -> Any:
     """An in-memory GX context: no docs site, no progress bars, analytics off."""
-    gx = _gx()  # GX on first use (see _gx); then its submodules
+    gx = gx_module()  # GX on first use (see _gx); then its submodules
     from great_expectations.data_context.types.base import (
         DataContextConfig,
         InMemoryStoreBackendDefaults,

@@ -18,6 +18,7 @@ that day (429 with ``Retry-After`` until the next UTC day).
 from __future__ import annotations
 
 import asyncio
+import io
 import math
 import time
 from importlib import resources
@@ -25,6 +26,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Query
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from PIL import Image, ImageFilter
 from pydantic import BaseModel, Field
 
 from bastion.core.decision import KeywordMatcher
@@ -165,6 +167,21 @@ async def console_queue(who: CurrentReviewer, access: Access,
     return {"tasks": out}
 
 
+# What a moderator sees of an image or a clip before revealing it: its size and the acoustic
+# cues, never the words it shows or says (they are its text, withheld until revealed).
+_WITHHELD_MEDIA = ("text", "transcript", "words", "segments")
+
+
+def _masked_media(media: dict[str, Any] | None) -> dict[str, Any] | None:
+    if media is None:
+        return None
+    out = {k: v for k, v in media.items() if k not in _WITHHELD_MEDIA and k != "reasons"}
+    out["reasons"] = [{k: v for k, v in r.items() if k not in ("text", "span")}
+                      | ({"span": r["span"]} if r.get("kind") == "acoustic" else {})
+                      for r in media.get("reasons") or []]
+    return out
+
+
 def masked_view(task: Task) -> dict[str, Any]:
     """A session as the console first shows it: every text withheld until revealed, the
     reports and events on one timeline, and why the task ranks where it does."""
@@ -172,7 +189,8 @@ def masked_view(task: Task) -> dict[str, Any]:
               "text_length": None if i.text is None else len(i.text),
               "text_kept": i.text is not None, "user_id": i.user_id, "source": i.source,
               "scores": i.scores, "keyword_hits": i.keyword_hits, "decision": i.decision,
-              "model_version": i.model_version, "ts": i.ts}
+              "model_version": i.model_version, "ts": i.ts, "modality": i.modality,
+              "media": _masked_media(i.media), "media_kept": i.has_media}
              for i in sorted(task.items, key=lambda i: (i.ts, i.item_id))]
     timeline: list[dict[str, Any]] = [
         {"kind": "report", "ts": r.ts, "reporter": r.reporter, "reason": r.reason,
@@ -251,9 +269,67 @@ async def console_reveal(req: RevealRequest, who: CurrentReviewer,
         return {"item_id": item.item_id, "text": item.text,
                 "text_kept": item.text is not None,
                 "keyword_spans": [{"start": a, "end": b, "rule": r} for a, b, r in marks],
+                "modality": item.modality, "media": item.media, "media_kept": item.has_media,
                 "exposure_today": audit.exposure_today(who.name)}
 
     return await asyncio.to_thread(run)
+
+
+@router.get("/v1/console/media",
+            summary="The kept image or clip of an item of the session you claimed: an image "
+                    "blurred until you revealed it, a clip only once revealed.",
+            response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {},
+                                         "audio/wav": {}, "audio/flac": {}, "audio/ogg": {}},
+                             "description": "The media's bytes."},
+                       **error_responses(*_REVIEWER, 404, 409, 422)})
+async def console_media(who: CurrentReviewer, access: Access,
+                        token: str = Query(..., min_length=1, max_length=128),
+                        item_id: str = Query(..., min_length=1, max_length=256),
+                        blurred: bool = Query(False, description="A blurred preview of an "
+                                              "image (no exposure; the default before reveal)"),
+                        ) -> Response:
+    service = access.review_service()
+
+    def run() -> Response:
+        try:
+            claim = service.queue.claim_of(token)
+        except (LeaseLost, NotFound) as err:
+            raise ApiError(409, f"{err}: claim the session again") from None
+        if claim.moderator != who.name:
+            raise ApiError(403, "that claim belongs to another reviewer")
+        task = service.queue.task(claim.task_id, who.tenants)
+        item = next((i for i in task.items if i.item_id == item_id), None)
+        if item is None:
+            raise ApiError(404, f"item {item_id!r} is not in the claimed session")
+        try:
+            mime, data = service.queue.item_media(task.task_id, item_id, who.tenants)
+        except NotFound as err:
+            raise ApiError(404, str(err)) from None
+        revealed = _audit(access).revealed(who.name, f"{task.tenant}/{item.item_id}")
+        if item.modality == "image" and (blurred or not revealed):
+            return Response(blurred_preview(data), media_type="image/jpeg",
+                            headers={"Cache-Control": "no-store"})
+        if not revealed:
+            raise ApiError(409, "reveal the item first (POST /v1/console/reveal): playing it "
+                                "counts toward your exposure")
+        return Response(data, media_type=mime, headers={"Cache-Control": "no-store"})
+
+    return await asyncio.to_thread(run)
+
+
+def blurred_preview(data: bytes, *, side: int = 24) -> bytes:
+    """A preview of an image that shows its layout, never its content: shrunk to ``side``
+    pixels and blurred, then enlarged again (the browser gets no more than this)."""
+    with Image.open(io.BytesIO(data)) as img:
+        rgb = img.convert("RGB")
+        w, h = rgb.size
+        small = rgb.resize((max(1, side * w // max(w, h)), max(1, side * h // max(w, h))))
+        big = small.filter(ImageFilter.GaussianBlur(2)).resize(
+            (min(w, 480), min(w, 480) * h // max(w, 1)), Image.Resampling.BILINEAR)
+        out = io.BytesIO()
+        big.save(out, "JPEG", quality=70)
+        return out.getvalue()
 
 
 # -- dashboards and the audit log ------------------------------------------------------------

@@ -16,6 +16,7 @@ from ray.serve import Application
 from bastion.core.settings import Limits, ServingConfig, load_settings
 from bastion.core.store import normalise_url
 from bastion.serving.ingress import Ingress
+from bastion.serving.media import ImageModerator, VoiceModerator
 from bastion.serving.scorer import Scorer
 
 __all__ = ["AppArgs", "build_app", "APP_NAME"]
@@ -54,11 +55,17 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         args.state_dir, args.tracking_uri, args.model_name, sv.max_batch_size,
         sv.batch_wait_timeout_s, sv.torch_threads, sv.precision, sv.champion_poll_s,
     )
+    # Images and voice on deployments of their own: text requests never reach them.
+    limits = args.limits.model_dump()
+    images = None if sv.image_replicas == 0 else ImageModerator.options(  # type: ignore[attr-defined]
+        num_replicas=sv.image_replicas).bind(limits, sv.media_threads)
+    voice = None if sv.audio_replicas == 0 else VoiceModerator.options(  # type: ignore[attr-defined]
+        num_replicas=sv.audio_replicas).bind(limits, sv.media_threads)
     return Ingress.options(  # type: ignore[attr-defined,no-any-return]
         num_replicas=sv.ingress_replicas,
         max_ongoing_requests=sv.ingress_max_ongoing_requests,
-    ).bind(scorer, _database_url(args), args.limits.model_dump(), args.keys_file,
-            args.state_dir, sv.review_intake, args.tracking_uri, args.model_name)
+    ).bind(scorer, _database_url(args), limits, args.keys_file,
+            args.state_dir, sv.review_intake, args.tracking_uri, args.model_name, images, voice)
 
 
 def _database_url(args: AppArgs) -> str:

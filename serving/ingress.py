@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -26,8 +27,9 @@ from ray.serve.handle import DeploymentHandle
 from bastion.core.cascade import cascade_refused
 from bastion.core.decision import ResolvedTenant, fit_problems, flag_thresholds, resolve_policy
 from bastion.core.events import EventLog, EventWriter
-from bastion.core.http import ApiError
+from bastion.core.http import ApiError, invalid
 from bastion.core.keys import key_hashes, load_keys
+from bastion.core.media import MediaError, decode_base64
 from bastion.core.model import ModelMetadata
 from bastion.core.policy import PolicySet, parse_policy
 from bastion.core.settings import Limits, load_settings
@@ -37,13 +39,20 @@ from bastion.review.records import ReviewError
 from bastion.review.service import IntakeWriter, ReviewService
 from bastion.serving.api import build_api
 from bastion.serving.auth import authenticate_tenant
-from bastion.serving.decisions import assemble
+from bastion.serving.decisions import Scored, assemble
 from bastion.serving.fairuse import FairUseLimiter
 from bastion.serving.resilience import record, retrying, store_health
 from bastion.serving.schemas import ModerateRequest
 from bastion.serving.scorer import ScoreResult
 
 __all__ = ["Ingress"]
+
+
+def _media_text(facts: dict[str, Any] | None) -> str:
+    """The text an image shows or a clip says ("" for none)."""
+    if not facts:
+        return ""
+    return str(facts.get("ocr_text") or facts.get("transcript") or "")
 
 log = logging.getLogger("ray.serve")
 
@@ -67,9 +76,13 @@ class Ingress:
         self, scorer: DeploymentHandle, database_url: str, limits: dict[str, Any],
         keys_file: str | None = None, state_dir: str | None = None,
         review_intake: bool = True, tracking_uri: str | None = None,
-        model_name: str | None = None,
+        model_name: str | None = None, images: DeploymentHandle | None = None,
+        voice: DeploymentHandle | None = None,
     ) -> None:
         self.scorer = scorer
+        self.images = images  # serving.media's deployments; None where not deployed
+        self.voice = voice
+        self._last_version: str | None = None
         self.keys_file = keys_file
         self.limits = Limits.model_validate(limits)
         # the registry the Scorer serves from (the console's Models screen reads it)
@@ -175,7 +188,20 @@ class Ingress:
 
     async def _moderate(self, tenant: str, req: ModerateRequest, request: Request,
                         cascade: bool | None = None) -> dict[str, Any]:
-        texts = [it.text for it in req.items]
+        media = await self._read_media(tenant, req)  # 422 for media it cannot take
+        # What the text path scores: each item's text, or the text its image shows or its
+        # clip says, and a clip's transcript segments (the span a reason rests on).
+        texts: list[str] = []
+        main: list[int | None] = []
+        segs: list[list[int]] = []
+        for item, facts in zip(req.items, media, strict=True):
+            text = item.text if item.text is not None else _media_text(facts)
+            main.append(len(texts) if text else None)
+            if text:
+                texts.append(text)
+            seg_texts = [str(g[2]) for g in (facts or {}).get("segments") or [] if g[2]]
+            segs.append(list(range(len(texts), len(texts) + len(seg_texts))))
+            texts.extend(seg_texts)
         if cascade is None:  # the cascade: see _cascade_wanted
             cascade = self._cascade_wanted(tenant)
         chunks = await asyncio.gather(*[
@@ -183,10 +209,90 @@ class Ingress:
         scored = [(res, (await self._resolved_for(res.model_version))[tenant]) for res in chunks]
         if cascade and any(cascade_refused(res.stages, rt.cascade_off) for res, rt in scored):
             return await self._moderate(tenant, req, request, cascade=False)
-        out = assemble(req, tenant, scored, request_id=uuid.uuid4().hex, now=time.time(),
-                       review=self.intake is not None, text_key=self.text_key)
+        rows = [(res.model_version, rt, res.embeddings[j], res.scores[j],
+                 None if res.stages is None else int(res.stages[j]))
+                for res, rt in scored for j in range(len(res.scores))]
+        if rows:
+            self._last_version = rows[0][0]
+        no_text = None if all(m is not None for m in main) else \
+            await self._version_without_text(tenant)
+        items: list[Scored] = []
+        for k, facts in enumerate(media):
+            seg_rows = [rows[j][3] for j in segs[k]]
+            common: dict[str, Any] = dict(
+                media=facts, media_bytes=None if facts is None else facts.get("raw"),
+                segment_scores=np.stack(seg_rows) if seg_rows else None)
+            m = main[k]
+            if m is None:  # nothing to score: an image without text, a clip without speech
+                assert no_text is not None
+                items.append(Scored(no_text[0], no_text[1], None, None, **common))
+            else:
+                version, rt, emb, row, stage = rows[m]
+                items.append(Scored(version, rt, row, emb, stage, **common))
+        tpol = self._loaded().policy.tenants[tenant]
+        out = assemble(req, tenant, items, tpol.media, request_id=uuid.uuid4().hex,
+                       now=time.time(), review=self.intake is not None, text_key=self.text_key)
         await record(self.writer, self.intake, out.events, out.review_items)  # or 503: nothing lost
         return out.response
+
+    async def _version_without_text(self, tenant: str) -> tuple[str, ResolvedTenant]:
+        """The model version and resolved policy for items the text path did not score (an
+        image without text): the last version served, else the Scorer's current one."""
+        version = self._last_version
+        if version is None:
+            version = str((await self.scorer.status.remote())["model_version"])
+            self._last_version = version
+        tenants = await self._resolved_for(version)
+        return version, tenants[tenant]
+
+    async def _read_media(self, tenant: str, req: ModerateRequest) -> list[dict[str, Any] | None]:
+        """What the media deployments read from each image and clip of ``req`` (None for a
+        text); 422 naming every item whose media is refused or cannot be decoded."""
+        if all(it.text is not None for it in req.items):
+            return [None] * len(req.items)  # a text-only request never touches them
+        tpol = self._loaded().policy.tenants[tenant].media
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        calls: list[tuple[int, Any]] = []
+        raw: dict[int, bytes] = {}
+        for i, item in enumerate(req.items):
+            if item.text is not None:
+                continue
+            kind = item.modality
+            field = f"{kind}_base64"
+            handle = self.images if kind == "image" else self.voice
+            enabled = tpol.image.enabled if kind == "image" else tpol.audio.enabled
+            if handle is None:
+                problems.append((("items", i, field), f"{kind} moderation is not served by "
+                                 f"this deployment (serving.{kind}_replicas is 0)"))
+                continue
+            if not enabled:
+                problems.append((("items", i, field), f"tenant {tenant!r} does not accept "
+                                 f"{kind} items (media.{kind}.enabled in its policy)"))
+                continue
+            most = self.limits.max_image_bytes if kind == "image" else \
+                self.limits.max_audio_bytes
+            try:
+                data = decode_base64(getattr(item, field), field, most,
+                                     setting=f"limits.max_{kind}_bytes")
+            except MediaError as err:
+                problems.append((("items", i, field), str(err)))
+                continue
+            raw[i] = data
+            calls.append((i, retrying(handle.analyze, data, tpol.image.ocr,
+                                      what="ImageModerator") if kind == "image"
+                          else retrying(handle.analyze, data, what="VoiceModerator")))
+        if problems:
+            raise invalid(*problems)
+        got = await asyncio.gather(*[c for _, c in calls])
+        out: list[dict[str, Any] | None] = [None] * len(req.items)
+        for (i, _), facts in zip(calls, got, strict=True):
+            if "error" in facts:
+                problems.append((("items", i, f"{req.items[i].modality}_base64"),
+                                 str(facts["error"])))
+            out[i] = {**facts, "raw": raw[i]}
+        if problems:
+            raise invalid(*problems)
+        return out
 
     @serve.batch(max_batch_size=_CHUNK, batch_wait_timeout_s=0.002,
                  batch_size_fn=lambda calls: sum(len(texts) for texts, _ in calls),
@@ -239,6 +345,13 @@ class Ingress:
         except Exception as err:  # noqa: BLE001 - readiness reports any failure, never raises
             details["scorer"] = {"error": str(err)}
             ready = False
+        for name, handle in (("images", self.images), ("voice", self.voice)):
+            if handle is None:
+                continue
+            try:  # a media deployment down makes its items 503, never the text path unready
+                details[name] = await asyncio.wait_for(handle.status.remote(), timeout=5)
+            except Exception as err:  # noqa: BLE001 - reported, never raised
+                details[name] = {"error": str(err)}
         version = details["scorer"].get("model_version") if ready else None
         if version is not None:
             try:  # what of each tenant's policy this model cannot do as written

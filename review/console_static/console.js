@@ -8,7 +8,7 @@ const PENDING = "bastion.pending-submissions";
 const COLORS = { block: "#c0392b", review: "#d68910", allow: "#27ae60", reports: "#2e86c1" };
 
 const state = {
-  me: null, claim: null, task: null, cursor: 0, labels: {}, revealed: {}, categories: [],
+  me: null, claim: null, task: null, cursor: 0, labels: {}, revealed: {}, categories: [], media: {}, loading: new Set(),
   submitted: false, monitorTimer: null, retryTimer: null, jobsTimer: null, models: null,
   activeJobs: new Set(),
 };
@@ -150,7 +150,8 @@ async function ensureClaim() {
   await claimNext();
 }
 async function claimNext() {
-  state.claim = null; state.task = null; state.labels = {}; state.revealed = {}; state.cursor = 0;
+  for (const url of Object.values(state.media)) URL.revokeObjectURL(url);
+  state.claim = null; state.task = null; state.labels = {}; state.revealed = {}; state.media = {}; state.loading = new Set(); state.cursor = 0;
   state.submitted = false;
   let data;
   try {
@@ -187,13 +188,16 @@ function renderTask() {
     const li = el("li", { class: "item" + (flagged(it) ? " flagged" : "") + (i === state.cursor ? " current" : ""),
                           "data-item": it.item_id });
     const text = el("div", { class: "text" });
+    const revealable = it.text_kept || it.media_kept;
     if (state.revealed[it.item_id] !== undefined) {
-      text.append(...markText(state.revealed[it.item_id]));
+      if (state.revealed[it.item_id].text) text.append(...markText(state.revealed[it.item_id]));
     } else {
       text.classList.add("masked");
-      text.textContent = it.text_kept ? `Masked (${it.text_length} characters): press r or click to reveal`
-                                      : "The tenant keeps no text for review (digest only)";
-      if (it.text_kept) text.addEventListener("click", () => { state.cursor = i; reveal(); });
+      const what = it.modality === "image" ? "the image and the text it shows"
+        : it.modality === "audio" ? "the transcript and the clip" : `${it.text_length} characters`;
+      text.textContent = revealable ? `Masked (${what}): press r or click to reveal`
+                                    : `The tenant keeps no ${it.modality === "text" ? "text" : "media or text"} for review (digest only)`;
+      if (revealable) text.addEventListener("click", () => { state.cursor = i; reveal(); });
     }
     const scores = Object.entries(it.scores || {}).sort((a, b) => b[1] - a[1]).slice(0, 4)
       .map(([c, s]) => el("span", { class: "score" + (s >= 0.5 ? " high" : ""), text: `${c} ${s.toFixed(2)}` }));
@@ -201,7 +205,7 @@ function renderTask() {
     const chosen = label === undefined ? "unlabelled" : label.size === 0 ? "none" : [...label].join(", ");
     li.append(el("div", { class: "meta" }, el("span", { text: `${it.user_id || "?"} · ${clock(it.ts)} · model: ${it.decision || "-"}` }),
                  ...scores, ...(it.keyword_hits || []).map((k) => el("span", { class: "hit", text: `keyword ${k}` }))),
-              text, el("div", { class: "label", text: `label: ${chosen}` }));
+              ...mediaView(it, i), text, el("div", { class: "label", text: `label: ${chosen}` }));
     list.append(li);
   });
   $("reasons").replaceChildren(...task.reasons.map((r) => el("li", { text: reasonText(r) })));
@@ -224,11 +228,97 @@ function markText(r) {
 }
 async function reveal() {
   const it = state.task && state.task.items[state.cursor];
-  if (!it || !it.text_kept || state.revealed[it.item_id] !== undefined) return;
+  if (!it || !(it.text_kept || it.media_kept) || state.revealed[it.item_id] !== undefined) return;
   const r = await api("POST", "/v1/console/reveal", { token: state.claim.token, item_id: it.item_id });
   state.revealed[it.item_id] = r;
   showExposure(r.exposure_today);
+  if (it.media_kept) await loadMedia(it, false);
   renderTask();
+}
+
+// Images and voice. The server sends an image blurred (shrunk to 24 px) until the item is
+// revealed, and a clip only once revealed; both are fetched with the reviewer's key and shown
+// from blob: URLs.
+async function loadMedia(it, blurred) {
+  const key = sessionStorage.getItem(KEY);
+  const q = new URLSearchParams({ token: state.claim.token, item_id: it.item_id, blurred: String(blurred) });
+  const r = await fetch(`/v1/console/media?${q}`, { headers: { Authorization: `Bearer ${key}` },
+                                                    cache: "no-store", credentials: "omit" });
+  if (!r.ok) {
+    let msg = `HTTP ${r.status}`;
+    try { msg = (await r.json()).error || msg; } catch (e) { /* not JSON */ }
+    throw new ApiError(r.status, msg);
+  }
+  const old = state.media[it.item_id];
+  state.media[it.item_id] = URL.createObjectURL(await r.blob());
+  if (old) URL.revokeObjectURL(old);
+}
+function mediaFacts(it) {
+  const m = it.media || {};
+  if (it.modality === "image") return `image ${m.format || "?"} ${m.width}×${m.height}, ${Math.round((m.bytes || 0) / 1024)} KiB`;
+  const cues = m.cues || {};
+  const parts = [`audio ${m.format || "?"} ${(m.duration_s || 0).toFixed(1)} s at ${m.sample_rate} Hz`];
+  if (cues.loudness_lufs != null) parts.push(`loudness ${cues.loudness_lufs} LUFS`);
+  if (cues.max_momentary_lufs != null) parts.push(`loudest ${cues.max_momentary_lufs} LUFS`);
+  if (cues.speech_rate_wps != null) parts.push(`${cues.speech_rate_wps} words/s`);
+  return parts.join(" · ");
+}
+function spanOf(r) { return r && r.span && (Array.isArray(r.span) ? { start: r.span[0], end: r.span[1] } : r.span); }
+function mediaView(it, i) {
+  if (it.modality !== "image" && it.modality !== "audio") return [];
+  const box = el("div", { class: "media" }, el("div", { class: "muted", text: mediaFacts(it) }));
+  const revealed = state.revealed[it.item_id];
+  const reasons = ((revealed && revealed.media) || it.media || {}).reasons || [];
+  const cues = reasons.filter((r) => r.kind === "acoustic" || r.kind === "hash" || r.kind === "image_model");
+  for (const r of cues) {
+    box.append(el("div", { class: "cue", text: r.kind === "acoustic"
+      ? `acoustic cue ${r.cue}: ${r.value} (threshold ${r.threshold})`
+      : r.kind === "hash" ? `known-bad image list ${r.rule}: ${r.distance} bits from a listed hash`
+      : `image ${r.category} ${r.score.toFixed(2)} (threshold ${r.threshold})` }));
+  }
+  const url = state.media[it.item_id];
+  if (it.modality === "image") {
+    if (!it.media_kept) box.append(el("div", { class: "muted", text: "The tenant keeps no images for review: hash, size and text only" }));
+    else if (url) {
+      const img = el("img", { class: "thumb" + (revealed ? "" : " blurred"), src: url, alt: revealed ? "the item's image" : "blurred preview: reveal to see" });
+      if (!revealed) img.addEventListener("click", () => { state.cursor = i; reveal().catch((e) => toast(e.message, true)); });
+      box.append(img);
+    } else if (!state.loading.has(it.item_id)) {
+      state.loading.add(it.item_id);
+      loadMedia(it, true).then(renderTask).catch((e) => toast(e.message, true));
+    }
+    return [box];
+  }
+  if (!revealed) return [box];
+  const m = revealed.media || {};
+  const player = it.media_kept && url ? el("audio", { controls: "", src: url, preload: "auto" }) : null;
+  const spans = reasons.map(spanOf).filter((s) => s && s.end > s.start);
+  const transcript = el("div", { class: "transcript" });
+  for (const [start, end, word] of m.words || []) {
+    const hot = spans.some((s) => start < s.end && end > s.start);
+    const w = el(hot ? "mark" : "span", { class: "word", title: `${start.toFixed(2)}–${end.toFixed(2)} s`, text: word });
+    if (player) w.addEventListener("click", () => playSpan(player, start, end));
+    transcript.append(w, document.createTextNode(" "));
+  }
+  box.append(transcript);
+  if (player) {
+    box.append(player);
+    spans.forEach((s, k) => box.append(el("button", { type: "button", class: "play-span", "data-span": String(k),
+      text: `▶ play flagged span ${s.start.toFixed(1)}–${s.end.toFixed(1)} s` })));
+    box.querySelectorAll("button.play-span").forEach((b) => b.addEventListener("click", () => {
+      const s = spans[Number(b.dataset.span)]; playSpan(player, s.start, s.end);
+    }));
+  } else {
+    box.append(el("div", { class: "muted", text: "No audio kept (the tenant keeps none, or the speaker did not consent): transcript only" }));
+  }
+  return [box];
+}
+function playSpan(player, start, end) {
+  player.currentTime = start;
+  const stop = () => { if (player.currentTime >= end) { player.pause(); player.removeEventListener("timeupdate", stop); } };
+  player.addEventListener("timeupdate", stop);
+  player.dataset.span = `${start}-${end}`;
+  player.play().catch((e) => toast(e.message, true));
 }
 function toggle(category) {
   const it = state.task.items[state.cursor];

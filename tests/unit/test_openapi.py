@@ -30,6 +30,7 @@ EXPECTED = {
     ("get", "/v1/console/queue"): {200, 401, 403, 422, 503},
     ("post", "/v1/console/claim"): {200, 401, 403, 429, 503},
     ("post", "/v1/console/reveal"): {200, 400, 401, 403, 404, 409, 413, 422, 503},
+    ("get", "/v1/console/media"): {200, 401, 403, 404, 409, 422, 503},
     ("get", "/v1/console/overview"): {200, 401, 403, 422, 503},
     ("get", "/v1/console/monitor"): {200, 401, 403, 503},
     ("get", "/v1/console/audit"): {200, 401, 403, 422, 503},

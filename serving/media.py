@@ -1,0 +1,153 @@
+"""The media deployments: images and voice clips, each on its own Ray Serve deployment beside
+the Scorer, so that a text-only tenant's requests never reach them (and ``image_replicas`` /
+``audio_replicas`` of 0 leave them out altogether).
+
+``ImageModerator`` decodes a batch of images, scores them with the shipped image-safety model
+(``core.media_models.ImageSafety``: sexual and graphic content, and the pooled embedding the
+event log and drift keep), computes their PDQ hashes and reads the text they show with
+tesseract-ocr. ``VoiceModerator`` decodes a clip, finds its speech (silero VAD), transcribes
+it with word times (Whisper tiny.en on CTranslate2) and measures its acoustic cues (loudness,
+bursts, speech rate). Neither decides anything: the Ingress scores the text they read with the
+text path and applies the tenant's policy (``serving.decisions``).
+
+Each call answers per item, an ``error`` in place of the facts for media that cannot be
+decoded, so a bad item becomes the caller's 422 and the replica keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from bastion.core.media import MediaError, acoustic_cues, decode_audio, decode_image, pdq_hash
+from bastion.core.settings import Limits
+
+__all__ = ["ImageModerator", "VoiceModerator", "MIME"]
+
+log = logging.getLogger("ray.serve")
+
+MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp",
+        "wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg"}
+
+
+@serve.deployment(name="ImageModerator", ray_actor_options={"num_cpus": 0.25})
+class ImageModerator:
+    """Images: decode, image-safety scores and embedding, PDQ hash, OCR text."""
+
+    def __init__(self, limits: dict[str, Any], threads: int = 1) -> None:
+        from bastion.core.media_models import ImageSafety, ocr_available
+
+        self.limits = Limits.model_validate(limits)
+        self.model = ImageSafety(threads=threads)
+        self.ocr_missing = ocr_available()  # None when tesseract runs, else why not
+        if self.ocr_missing:
+            log.warning("ImageModerator: %s", self.ocr_missing)
+        self.images = 0
+        self.batches = 0
+        self.busy_s = 0.0
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def analyze(self, calls: list[tuple[bytes, bool]]) -> list[dict[str, Any]]:
+        """One batch of ``(image bytes, read its text)`` calls: the facts of each image, or
+        ``{"error": ...}``."""
+        return await asyncio.to_thread(self._analyze, calls)
+
+    def _analyze(self, calls: list[tuple[bytes, bool]]) -> list[dict[str, Any]]:
+        from bastion.core.media_models import ocr
+
+        t0 = time.perf_counter()
+        out: list[dict[str, Any]] = [{} for _ in calls]
+        decoded = []
+        for i, (data, _) in enumerate(calls):
+            try:
+                decoded.append((i, decode_image(data, max_bytes=self.limits.max_image_bytes,
+                                                max_pixels=self.limits.max_image_pixels)))
+            except MediaError as err:
+                out[i] = {"error": str(err)}
+        if decoded:
+            probs, emb = self.model([img.rgb for _, img in decoded])
+            for k, (i, img) in enumerate(decoded):
+                pdq, quality = pdq_hash(img.rgb)
+                facts: dict[str, Any] = {
+                    "format": img.format, "mime": MIME[img.format], "width": img.width,
+                    "height": img.height, "bytes": img.n_bytes, "sha256": img.sha256,
+                    "pdq": pdq, "pdq_quality": quality,
+                    "image_scores": {c: round(float(p), 6)
+                                     for c, p in zip(self.model.classes, probs[k], strict=True)},
+                    "embedding": emb[k].astype(np.float16),
+                }
+                if calls[i][1]:
+                    if self.ocr_missing:
+                        facts["ocr_error"] = self.ocr_missing
+                    else:
+                        try:
+                            facts["ocr_text"] = ocr(img.rgb)
+                        except Exception as err:  # noqa: BLE001 - scored without its text
+                            facts["ocr_error"] = f"OCR failed: {err}"
+                out[i] = facts
+        self.images += len(decoded)
+        self.batches += 1
+        self.busy_s += time.perf_counter() - t0
+        return out
+
+    def status(self) -> dict[str, Any]:
+        return {"model": self.model.status(), "ocr": self.ocr_missing or "tesseract-ocr",
+                "images": self.images, "batches": self.batches,
+                "busy_s": round(self.busy_s, 3)}
+
+
+@serve.deployment(name="VoiceModerator", ray_actor_options={"num_cpus": 0.25})
+class VoiceModerator:
+    """Voice clips: decode, voice activity, transcript with word times, acoustic cues."""
+
+    def __init__(self, limits: dict[str, Any], threads: int = 1) -> None:
+        from bastion.core.media_models import Transcriber, VoiceActivity
+
+        self.limits = Limits.model_validate(limits)
+        self.vad = VoiceActivity(threads=threads)
+        self.asr = Transcriber(threads=threads)
+        self.clips = 0
+        self.audio_s = 0.0
+        self.busy_s = 0.0
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005)
+    async def analyze(self, clips: list[bytes]) -> list[dict[str, Any]]:
+        """One batch of clips: the facts of each, or ``{"error": ...}``."""
+        return await asyncio.to_thread(lambda: [self._clip(c) for c in clips])
+
+    def _clip(self, data: bytes) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        try:
+            audio = decode_audio(data, max_bytes=self.limits.max_audio_bytes,
+                                 max_seconds=self.limits.max_audio_seconds)
+        except MediaError as err:
+            return {"error": str(err)}
+        spans = self.vad.speech_spans(audio.samples)
+        transcript = self.asr.transcribe(audio.samples, spans)
+        speech_s = float(sum(e - s for s, e in spans))
+        cues = acoustic_cues(audio.samples, 16_000, speech_s=speech_s,
+                             n_words=len(transcript.words))
+        self.clips += 1
+        self.audio_s += audio.duration_s
+        self.busy_s += time.perf_counter() - t0
+        return {
+            "format": audio.format, "mime": MIME[audio.format],
+            "duration_s": round(audio.duration_s, 3), "sample_rate": audio.sample_rate,
+            "channels": audio.channels, "bytes": audio.n_bytes, "sha256": audio.sha256,
+            "speech_spans": [[round(s, 2), round(e, 2)] for s, e in spans],
+            "transcript": transcript.text,
+            "words": [[round(w.start, 2), round(w.end, 2), w.text] for w in transcript.words],
+            "segments": [[round(g.start, 2), round(g.end, 2), g.text]
+                         for g in transcript.segments],
+            "cues": cues.as_dict(),
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {"vad": self.vad.status(), "asr": self.asr.status(), "clips": self.clips,
+                "audio_s": round(self.audio_s, 2), "busy_s": round(self.busy_s, 3),
+                "real_time_factor": round(self.busy_s / self.audio_s, 3) if self.audio_s else None}
