@@ -48,6 +48,10 @@ def ray_env() -> dict[str, str]:
         # external load balancers to notice; locally Serve's own proxy fronts it, and Ctrl-C
         # would wait those 30 s.
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+        # That mode's replica-to-replica gRPC caps a message at gRPC's default 4 MiB: an image
+        # or clip past it (limits.max_image_bytes, max_audio_bytes) would fail between the
+        # Ingress and the media deployments. 64 MiB is above every media limit's default.
+        "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(64 * 1024 * 1024),
         # Serve's proxy answers 500 for a request whose Ingress replica died before answering;
         # this middleware sends it to a live replica instead (core/proxyreplay.py).
         "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "bastion.core.proxyreplay:proxy_middlewares",

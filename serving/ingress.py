@@ -278,7 +278,7 @@ class Ingress:
                 problems.append((("items", i, field), str(err)))
                 continue
             raw[i] = data
-            calls.append((i, retrying(handle.analyze, data, tpol.image.ocr,
+            calls.append((i, retrying(handle.analyze, (data, tpol.image.ocr),
                                       what="ImageModerator") if kind == "image"
                           else retrying(handle.analyze, data, what="VoiceModerator")))
         if problems:
