@@ -126,7 +126,8 @@ def _check_label(item_id: str, annotator: str, category: str, value: Any,
 
 def put_item(conn: Connection, *, tenant: str, item_id: str, text: str | None,
              text_sha256: str, session_id: str | None = None,
-             user_id: str | None = None, source: str, ts: float) -> None:
+             user_id: str | None = None, source: str, ts: float,
+             modality: str = "text") -> None:
     """Store an item labels can refer to, in the caller's transaction (the review queue's
     submission, an import line). The same item again is a no-op: a session or user id, or the
     text, missing so far is filled in. ``text_sha256`` is the text's keyed digest
@@ -141,7 +142,7 @@ def put_item(conn: Connection, *, tenant: str, item_id: str, text: str | None,
     # both end up comparing against the one stored row below
     added = conn.execute(insert_ignore(conn, label_items).values(
         tenant=tenant, item_id=item_id, text=text, text_sha256=digest,
-        session_id=session_id, user_id=user_id, source=source, ts=ts
+        session_id=session_id, user_id=user_id, source=source, ts=ts, modality=modality
     ).returning(label_items.c.item_id)).first()  # RETURNING: psycopg's rowcount here is -1
     if added is not None:
         return
@@ -306,8 +307,9 @@ class LabelStore:
                                      label_items.c.item_id == labels.c.item_id)))
         if tenants is not None:
             q = q.where(labels.c.tenant.in_(sorted(set(tenants))))
-        if with_text:
-            q = q.where(label_items.c.text.is_not(None))
+        if with_text:  # training data: text, and what was said (an image's labels are not
+            # about the text it shows)
+            q = q.where(label_items.c.text.is_not(None), label_items.c.modality != "image")
         if reviewed:
             q = q.where(labels.c.submission_id.is_not(None))
         if since is not None:
@@ -338,7 +340,8 @@ class LabelStore:
              .where(select(labels.c.item_id).where(
                  labels.c.tenant == review_items.c.tenant,
                  labels.c.item_id == review_items.c.item_id,
-                 labels.c.submission_id.is_not(None)).exists()))
+                 labels.c.submission_id.is_not(None)).exists()),
+                   review_items.c.modality != "image")  # its scores mix the image model's
         if model_version is not None:
             q = q.where(review_items.c.model_version == model_version)
         with self._read() as conn, conn.begin():

@@ -181,7 +181,7 @@ class Claims(QueueBase):
                                                    items.c.item_id.in_(ids))):
             put_item(conn, tenant=tenant, item_id=it.item_id, text=it.text,
                      text_sha256=it.text_sha256, session_id=it.session_id, user_id=it.user_id,
-                     source="review", ts=it.ts)
+                     source="review", ts=it.ts, modality=it.modality)
         for r in rows:
             put_label(conn, tenant=tenant, item_id=r["item_id"], annotator=c.moderator,
                       category=r["category"], value=r["value"], confidence=r["confidence"],

@@ -193,6 +193,9 @@ label_items = Table(
     Column("user_id", Text),
     Column("source", String(16), nullable=False),  # review | import | gold
     Column("ts", Double, nullable=False),
+    # "image" labels are about the picture, not the text it shows: the text heads' training
+    # and calibration leave them out (audio labels are about what was said: they stay)
+    Column("modality", String(8), nullable=False, server_default="text"),
 )
 
 # The one current label per (item, annotator, category); a revision moves the old one to

@@ -1,5 +1,5 @@
-"""Images and voice: the modality and media facts of each event and review item, and the raw
-media a tenant's policy keeps for its moderators.
+"""Images and voice: the modality and media facts of each event and review item, the raw
+media a tenant's policy keeps for its moderators, and the modality of each labelled item.
 
 Revision ID: 0004
 Revises: 0003
@@ -26,9 +26,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column('media', sa.Text(), nullable=True))
         batch.add_column(sa.Column('media_type', sa.String(length=32), nullable=True))
         batch.add_column(sa.Column('media_blob', sa.LargeBinary(), nullable=True))
+    with op.batch_alter_table('label_items') as batch:
+        batch.add_column(sa.Column('modality', sa.String(length=8), server_default='text', nullable=False))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('label_items') as batch:
+        batch.drop_column('modality')
     with op.batch_alter_table('review_items') as batch:
         batch.drop_column('media_blob')
         batch.drop_column('media_type')
