@@ -340,8 +340,8 @@ class LabelStore:
              .where(select(labels.c.item_id).where(
                  labels.c.tenant == review_items.c.tenant,
                  labels.c.item_id == review_items.c.item_id,
-                 labels.c.submission_id.is_not(None)).exists()),
-                   review_items.c.modality != "image")  # its scores mix the image model's
+                 labels.c.submission_id.is_not(None)).exists(),
+                    review_items.c.modality != "image"))  # its scores mix the image model's
         if model_version is not None:
             q = q.where(review_items.c.model_version == model_version)
         with self._read() as conn, conn.begin():

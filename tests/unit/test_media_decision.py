@@ -148,3 +148,25 @@ def test_image_labels_stay_out_of_the_text_heads_training_data(db_url: str) -> N
     assert {r.item_id for r in store.aggregated()} == {"said", "typed"}
     assert store.count_labels() == 3  # counted all the same (new-label triggers)
     store.close()
+
+
+def test_calibration_evidence_leaves_out_reviewed_images(db_url: str) -> None:
+    from bastion.core.store.tables import review_items
+
+    store = LabelStore(db_url, KEY)
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        for item, modality in (("photo", "image"), ("typed", "text")):
+            put_item(conn, tenant="t", item_id=item, text="words", text_sha256=item * 2,
+                     source="review", ts=1.0, modality=modality)
+            conn.execute(insert(labels_t).values(tenant="t", item_id=item, annotator="m",
+                                                 category="hate", value=1.0, confidence=1.0,
+                                                 ts=2.0, submission_id="s"))
+            conn.execute(insert(review_items).values(
+                tenant="t", item_id=item, task_id="task", text="words", text_sha256=item * 2,
+                source="decision", scores='{"hate": 0.7}', keyword_hits="[]", ts=1.0,
+                model_version="3", modality=modality))
+    for version in (None, "3"):
+        scores, _labels = store.reviewed(version)[("t", "hate")]
+        assert len(scores) == 1  # the typed item only
+    store.close()
