@@ -18,13 +18,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from ray import serve
 
-from bastion.core.media import MediaError, acoustic_cues, decode_audio, decode_image, pdq_hash
+from bastion.core.media import (
+    DecodedImage,
+    MediaError,
+    acoustic_cues,
+    decode_audio,
+    decode_image,
+    pdq_hash,
+)
+from bastion.core.media_models import ImageSafety, Transcriber, VoiceActivity, ocr, ocr_available
 from bastion.core.settings import Limits
 
 __all__ = ["ImageModerator", "VoiceModerator", "MIME"]
@@ -35,13 +45,19 @@ MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp",
         "wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg"}
 
 
+def _read_text(img: DecodedImage) -> tuple[str, str | None]:
+    """The text ``img`` shows, and None; or "" and why OCR failed (scored without its text)."""
+    try:
+        return ocr(img.rgb), None
+    except Exception as err:  # noqa: BLE001 - the image is still scored, without its text
+        return "", f"OCR failed: {err}"
+
+
 @serve.deployment(name="ImageModerator", ray_actor_options={"num_cpus": 0.25})
 class ImageModerator:
     """Images: decode, image-safety scores and embedding, PDQ hash, OCR text."""
 
     def __init__(self, limits: dict[str, Any], threads: int = 1) -> None:
-        from bastion.core.media_models import ImageSafety, ocr_available
-
         self.limits = Limits.model_validate(limits)
         self.model = ImageSafety(threads=threads)
         self.ocr_missing = ocr_available()  # None when tesseract runs, else why not
@@ -50,6 +66,8 @@ class ImageModerator:
         self.images = 0
         self.batches = 0
         self.busy_s = 0.0
+        self._ocr = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1),
+                                       thread_name_prefix="ocr")
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def analyze(self, calls: list[tuple[bytes, bool]]) -> list[dict[str, Any]]:
@@ -58,8 +76,6 @@ class ImageModerator:
         return await asyncio.to_thread(self._analyze, calls)
 
     def _analyze(self, calls: list[tuple[bytes, bool]]) -> list[dict[str, Any]]:
-        from bastion.core.media_models import ocr
-
         t0 = time.perf_counter()
         out: list[dict[str, Any]] = [{} for _ in calls]
         decoded = []
@@ -70,7 +86,12 @@ class ImageModerator:
             except MediaError as err:
                 out[i] = {"error": str(err)}
         if decoded:
+            # tesseract runs as a process of its own, one thread each: a batch's images are
+            # read in parallel, beside the image model
+            wanted = [img for i, img in decoded if calls[i][1]] if not self.ocr_missing else []
+            texts = self._ocr.map(_read_text, wanted)
             probs, emb = self.model([img.rgb for _, img in decoded])
+            read = iter(texts)
             for k, (i, img) in enumerate(decoded):
                 pdq, quality = pdq_hash(img.rgb)
                 facts: dict[str, Any] = {
@@ -85,10 +106,9 @@ class ImageModerator:
                     if self.ocr_missing:
                         facts["ocr_error"] = self.ocr_missing
                     else:
-                        try:
-                            facts["ocr_text"] = ocr(img.rgb)
-                        except Exception as err:  # noqa: BLE001 - scored without its text
-                            facts["ocr_error"] = f"OCR failed: {err}"
+                        text, error = next(read)
+                        facts["ocr_text" if error is None else "ocr_error"] = \
+                            text if error is None else error
                 out[i] = facts
         self.images += len(decoded)
         self.batches += 1
@@ -106,8 +126,6 @@ class VoiceModerator:
     """Voice clips: decode, voice activity, transcript with word times, acoustic cues."""
 
     def __init__(self, limits: dict[str, Any], threads: int = 1) -> None:
-        from bastion.core.media_models import Transcriber, VoiceActivity
-
         self.limits = Limits.model_validate(limits)
         self.vad = VoiceActivity(threads=threads)
         self.asr = Transcriber(threads=threads)

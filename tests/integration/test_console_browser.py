@@ -4,7 +4,8 @@ downloaded one) driven by Playwright, against the served application.
 A moderator signs in with a reviewer key (never in the URL), claims the top session, reveals
 its text, labels it with the keyboard (with the connection cut at the moment of submitting:
 the labels are kept and sent when it is back) and the labels reach the label store; a
-moderator of another tenant sees nothing of it; the monitor updates without a reload when new
+moderator of another tenant sees nothing of it; a moderator sees a kept image blurred until they
+reveal it and plays the flagged span of a clip; the monitor updates without a reload when new
 decisions arrive; ML ops promote a version through the gate (a real Ray job) and read a drift
 report with its plots. Screenshots of each screen are taken; ``BASTION_UPDATE_SCREENSHOTS=1`` writes
 them to docs/console/ (docs/console.md shows them)."""
@@ -33,7 +34,10 @@ from bastion.registry.lifecycle import Lifecycle
 from bastion.registry.store import CHAMPION, ModelRegistry
 from bastion.review._checks import task_id as task_id_of
 from bastion.training.datasets import load_sms_spam
+from tests._requires import missing
+from tests.media_samples import MISSING_TOOLS, espeak_available, photo, speech
 
+from ._media import b64
 from .conftest import POLICY, Served, Starter
 from .test_registry import register, variant
 
@@ -243,6 +247,60 @@ def claim_reveal_and_label(served: Served, reviewers: dict[str, str], browser: A
     page.wait_for_selector("#chart-decisions svg polyline", state="attached")
     shot(page, "overview", tmp_path)
     ops.close()
+
+
+def test_a_moderator_sees_an_image_blurred_until_revealed_and_plays_a_clips_flagged_span(
+        served: Served, reviewers: dict[str, str], browser: Any, tmp_path: Path) -> None:
+    if not espeak_available():
+        missing(*MISSING_TOOLS["espeak-ng"])
+    session = f"media-{uuid.uuid4().hex[:8]}"
+    ctx = {"session_id": session, "user_id": "loud", "metadata": {"consent": True}}
+    try:
+        moderate(served, [  # studio keeps images and consented audio for review
+            {"id": f"{session}-a", "audio_base64": b64(speech(
+                "come on team, push forward right now", shout=True, pad_s=0.3)), "context": ctx},
+            {"id": f"{session}-b", "image_base64": b64(photo("rocket", "JPEG")), "context": ctx},
+        ], tenant="studio")
+        with served.client() as c:  # reports raise the session to the top of the queue
+            for i in range(5):
+                assert c.post("/v1/reports", headers={
+                    "Authorization": f"Bearer {served.keys['studio']}"}, json={
+                    "tenant": "studio", "reporter": f"ear{i}", "reason": "harassment",
+                    "text": "yelling", "session_id": session}).status_code == 202
+        task_id = task_id_of("studio", f"session:{session}")
+        wait_for_task(served, reviewers["dan"], task_id)
+        context, page = sign_in(browser, served, reviewers["dan"], "dan")
+        page.wait_for_selector("#queue-table tbody tr")
+        page.keyboard.press("c")
+        for _ in range(30):
+            page.wait_for_selector("#review-tenant:not(:empty), #review-empty:not([hidden])")
+            if session in page.inner_text("#review-tenant"):
+                break
+            page.keyboard.press("s")
+            page.wait_for_timeout(300)
+        assert session in page.inner_text("#review-tenant")
+        # before reveal: the image only as the server's blurred preview, no transcript
+        page.wait_for_selector("#items img.thumb.blurred")
+        assert page.get_attribute("#items img.thumb", "src").startswith("blob:")
+        assert "push forward" not in page.content().lower()
+        assert "acoustic cue shouting" in page.inner_text("#items li:first-child .media")
+        shot(page, "review-media-masked", tmp_path)
+
+        page.keyboard.press("r")  # the clip: its transcript, the flagged span, the player
+        page.wait_for_selector("#items li:first-child button.play-span")
+        assert "push" in page.inner_text("#items li:first-child .transcript").lower()
+        assert page.locator("#items li:first-child .transcript mark").count() > 0
+        page.click("#items li:first-child button.play-span")
+        player = page.locator("#items li:first-child audio")
+        start, end = (float(x) for x in player.get_attribute("data-span").split("-"))
+        assert 0 <= start < end
+        page.keyboard.press("j")
+        page.keyboard.press("r")  # the image, in full
+        page.wait_for_selector("#items img.thumb:not(.blurred)")
+        shot(page, "review-media-revealed", tmp_path)
+        context.close()
+    finally:
+        forget(served, "studio", session)
 
 
 def test_the_monitor_updates_without_a_reload_when_decisions_arrive(

@@ -8,7 +8,6 @@ Pillow, skimage's photos, espeak-ng speech; ``tests.media_samples``).
 
 from __future__ import annotations
 
-import base64
 import io
 import time
 from typing import Any
@@ -20,6 +19,7 @@ from PIL import Image
 from bastion.core.events import EventLog
 from bastion.review.queue import ReviewQueue
 from tests._requires import missing
+from tests.integration._media import b64
 from tests.integration.conftest import Served
 from tests.media_samples import (
     MISSING_TOOLS,
@@ -36,10 +36,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.model]
 def _needs(tool: str, present: bool) -> None:
     if not present:
         missing(*MISSING_TOOLS[tool])
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def post(served: Served, tenant: str, items: list[dict[str, Any]]) -> httpx.Response:
