@@ -33,7 +33,7 @@ from bastion.core.decision import KeywordMatcher
 from bastion.core.http import ApiError, error_responses
 from bastion.review.audit import AuditLog, day_start
 from bastion.review.dashboards import moderator_throughput, monitor, overview
-from bastion.review.records import LeaseLost, NotFound, Task
+from bastion.review.records import LeaseLost, NotFound, Task, media_without_words
 from bastion.review.routes import Access, CurrentReviewer, Reviewer
 
 __all__ = ["CONTENT_SECURITY_POLICY", "include_console", "masked_view", "router"]
@@ -167,21 +167,6 @@ async def console_queue(who: CurrentReviewer, access: Access,
     return {"tasks": out}
 
 
-# What a moderator sees of an image or a clip before revealing it: its size and the acoustic
-# cues, never the words it shows or says (they are its text, withheld until revealed).
-_WITHHELD_MEDIA = ("text", "transcript", "words", "segments")
-
-
-def _masked_media(media: dict[str, Any] | None) -> dict[str, Any] | None:
-    if media is None:
-        return None
-    out = {k: v for k, v in media.items() if k not in _WITHHELD_MEDIA and k != "reasons"}
-    out["reasons"] = [{k: v for k, v in r.items() if k not in ("text", "span")}
-                      | ({"span": r["span"]} if r.get("kind") == "acoustic" else {})
-                      for r in media.get("reasons") or []]
-    return out
-
-
 def masked_view(task: Task) -> dict[str, Any]:
     """A session as the console first shows it: every text withheld until revealed, the
     reports and events on one timeline, and why the task ranks where it does."""
@@ -190,7 +175,7 @@ def masked_view(task: Task) -> dict[str, Any]:
               "text_kept": i.text is not None, "user_id": i.user_id, "source": i.source,
               "scores": i.scores, "keyword_hits": i.keyword_hits, "decision": i.decision,
               "model_version": i.model_version, "ts": i.ts, "modality": i.modality,
-              "media": _masked_media(i.media), "media_kept": i.has_media}
+              "media": media_without_words(i.media), "media_kept": i.has_media}
              for i in sorted(task.items, key=lambda i: (i.ts, i.item_id))]
     timeline: list[dict[str, Any]] = [
         {"kind": "report", "ts": r.ts, "reporter": r.reporter, "reason": r.reason,

@@ -10,8 +10,26 @@ from bastion.core.errors import BastionError
 
 __all__ = [
     "ReviewError", "LeaseLost", "NotFound", "ReviewItem", "Report", "SessionEvent", "Task",
-    "Claim", "LabelIn", "Submission",
+    "Claim", "LabelIn", "Submission", "media_without_words",
 ]
+
+# What an image's or a clip's media facts hold of its words: the text it shows or says, with
+# times (withheld like any text: until revealed, and not kept where review.keep_text is off).
+_WORDS = ("text", "transcript", "words", "segments")
+
+
+def media_without_words(media: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``media`` with none of the words an image shows or a clip says: its facts and cues, and
+    its reasons without their text (a span keeps its times only)."""
+    if media is None:
+        return None
+    out = {k: v for k, v in media.items() if k not in _WORDS and k != "reasons"}
+    out["reasons"] = [
+        {k: v for k, v in r.items() if k not in ("text", "span")}
+        | ({"span": {k: v for k, v in r["span"].items() if k != "text"}
+            if isinstance(r.get("span"), dict) else r["span"]} if r.get("span") else {})
+        for r in media.get("reasons") or []]
+    return out
 
 
 class ReviewError(BastionError):

@@ -36,6 +36,7 @@ from bastion.review.records import (
     SessionEvent,
     Submission,
     Task,
+    media_without_words,
 )
 from bastion.review.selection import select
 
@@ -101,8 +102,9 @@ class ReviewService:
             pol = policy.tenants.get(item.tenant)
             if pol is None:
                 continue
-            if not pol.review.keep_text:
-                item = ReviewItem(**{**asdict(item), "text": None})
+            if not pol.review.keep_text:  # and none of a clip's words or an image's text
+                item = ReviewItem(**{**asdict(item), "text": None,
+                                     "media": media_without_words(item.media)})
             batch.append((item, None if item.source == "context"
                           else self._slots(item.tenant, item)))
         touched = [t for t in (self.queue.add_items(batch) if batch else []) if t is not None]

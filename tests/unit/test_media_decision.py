@@ -170,3 +170,17 @@ def test_calibration_evidence_leaves_out_reviewed_images(db_url: str) -> None:
         scores, _labels = store.reviewed(version)[("t", "hate")]
         assert len(scores) == 1  # the typed item only
     store.close()
+
+
+def test_what_a_clip_says_is_withheld_like_its_text() -> None:
+    from bastion.review.records import media_without_words
+
+    media = {"format": "wav", "transcript": "I will find you", "words": [[0.1, 0.3, "I"]],
+             "segments": [[0.1, 1.0, "I will find you"]], "cues": {"burst_db": 3.0},
+             "reasons": [{"kind": "keyword", "rule": "threats", "text": "I will find you",
+                          "span": {"start": 0.1, "end": 1.0, "text": "I will find you"}},
+                         {"kind": "acoustic", "cue": "shouting", "span": [0.2, 0.9]}]}
+    out = media_without_words(media)
+    assert out is not None and "find you" not in repr(out)
+    assert out["reasons"][0]["span"] == {"start": 0.1, "end": 1.0}
+    assert out["reasons"][1]["span"] == [0.2, 0.9] and out["cues"] == {"burst_db": 3.0}
