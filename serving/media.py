@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from bastion.core.image_backbones import create_image_backbone
 from bastion.core.media import (
     DecodedImage,
     MediaError,
@@ -34,7 +35,7 @@ from bastion.core.media import (
     decode_image,
     pdq_hash,
 )
-from bastion.core.media_models import ImageSafety, Transcriber, VoiceActivity, ocr, ocr_available
+from bastion.core.media_models import Transcriber, VoiceActivity, ocr, ocr_available
 from bastion.core.settings import Limits
 
 __all__ = ["ImageModerator", "VoiceModerator", "MIME"]
@@ -57,9 +58,14 @@ def _read_text(img: DecodedImage) -> tuple[str, str | None]:
 class ImageModerator:
     """Images: decode, image-safety scores and embedding, PDQ hash, OCR text."""
 
-    def __init__(self, limits: dict[str, Any], threads: int = 1) -> None:
+    def __init__(self, limits: dict[str, Any], threads: int = 1,
+                 backbone: str = "image-safety",
+                 backbone_options: dict[str, Any] | None = None) -> None:
         self.limits = Limits.model_validate(limits)
-        self.model = ImageSafety(threads=threads)
+        # a registered backbone (core.image_backbones); an unknown name fails the deployment
+        # with the known ones listed
+        self.model = create_image_backbone(backbone, threads=threads,
+                                           **(backbone_options or {}))
         self.ocr_missing = ocr_available()  # None when tesseract runs, else why not
         if self.ocr_missing:
             log.warning("ImageModerator: %s", self.ocr_missing)
