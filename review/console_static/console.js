@@ -8,7 +8,7 @@ const PENDING = "bastion.pending-submissions";
 const COLORS = { block: "#c0392b", review: "#d68910", allow: "#27ae60", reports: "#2e86c1" };
 
 const state = {
-  me: null, claim: null, task: null, cursor: 0, labels: {}, revealed: {}, categories: [], media: {}, loading: new Set(),
+  me: null, claim: null, task: null, cursor: 0, labels: {}, revealed: {}, categories: [], media: {}, loading: new Set(), players: {},
   submitted: false, monitorTimer: null, retryTimer: null, jobsTimer: null, models: null,
   activeJobs: new Set(),
 };
@@ -151,7 +151,7 @@ async function ensureClaim() {
 }
 async function claimNext() {
   for (const url of Object.values(state.media)) URL.revokeObjectURL(url);
-  state.claim = null; state.task = null; state.labels = {}; state.revealed = {}; state.media = {}; state.loading = new Set(); state.cursor = 0;
+  state.claim = null; state.task = null; state.labels = {}; state.revealed = {}; state.media = {}; state.loading = new Set(); state.players = {}; state.cursor = 0;
   state.submitted = false;
   let data;
   try {
@@ -190,7 +190,8 @@ function renderTask() {
     const text = el("div", { class: "text" });
     const revealable = it.text_kept || it.media_kept;
     if (state.revealed[it.item_id] !== undefined) {
-      if (state.revealed[it.item_id].text) text.append(...markText(state.revealed[it.item_id]));
+      // a clip's words are its transcript, shown with their times in its media view
+      if (state.revealed[it.item_id].text && it.modality !== "audio") text.append(...markText(state.revealed[it.item_id]));
     } else {
       text.classList.add("masked");
       const what = it.modality === "image" ? "the image and the text it shows"
@@ -291,7 +292,16 @@ function mediaView(it, i) {
   }
   if (!revealed) return [box];
   const m = revealed.media || {};
-  const player = it.media_kept && url ? el("audio", { controls: "", src: url, preload: "auto" }) : null;
+  // one player per item, kept across renders: moving a playing element keeps it playing,
+  // a new one would stop the span mid-way
+  let player = null;
+  if (it.media_kept && url) {
+    player = state.players[it.item_id];
+    if (!player || player.dataset.src !== url) {
+      player = el("audio", { controls: "", src: url, preload: "auto", "data-src": url });
+      state.players[it.item_id] = player;
+    }
+  }
   const spans = reasons.map(spanOf).filter((s) => s && s.end > s.start);
   const transcript = el("div", { class: "transcript" });
   for (const [start, end, word] of m.words || []) {

@@ -297,6 +297,10 @@ def test_a_moderator_sees_an_image_blurred_until_revealed_and_plays_a_clips_flag
         page.keyboard.press("j")
         page.keyboard.press("r")  # the image, in full
         page.wait_for_selector("#items img.thumb:not(.blurred)")
+        # moving on re-renders the session: the clip's player is kept, its span not cut off
+        assert "interrupted" not in page.inner_text("#toast")
+        assert page.locator("#items li:first-child .transcript").count() == 1
+        assert "push forward" not in page.inner_text("#items li:first-child .text")
         shot(page, "review-media-revealed", tmp_path)
         context.close()
     finally:
