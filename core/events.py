@@ -117,14 +117,20 @@ class EventLog:
             return int(conn.execute(q).scalar_one())
 
     def read(
-        self, tenant: str | None = None, since: float | None = None, limit: int | None = None
+        self, tenant: str | None = None, since: float | None = None, limit: int | None = None,
+        *, until: float | None = None, modality: str | None = None,
     ) -> Iterator[DecisionEvent]:
-        """Decisions in arrival order, embeddings as float32 arrays."""
+        """Decisions in arrival order, embeddings as float32 arrays; ``since`` inclusive,
+        ``until`` exclusive; ``modality``: only text, image or audio items."""
         q = select(events)
         if tenant is not None:
             q = q.where(events.c.tenant == tenant)
         if since is not None:
             q = q.where(events.c.ts >= since)
+        if until is not None:
+            q = q.where(events.c.ts < until)
+        if modality is not None:
+            q = q.where(events.c.modality == modality)
         q = q.order_by(events.c.seq)
         if limit:
             q = q.limit(int(limit))

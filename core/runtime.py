@@ -140,9 +140,12 @@ def start_ray(settings: Settings, num_cpus: int | None = None) -> str:
     home = settings.state_dir / "ray-home"
     home.mkdir(parents=True, exist_ok=True)
     (home / "ray_bootstrap_config.yaml").write_text(_BOOTSTRAP)
+    # Logical CPUs: the Serve application reserves 2.5 (the Scorer 1, two Ingress replicas
+    # 0.5 each, the two media deployments 0.25 each); at least 5 leave a retraining run's two
+    # Ray Train workers (1 each) room beside it on a small machine.
     with _home_for_ray(home), _sigint_ignored_in_children():
         ctx = ray.init(
-            num_cpus=num_cpus or max(os.cpu_count() or 1, 4),
+            num_cpus=num_cpus or max(os.cpu_count() or 1, 5),
             include_dashboard=True,
             _node_ip_address="127.0.0.1",  # all of Ray's own traffic stays on loopback
             dashboard_host="127.0.0.1",

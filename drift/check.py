@@ -144,10 +144,12 @@ def _reviewed_evidence(settings: Settings, policy: PolicySet, version: str | Non
 
 def check_tenants(settings: Settings, policy: PolicySet, *, tenants: list[str] | None = None,
                   hours: float | None = None, min_items: int | None = None,
-                  false_alarm_rate: float | None = None,
-                  log_mlflow: bool = True) -> list[tuple[DriftReport | None, str]]:
-    """Check each tenant's last ``hours`` of traffic; returns (report or None, message).
-    Unset window, size and rate come from the policy's ``drift`` section."""
+                  false_alarm_rate: float | None = None, log_mlflow: bool = True,
+                  modalities: tuple[str, ...] = ("text", *MEDIA_MODALITIES),
+                  ) -> list[tuple[DriftReport | None, str]]:
+    """Check each tenant's last ``hours`` of traffic; returns (report or None, message), for
+    its texts and, where it sent any, for its images and clips (``modalities``). Unset window,
+    size and rate come from the policy's ``drift`` section."""
     dp = policy.drift
     hours = dp.window_hours if hours is None else hours
     min_items = dp.min_items if min_items is None else min_items
@@ -159,15 +161,17 @@ def check_tenants(settings: Settings, policy: PolicySet, *, tenants: list[str] |
         for tenant in tenants or sorted(policy.tenants):
             # the monitor reads the records' fields by name (vars: no copy of the embeddings)
             since = time.time() - hours * 3600
-            rows = [vars(e) for e in log_.read(tenant=tenant, since=since - hours * 3600)]
-            earlier = [r for r in rows if r["ts"] < since]
-            rows = [r for r in rows if r["ts"] >= since]
-            for modality in MEDIA_MODALITIES:  # images and voice: against the window before
-                media = _check_media(settings, tenant, modality, earlier, rows, min_items,
-                                     false_alarm_rate, log_mlflow)
-                if media is not None:
-                    out.append(media)
+            rows = [vars(e) for e in log_.read(tenant=tenant, since=since)]
+            sent = {r.get("modality") for r in rows}
+            for modality in (m for m in MEDIA_MODALITIES if m in modalities and m in sent):
+                # images and voice: against the tenant's window before
+                earlier = [vars(e) for e in log_.read(tenant=tenant, since=since - hours * 3600,
+                                                      until=since, modality=modality)]
+                out.append(_check_media(settings, tenant, modality, earlier, rows, min_items,
+                                        false_alarm_rate, log_mlflow))
             rows = [r for r in rows if r.get("modality", "text") == "text"]
+            if "text" not in modalities:
+                continue
             if len(rows) < min_items:
                 out.append((None, f"{tenant}: {len(rows)} item(s) in the last {hours:g} h, "
                                   f"fewer than {min_items}: not checked"))
@@ -195,13 +199,10 @@ def check_tenants(settings: Settings, policy: PolicySet, *, tenants: list[str] |
 
 def _check_media(settings: Settings, tenant: str, modality: str,
                  earlier: list[dict[str, Any]], rows: list[dict[str, Any]], min_items: int,
-                 false_alarm_rate: float, log_mlflow: bool
-                 ) -> tuple[DriftReport | None, str] | None:
-    """One modality's check of a tenant (None: the tenant sent none of it)."""
+                 false_alarm_rate: float, log_mlflow: bool) -> tuple[DriftReport | None, str]:
+    """One modality's check of a tenant: this window's items against the window before's."""
     ref = [r for r in earlier if r.get("modality") == modality]
     win = [r for r in rows if r.get("modality") == modality]
-    if not win and not ref:
-        return None
     if len(win) < min_items or len(ref) < min_items:
         return None, (f"{tenant} {modality}: {len(win)} item(s) in the window and {len(ref)} "
                       f"in the one before, fewer than {min_items}: not checked")

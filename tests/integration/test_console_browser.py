@@ -355,7 +355,7 @@ def test_ml_ops_promote_through_the_gate_and_read_drift_reports_in_the_browser(
             assert served.moderate("studio", texts[i:i + 60]).status_code == 200
         time.sleep(1.5)  # the event log's group commit
         ((report, message),) = check_tenants(settings, served.policy, tenants=["studio"],
-                                             hours=1, min_items=100)
+                                             hours=1, min_items=100, modalities=("text",))
         assert report is not None, message
 
         context, page = sign_in(browser, served, reviewers["olga"], "olga")

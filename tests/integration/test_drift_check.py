@@ -17,6 +17,9 @@ from .conftest import Served
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.model]
 
+# the text check only: other tests of the shared platform send the studio tenant media too
+TEXT = ("text",)
+
 
 def test_a_window_of_real_traffic_is_checked_and_reported(served: Served) -> None:
     texts = [t for t in load_sms_spam(limit=400, seed=3).texts if t.strip()][:150]
@@ -31,7 +34,7 @@ def test_a_window_of_real_traffic_is_checked_and_reported(served: Served) -> Non
     finally:
         log.close()
     results = check_tenants(served.settings, served.policy, tenants=["studio"], hours=1,
-                            min_items=100)
+                            min_items=100, modalities=TEXT)
     ((report, message),) = results
     assert report is not None, message
     assert report.n_window >= len(texts) and report.tests
@@ -60,10 +63,10 @@ def test_a_window_of_real_traffic_is_checked_and_reported(served: Served) -> Non
     assert f"drift/{suites[0].name}" in {
         a.path for a in registry.client.list_artifacts(champion.run_id, "drift")}
     ((again, _m),) = check_tenants(served.settings, served.policy, tenants=["studio"],
-                                   hours=1, min_items=100, log_mlflow=False)
+                                   hours=1, min_items=100, log_mlflow=False, modalities=TEXT)
     assert again is not None
     assert again.validation["suite_version"] == report.validation["suite_version"]
     # too little traffic is reported, not checked
     ((none, why),) = check_tenants(served.settings, served.policy, tenants=["acme"],
-                                   hours=1e-6, min_items=100)
+                                   hours=1e-6, min_items=100, modalities=TEXT)
     assert none is None and "not checked" in why
