@@ -25,7 +25,7 @@ import pandas as pd
 
 from bastion.drift.combine import cauchy_combination
 from bastion.drift.mmd import MMDDetector
-from bastion.drift.monitor import DriftReport
+from bastion.drift.monitor import DriftReport, window_report
 from bastion.drift.result import DriftResult
 from bastion.drift.univariate import ks_test
 from bastion.drift.validation import gx_module, quantile_range, validate
@@ -141,15 +141,7 @@ def check_media_window(reference: Sequence[Mapping[str, Any]],
                            {"method": "Cauchy combination (Liu & Xie 2020)",
                             "reference": "the tenant's previous window", "n_reference":
                             len(reference)})
-    failed = (["combined"] if drift else []) + [r.name for r in results if r.drift]
-    if not val.success:
-        failed.append("validation")
-    ts = [float(r["ts"]) for r in rows if r.get("ts") is not None]
-    return DriftReport(
-        tenant=tenant, n_window=len(rows), window_start=min(ts) if ts else None,
-        window_end=max(ts) if ts else None,
-        validation={"success": val.success, "failures": val.failures,
-                    "suite_version": val.suite_version, "n_rows": val.n_rows},
-        tests=[asdict(r) | {"counts": True} for r in [combined, *results]], drift=drift,
-        failed=failed, false_alarm_rate=false_alarm_rate, model_version=None,
-        modality=modality)
+    return window_report(
+        tenant, rows, val, [asdict(r) | {"counts": True} for r in [combined, *results]], drift,
+        [r.name for r in results if r.drift], false_alarm_rate=false_alarm_rate,
+        model_version=None, modality=modality)

@@ -18,7 +18,7 @@ import base64
 import html
 import io
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,9 +31,16 @@ from bastion.drift.mmd import MMDDetector
 from bastion.drift.rates import flag_rate_test, precision_test
 from bastion.drift.result import DriftResult
 from bastion.drift.univariate import ks_test, psi
-from bastion.drift.validation import build_suite, reference_frame_from_texts, validate, window_frame
+from bastion.drift.validation import (
+    ValidationResult,
+    build_suite,
+    reference_frame_from_texts,
+    validate,
+    window_frame,
+)
 
-__all__ = ["PLOTS", "Reference", "DriftReport", "check_window", "render_html", "report_plots"]
+__all__ = ["PLOTS", "Reference", "DriftReport", "check_window", "render_html", "report_plots",
+           "window_report"]
 
 
 @dataclass
@@ -110,6 +117,25 @@ def _window_arrays(rows: list[Mapping[str, Any]], categories: list[str]
     return emb, scores
 
 
+def window_report(tenant: str, rows: Sequence[Mapping[str, Any]], val: ValidationResult,
+                  tests: list[dict[str, Any]], drift: bool, drifted: list[str], *,
+                  false_alarm_rate: float, model_version: str | None,
+                  performance_drop: bool = False, modality: str = "text") -> DriftReport:
+    """A window's report: what failed (the combination, each drifted test, validation) and
+    the window's span, around its tests and its validation."""
+    failed = (["combined"] if drift else []) + drifted
+    if not val.success:
+        failed.append("validation")
+    ts = [float(r["ts"]) for r in rows if r.get("ts") is not None]
+    return DriftReport(
+        tenant=tenant, n_window=len(rows), window_start=min(ts) if ts else None,
+        window_end=max(ts) if ts else None,
+        validation={"success": val.success, "failures": val.failures,
+                    "suite_version": val.suite_version, "n_rows": val.n_rows},
+        tests=tests, drift=drift, failed=failed, false_alarm_rate=false_alarm_rate,
+        model_version=model_version, performance_drop=performance_drop, modality=modality)
+
+
 def check_window(reference: Reference, rows: Iterable[Mapping[str, Any]], *, tenant: str,
                  false_alarm_rate: float = 0.01, n_permutations: int | None = None,
                  seed: int = 0,
@@ -172,17 +198,8 @@ def check_window(reference: Reference, rows: Iterable[Mapping[str, Any]], *, ten
                      for r, w in zip(usable, weights, strict=True)}})
     tests = [asdict(r) | {"counts": True} for r in [combined, *results, *precision]] + \
         [asdict(r) | {"counts": False} for r in info]
-    failed = ["combined"] if drift else []
-    failed += [r.name for r in results + precision if r.drift]
-    if not val.success:
-        failed.append("validation")
-    ts = [float(r["ts"]) for r in rows if r.get("ts") is not None]
-    return DriftReport(
-        tenant=tenant, n_window=len(rows), window_start=min(ts) if ts else None,
-        window_end=max(ts) if ts else None,
-        validation={"success": val.success, "failures": val.failures,
-                    "suite_version": val.suite_version, "n_rows": val.n_rows},
-        tests=tests, drift=drift, failed=failed,
+    return window_report(
+        tenant, rows, val, tests, drift, [r.name for r in results + precision if r.drift],
         performance_drop=any(r.drift for r in precision),
         false_alarm_rate=false_alarm_rate, model_version=reference.model_version)
 

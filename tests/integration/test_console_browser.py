@@ -146,6 +146,29 @@ def wait_for_task(served: Served, key: str, task_id: str) -> None:
     raise AssertionError(f"task {task_id} never reached the queue")
 
 
+def report_to_the_top(served: Served, tenant: str, session: str, comment: str) -> None:
+    """Five users' reports raise the session to the top of its tenant's queue."""
+    with served.client() as c:
+        for i in range(5):
+            assert c.post("/v1/reports", headers={
+                "Authorization": f"Bearer {served.keys[tenant]}"}, json={
+                "tenant": tenant, "reporter": f"witness{i}", "reason": "harassment",
+                "text": comment, "session_id": session}).status_code == 202
+
+
+def claim_until(page: Any, session: str) -> None:
+    """Claim the top session (c), skipping (s) others' sessions until ``session`` comes up."""
+    page.wait_for_selector("#queue-table tbody tr")
+    page.keyboard.press("c")
+    for _ in range(30):
+        page.wait_for_selector("#review-tenant:not(:empty), #review-empty:not([hidden])")
+        if session in page.inner_text("#review-tenant"):
+            break
+        page.keyboard.press("s")
+        page.wait_for_timeout(300)
+    assert session in page.inner_text("#review-tenant")
+
+
 def test_a_moderator_claims_reveals_and_labels_a_session_with_the_keyboard(
         served: Served, reviewers: dict[str, str], browser: Any, tmp_path: Path) -> None:
     session = f"console-{uuid.uuid4().hex[:8]}"
@@ -162,27 +185,13 @@ def claim_reveal_and_label(served: Served, reviewers: dict[str, str], browser: A
          "context": {"session_id": session, "user_id": "troll"}},
         {"id": f"{session}-2", "text": "see you at lunch",
          "context": {"session_id": session, "user_id": "pal"}}])
-    with served.client() as c:  # reports raise the session to the top of the queue
-        for i in range(5):
-            assert c.post("/v1/reports", headers={
-                "Authorization": f"Bearer {served.keys['acme']}"}, json={
-                "tenant": "acme", "reporter": f"witness{i}", "reason": "harassment",
-                "text": "abusive", "session_id": session}).status_code == 202
+    report_to_the_top(served, "acme", session, "abusive")
     task_id = task_id_of("acme", f"session:{session}")
     wait_for_task(served, reviewers["cora"], task_id)
 
     context, page = sign_in(browser, served, reviewers["cora"], "cora")
     shot(page, "queue", tmp_path)
-    page.wait_for_selector("#queue-table tbody tr")
-    # claim the top session; skip (s) others' sessions until this one comes up
-    page.keyboard.press("c")
-    for _ in range(30):
-        page.wait_for_selector("#review-tenant:not(:empty), #review-empty:not([hidden])")
-        if session in page.inner_text("#review-tenant"):
-            break
-        page.keyboard.press("s")
-        page.wait_for_timeout(300)
-    assert session in page.inner_text("#review-tenant")
+    claim_until(page, session)
     assert page.locator("#items .text.masked").count() == 2  # masked until revealed
     assert OFFENSIVE not in page.content()
     assert "5" in page.inner_text("#timeline") or page.locator("#timeline li").count() == 5
@@ -261,24 +270,10 @@ def test_a_moderator_sees_an_image_blurred_until_revealed_and_plays_a_clips_flag
                 "come on team, push forward right now", shout=True, pad_s=0.3)), "context": ctx},
             {"id": f"{session}-b", "image_base64": b64(photo("rocket", "JPEG")), "context": ctx},
         ], tenant="studio")
-        with served.client() as c:  # reports raise the session to the top of the queue
-            for i in range(5):
-                assert c.post("/v1/reports", headers={
-                    "Authorization": f"Bearer {served.keys['studio']}"}, json={
-                    "tenant": "studio", "reporter": f"ear{i}", "reason": "harassment",
-                    "text": "yelling", "session_id": session}).status_code == 202
-        task_id = task_id_of("studio", f"session:{session}")
-        wait_for_task(served, reviewers["dan"], task_id)
+        report_to_the_top(served, "studio", session, "yelling")
+        wait_for_task(served, reviewers["dan"], task_id_of("studio", f"session:{session}"))
         context, page = sign_in(browser, served, reviewers["dan"], "dan")
-        page.wait_for_selector("#queue-table tbody tr")
-        page.keyboard.press("c")
-        for _ in range(30):
-            page.wait_for_selector("#review-tenant:not(:empty), #review-empty:not([hidden])")
-            if session in page.inner_text("#review-tenant"):
-                break
-            page.keyboard.press("s")
-            page.wait_for_timeout(300)
-        assert session in page.inner_text("#review-tenant")
+        claim_until(page, session)
         # before reveal: the image only as the server's blurred preview, no transcript
         page.wait_for_selector("#items img.thumb.blurred")
         assert page.get_attribute("#items img.thumb", "src").startswith("blob:")
