@@ -19,7 +19,7 @@ from bastion.core.textkey import text_digest
 from bastion.review.records import ReviewItem
 from bastion.serving.schemas import ModerateRequest
 
-__all__ = ["Decisions", "Scored", "assemble"]
+__all__ = ["Decisions", "Scored", "assemble", "media_text"]
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def assemble(req: ModerateRequest, tenant: str, scored: Sequence[Scored],
                                     f"it enforces {sorted(known)}")
             checked.add(sc.model_version)
         modality = item.modality
-        text = item.text if item.text is not None else _media_text(sc.media)
+        text = item.text if item.text is not None else media_text(sc.media)
         d: dict[str, Any] = (
             decide(rt, text, sc.scores, req.categories) if sc.scores is not None else
              {"decision": "allow", "scores": {}, "reasons": [], "keyword_hits": [],
@@ -132,7 +132,7 @@ def assemble(req: ModerateRequest, tenant: str, scored: Sequence[Scored],
     return Decisions(response, events, review_items)
 
 
-def _media_text(media: dict[str, Any] | None) -> str:
+def media_text(media: dict[str, Any] | None) -> str:
     """The text an image shows (OCR) or a clip says (its transcript); "" for none."""
     if not media:
         return ""

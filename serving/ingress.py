@@ -39,7 +39,7 @@ from bastion.review.records import ReviewError
 from bastion.review.service import IntakeWriter, ReviewService
 from bastion.serving.api import build_api
 from bastion.serving.auth import authenticate_tenant
-from bastion.serving.decisions import Scored, assemble
+from bastion.serving.decisions import Scored, assemble, media_text
 from bastion.serving.fairuse import FairUseLimiter
 from bastion.serving.resilience import record, retrying, store_health
 from bastion.serving.schemas import ModerateRequest
@@ -47,12 +47,6 @@ from bastion.serving.scorer import ScoreResult
 
 __all__ = ["Ingress"]
 
-
-def _media_text(facts: dict[str, Any] | None) -> str:
-    """The text an image shows or a clip says ("" for none)."""
-    if not facts:
-        return ""
-    return str(facts.get("ocr_text") or facts.get("transcript") or "")
 
 log = logging.getLogger("ray.serve")
 
@@ -195,11 +189,11 @@ class Ingress:
         main: list[int | None] = []
         segs: list[list[int]] = []
         for item, facts in zip(req.items, media, strict=True):
-            text = item.text if item.text is not None else _media_text(facts)
+            text = item.text if item.text is not None else media_text(facts)
             main.append(len(texts) if text else None)
             if text:
                 texts.append(text)
-            seg_texts = [str(g[2]) for g in (facts or {}).get("segments") or [] if g[2]]
+            seg_texts = [str(g[2]) for g in (facts or {}).get("segments") or []]
             segs.append(list(range(len(texts), len(texts) + len(seg_texts))))
             texts.extend(seg_texts)
         if cascade is None:  # the cascade: see _cascade_wanted
