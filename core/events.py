@@ -11,7 +11,7 @@ Later stages (review, drift, training) read it with :meth:`EventLog.read`, as th
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +138,26 @@ class EventLog:
             rows = conn.execute(q).mappings().all()
         for m in rows:
             yield _event(m)
+
+    def latest(self, keys: Iterable[tuple[str, str]], modality: str | None = None,
+               chunk: int = 500) -> dict[tuple[str, str], DecisionEvent]:
+        """The last decision logged for each (tenant, item_id) of ``keys`` that has one
+        (``modality``: only such items): what training joins labels with, e.g. an image's
+        embedding for the image heads."""
+        by_tenant: dict[str, list[str]] = {}
+        for tenant, item_id in keys:
+            by_tenant.setdefault(tenant, []).append(item_id)
+        out: dict[tuple[str, str], DecisionEvent] = {}
+        with self._engine.connect().execution_options(**READ) as conn, conn.begin():
+            for tenant, ids in by_tenant.items():
+                for i in range(0, len(ids), chunk):
+                    q = select(events).where(events.c.tenant == tenant,
+                                             events.c.item_id.in_(ids[i:i + chunk]))
+                    if modality is not None:
+                        q = q.where(events.c.modality == modality)
+                    for m in conn.execute(q.order_by(events.c.seq)).mappings():
+                        out[(tenant, m["item_id"])] = _event(m)
+        return out
 
     def reset(self) -> None:
         """Drop pooled connections (after a failure: a store that comes back is reached anew)."""

@@ -298,7 +298,7 @@ class LabelStore:
         return self._votes(tenants, since, reviewed=reviewed)[0]
 
     def _votes(self, tenants: Collection[str] | None, since: float | None,
-               with_text: bool = False, reviewed: bool = False
+               with_text: bool = False, reviewed: bool = False, images: bool = False
                ) -> tuple[dict[tuple[str, str], list[Vote]], dict[str, Any]]:
         q = (select(labels.c.tenant, labels.c.item_id, labels.c.category, labels.c.annotator,
                     labels.c.value, labels.c.confidence, label_items.c.text,
@@ -310,6 +310,8 @@ class LabelStore:
         if with_text:  # training data: text, and what was said (an image's labels are not
             # about the text it shows)
             q = q.where(label_items.c.text.is_not(None), label_items.c.modality != "image")
+        if images:  # the image heads' training data: labels of images, with or without text
+            q = q.where(label_items.c.modality == "image")
         if reviewed:
             q = q.where(labels.c.submission_id.is_not(None))
         if since is not None:
@@ -359,7 +361,7 @@ class LabelStore:
 
     def aggregated(
         self, tenants: Collection[str] | None = None, since: float | None = None,
-        aggregate: Aggregate = dawid_skene_weights,
+        aggregate: Aggregate = dawid_skene_weights, *, images: bool = False,
     ) -> list[LabelledItem]:
         """One row per labelled (item, category) of an item with text, ordered by (tenant,
         item_id, category): the soft target and sample weight retraining trains on.
@@ -367,15 +369,17 @@ class LabelStore:
         Args:
             tenants, since: as :meth:`votes`.
             aggregate: votes -> (soft, weight); default Dawid-Skene (``core.aggregation``).
+            images: the labels of image items instead (what the image heads train on; an
+                image's ``text`` is what it shows, "" for none).
         """
-        votes, items = self._votes(tenants, since, with_text=True)
+        votes, items = self._votes(tenants, since, with_text=not images, images=images)
         results = aggregate(votes) if votes else {}
         out: list[LabelledItem] = []
         for (key, category), vs in votes.items():
             r = items[key]
             soft, weight = results[(key, category)]
             out.append(LabelledItem(
-                item_id=r.item_id, tenant=r.tenant, text=r.text, session_id=r.session_id,
+                item_id=r.item_id, tenant=r.tenant, text=r.text or "", session_id=r.session_id,
                 user_id=r.user_id, category=category, soft=soft, weight=weight,
                 n_labels=len(vs), annotators=tuple(v.annotator for v in vs),
             ))

@@ -24,7 +24,9 @@ __all__ = ["image_verdict", "cue_reasons", "flagged_span", "merge"]
 def image_verdict(policy: ImagePolicy, facts: dict[str, Any]
                   ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """The image categories' scores and the reasons that fired: a known-bad hash match first
-    (a rule, like a keyword), then each category past its review or block threshold."""
+    (a rule, like a keyword), then each category past its review or block threshold. A
+    category's score is its trained head's (``facts["head_scores"]``, from the image model's
+    ``@champion``) where there is one, else the shipped model's ``source`` output."""
     scores: dict[str, float] = {}
     reasons: list[dict[str, Any]] = []
     for hl in policy.hash_lists:
@@ -34,17 +36,25 @@ def image_verdict(policy: ImagePolicy, facts: dict[str, Any]
                             "category": hl.category, "distance": best,
                             "threshold": hl.max_distance})
     probs = facts["image_scores"]
+    heads = facts.get("head_scores") or {}
     for name, cat in policy.categories.items():
-        s = round(float(probs[cat.source]), 6)
+        if name in heads:  # a trained image head (the image model's @champion)
+            s, by = round(float(heads[name]), 6), f"image heads v{facts.get('image_version')}"
+        elif cat.source is not None:  # the shipped image model's own output
+            s, by = round(float(probs[cat.source]), 6), f"image model {cat.source} output"
+        else:
+            continue  # no head trained for it yet, and nothing shipped scores it
         scores[name] = s
         if cat.block_threshold is not None and s >= cat.block_threshold:
             reasons.append({"kind": "image_model", "category": name, "score": s,
                             "threshold": cat.block_threshold, "band": "block",
-                            "action": cat.action.value, "threshold_source": "policy"})
+                            "action": cat.action.value, "threshold_source": "policy",
+                            "scored_by": by})
         elif cat.review_threshold is not None and s >= cat.review_threshold:
             reasons.append({"kind": "image_model", "category": name, "score": s,
                             "threshold": cat.review_threshold, "band": "review",
-                            "action": Action.review.value, "threshold_source": "policy"})
+                            "action": Action.review.value, "threshold_source": "policy",
+                            "scored_by": by})
     return scores, reasons
 
 

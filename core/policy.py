@@ -271,13 +271,17 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 class ImageCategory(_Frozen):
     """A category an image is scored on by the image model (not by the text it shows: that
-    text goes through the tenant's text categories). No labelled images back these scores,
-    so the defaults only send images to review; set a block threshold once reviewed traffic
+    text goes through the tenant's text categories). Until reviewed images train a head for
+    it (``bastion retrain --modality image``, gated like the text heads), a category reads
+    the shipped image model's ``source`` output; a category without a ``source`` is scored
+    only once such a head is ``@champion``. No labelled images back the shipped scores, so
+    the defaults only send images to review; set a block threshold once reviewed traffic
     shows the model's precision there (docs/media.md)."""
 
-    source: Literal["sexual", "graphic"] = Field(
-        ..., description="The image model's output this category reads: sexual (nudity, "
-        "sexual acts) or graphic (gore, graphic violence).")
+    source: Literal["sexual", "graphic"] | None = Field(
+        None, description="The shipped image model's output this category reads until a "
+        "trained image head serves it: sexual (nudity, sexual acts) or graphic (gore, graphic "
+        "violence). None: only a trained head scores it.")
     block_threshold: float | None = Field(
         None, gt=0, le=1, description="Score at or above which the image gets `action`.")
     review_threshold: float | None = Field(

@@ -1,7 +1,15 @@
-"""The registry's aliases, without importing MLflow: serving follows ``champion``; a new
-version enters as ``challenger`` until the gate promotes it."""
+"""The registry's aliases and model names, without importing MLflow: serving follows
+``champion``; a new version enters as ``challenger`` until the gate promotes it. The image
+heads are a registered model of their own beside the text model (:func:`image_model_name`),
+with the same aliases and the same gate."""
 
-__all__ = ["CHAMPION", "CHALLENGER"]
+__all__ = ["CHAMPION", "CHALLENGER", "IMAGE_SUFFIX", "image_model_name"]
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+IMAGE_SUFFIX = "-image"
+
+
+def image_model_name(model_name: str) -> str:
+    """The registered model of the image heads that go with the text model ``model_name``."""
+    return f"{model_name}{IMAGE_SUFFIX}"

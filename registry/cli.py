@@ -13,6 +13,7 @@ from mlflow.exceptions import MlflowException
 from bastion.core.clikit import guard, settings_for, state_dir_option
 from bastion.core.modelcard import category_lines
 from bastion.core.policy import ensure_policy_file, load_policy
+from bastion.registry.image_gate import ImageLifecycle
 from bastion.registry.lifecycle import Lifecycle
 from bastion.registry.store import ModelRegistry
 
@@ -77,8 +78,17 @@ def models_audit(state_dir: Path | None) -> None:
 @state_dir_option
 @click.option("--reason", default=None, help="Why: kept in the audit trail.")
 @click.option("--actor", default=None, help="Who asks, for the audit trail (default: the OS user).")
+@click.option("--modality", type=click.Choice(["text", "image"]), default="text",
+              show_default=True, help="Roll back the text model or the image heads.")
 @guard
-def rollback(state_dir: Path | None, reason: str | None, actor: str | None) -> None:
-    old, new = lifecycle_for(state_dir).rollback(reason=reason, actor=actor)
-    click.echo(f"Rolled back @champion from version {old} to version {new}. Serving follows "
-               "within seconds.")
+def rollback(state_dir: Path | None, reason: str | None, actor: str | None,
+             modality: str) -> None:
+    if modality == "image":
+        settings = settings_for(state_dir)
+        lc: Lifecycle = ImageLifecycle(settings, load_policy(ensure_policy_file(settings)))
+    else:
+        lc = lifecycle_for(state_dir)
+    old, new = lc.rollback(reason=reason, actor=actor)
+    what = "the image model's " if modality == "image" else ""
+    click.echo(f"Rolled back {what}@champion from version {old} to version {new}. Serving "
+               "follows within seconds.")

@@ -19,9 +19,11 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PyFuncModel, PythonModel
 
+from bastion.core.image_heads import ImageHeads
 from bastion.core.model import ModerationModel
 
-__all__ = ["BastionPyfunc", "LEGACY_MODULES", "legacy_module_paths", "load_pyfunc"]
+__all__ = ["BastionPyfunc", "ImageHeadsPyfunc", "LEGACY_MODULES", "legacy_module_paths",
+           "load_pyfunc"]
 
 # Old import name -> its module now. Only what a logged version's pickle can name.
 LEGACY_MODULES = {"registry": "bastion.registry", "registry.pyfunc": "bastion.registry.pyfunc"}
@@ -36,6 +38,18 @@ class BastionPyfunc(PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         _, scores = self.model.score(model_input["text"].astype(str).tolist())
         return pd.DataFrame(scores, columns=self.model.head_keys)
+
+
+class ImageHeadsPyfunc(PythonModel):
+    """Input: a DataFrame of image-backbone embeddings, one column per dimension (``e0`` ...).
+    Output: one probability column per image category."""
+
+    def load_context(self, context: Any) -> None:
+        self.model = ImageHeads.load(context.artifacts["bastion"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
+        return pd.DataFrame(self.model.score(model_input.to_numpy(dtype="float32")),
+                            columns=self.model.categories)
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from typing import Any
 
 import mlflow
 import mlflow.artifacts
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
@@ -25,10 +26,11 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, Schema
 
 from bastion.core.errors import ModelError, RegistryEmptyError, RegistryUnavailableError
+from bastion.core.image_heads import IMAGE_HEADS_KIND
 from bastion.core.model import ModelMetadata
 from bastion.core.settings import Settings
 from bastion.registry.aliases import CHALLENGER, CHAMPION
-from bastion.registry.pyfunc import BastionPyfunc
+from bastion.registry.pyfunc import BastionPyfunc, ImageHeadsPyfunc
 
 __all__ = ["ModelRegistry", "ModelVersionInfo", "CHAMPION", "CHALLENGER", "DRIFT_EXPERIMENT",
            "REFERENCE_ARTIFACT"]
@@ -68,9 +70,13 @@ class ModelVersionInfo:
 class ModelRegistry:
     """MLflow's tracking + registry, configured for one Bastion state directory."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, name: str | None = None) -> None:
+        """``name``: another registered model than the settings' text model (the image
+        heads': ``aliases.image_model_name``); its versions are cached apart."""
         self.settings = settings
-        self.name = settings.model_name
+        self.name = name or settings.model_name
+        self.cache_dir = (settings.model_cache if self.name == settings.model_name else
+                          settings.model_cache / f"@{self.name}")
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.uri = settings.tracking_uri
         # The fluent API (start_run, log_model) needs MLflow's process-wide URI; MLflow also
@@ -135,7 +141,8 @@ class ModelRegistry:
         extra_metrics: dict[str, float] | None = None,
         run_id: str | None = None,
     ) -> ModelVersionInfo:
-        """Log a saved Bastion model as a new registered version (optionally under an alias).
+        """Log a saved Bastion model (a text model, or image heads: ``core.image_heads``) as
+        a new registered version of this registry's model (optionally under an alias).
 
         ``run_id`` continues a run the caller started (a retraining run that logged its
         progress there); otherwise a new run named ``run_name`` is made.
@@ -145,10 +152,17 @@ class ModelRegistry:
         tests of the gate)."""
         meta = json.loads((model_dir / "metadata.json").read_text())
         keys = meta["heads"]["keys"]
+        image = meta.get("kind") == IMAGE_HEADS_KIND
         signature = ModelSignature(
-            inputs=Schema([ColSpec("string", "text")]),
+            inputs=Schema([ColSpec("string", "text")] if not image else
+                          [ColSpec("float", f"e{i}") for i in range(meta["backbone"]["dim"])]),
             outputs=Schema([ColSpec("float", k) for k in keys]),
         )
+        if image:
+            example = pd.DataFrame([np.zeros(meta["backbone"]["dim"], np.float32)],
+                                   columns=[f"e{i}" for i in range(meta["backbone"]["dim"])])
+        else:
+            example = pd.DataFrame({"text": ["an example message"]})
         start: dict[str, Any] = ({"run_id": run_id} if run_id else
                  {"experiment_id": self.experiment_id(), "run_name": run_name})
         with mlflow.start_run(**start) as _run:
@@ -162,13 +176,11 @@ class ModelRegistry:
             mlflow.log_dict(meta, "bastion_metadata.json")
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=BastionPyfunc(),
+                python_model=ImageHeadsPyfunc() if image else BastionPyfunc(),
                 artifacts={"bastion": str(model_dir)},
                 pip_requirements=pip_requirements(),
                 signature=signature,
-                input_example=(
-                    pd.DataFrame({"text": ["an example message"]}) if validate else None
-                ),
+                input_example=example if validate else None,
                 registered_model_name=self.name,
                 await_registration_for=60,
             )
@@ -186,7 +198,7 @@ class ModelRegistry:
     def reference_texts(self, version: str) -> list[str] | None:
         """The version's drift reference (:meth:`log_reference`), or None if it has none."""
         info = self.get(version)
-        cached = self.settings.model_cache / str(info.version) / "reference_texts.json"
+        cached = self.cache_dir / str(info.version) / "reference_texts.json"
         if not cached.exists():
             if not info.run_id:
                 return None
@@ -252,7 +264,7 @@ class ModelRegistry:
 
     def download(self, version: str) -> Path:
         """Local directory of the version's Bastion artifact (cached under the state dir)."""
-        target = self.settings.model_cache / str(version)
+        target = self.cache_dir / str(version)
         found = sorted(target.glob("artifacts/*/metadata.json"))
         if found:
             return found[0].parent

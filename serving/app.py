@@ -59,7 +59,9 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     limits = args.limits.model_dump()
     images = None if sv.image_replicas == 0 else ImageModerator.options(  # type: ignore[attr-defined]
         num_replicas=sv.image_replicas).bind(limits, sv.media_threads, sv.image_backbone,
-                                             sv.image_backbone_options)
+                                             sv.image_backbone_options, args.state_dir,
+                                             args.tracking_uri, args.model_name,
+                                             sv.champion_poll_s)
     voice = None if sv.audio_replicas == 0 else VoiceModerator.options(  # type: ignore[attr-defined]
         num_replicas=sv.audio_replicas).bind(limits, sv.media_threads)
     return Ingress.options(  # type: ignore[attr-defined,no-any-return]

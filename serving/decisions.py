@@ -124,7 +124,7 @@ def assemble(req: ModerateRequest, tenant: str, scored: Sequence[Scored],
             reasons=d["reasons"] + ([] if stage is None else [stage_reason(stage)]),
             model_version=sc.model_version, policy_version=rt.version,
             embedding=None if stage == Stage.first else embedding,
-            modality=modality, media=None if media_out is None else _logged(media_out),
+            modality=modality, media=None if media_out is None else _logged(media_out, sc.media),
         ))
     response = {"request_id": request_id, "tenant": tenant,
                 "model_version": results[0]["model_version"],
@@ -154,6 +154,10 @@ def _media_decision(d: dict[str, Any], modality: str, sc: Scored, text: str,
             if r["kind"] in ("model", "keyword"):
                 r.update(source="ocr", text=text)
         out = {k: facts[k] for k in ("format", "width", "height", "bytes", "pdq")}
+        out["image_version"] = facts.get("image_version")  # None: the backbone's own scores
+        # the tenant's image categories: what a moderator labels the image for (a category
+        # no head scores yet has no score to show, but its labels train the head)
+        out["categories"] = sorted(policy.image.categories)
         out["text"] = facts.get("ocr_text")
         if facts.get("ocr_error"):
             out["ocr_error"] = facts["ocr_error"]
@@ -187,8 +191,14 @@ def _kept_media(modality: str, sc: Scored, metadata: dict[str, Any],
     return None
 
 
-def _logged(media: dict[str, Any]) -> dict[str, Any]:
+def _logged(media: dict[str, Any], facts: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the event log keeps of an item's media: its facts, never the words said (those
-    are the text, kept only where store_raw_text) nor the media itself."""
-    return {k: v for k, v in media.items() if k not in ("text", "transcript", "words",
-                                                         "segments")}
+    are the text, kept only where store_raw_text) nor the media itself; for an image also
+    the image model's scores, the heads' and which backbone gave its embedding (what training
+    the image heads and the gate's baseline read)."""
+    out = {k: v for k, v in media.items() if k not in ("text", "transcript", "words",
+                                                        "segments")}
+    for k in ("image_scores", "head_scores", "image_version", "backbone_sha256"):
+        if facts and k in facts:
+            out[k] = facts[k]
+    return out

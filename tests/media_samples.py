@@ -23,7 +23,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     "ASR_SET", "MISSING_TOOLS", "espeak_available", "tesseract_available", "text_image",
-    "photo", "speech", "speech_samples", "encode_audio", "wer", "asr_voice", "PHOTOS",
+    "photo", "photo_variant", "caption_variant", "speech", "speech_samples", "encode_audio",
+    "wer", "asr_voice", "PHOTOS",
 ]
 
 MISSING_TOOLS: dict[str, tuple[str, str]] = {
@@ -111,6 +112,52 @@ def photo(name: str = "astronaut", fmt: str = "JPEG", scale: float = 1.0,
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
                          Image.Resampling.LANCZOS)
     return _encode_image(img, fmt, quality=quality)
+
+
+def photo_variant(seed: int, fmt: str = "JPEG") -> bytes:
+    """A distinct benign photo: a random crop (40-90% of each side), maybe mirrored, of one of
+    skimage's photos (not "chelsea", a known-bad image of the test policy) or scikit-learn's
+    two sample images, resized to 256-640 pixels wide."""
+    from skimage import data
+    from sklearn.datasets import load_sample_image
+
+    rng = np.random.default_rng(seed)
+    sources = [n for n in PHOTOS if n != "chelsea"] + ["china.jpg", "flower.jpg"]
+    name = sources[seed % len(sources)]
+    arr = np.asarray(load_sample_image(name) if name.endswith(".jpg") else getattr(data, name)())
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    h, w = arr.shape[:2]
+    ch, cw = int(h * rng.uniform(0.4, 0.9)), int(w * rng.uniform(0.4, 0.9))
+    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    img = Image.fromarray(arr[y:y + ch, x:x + cw, :3].astype(np.uint8))
+    if rng.random() < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    width = int(rng.integers(256, 641))
+    img = img.resize((width, max(1, round(img.height * width / img.width))),
+                     Image.Resampling.LANCZOS)
+    return _encode_image(img, fmt, quality=int(rng.integers(70, 95)))
+
+
+_WHO = ("alex", "sam", "jo", "kim", "ria", "ben", "noor", "li")
+_SAID = ("are you coming tonight", "send me the file", "lol no way", "where are you now",
+         "call me back", "that meeting ran long", "see you at 8", "did you eat yet",
+         "check the group chat", "who posted that")
+
+
+def caption_variant(seed: int, fmt: str = "PNG") -> bytes:
+    """A distinct screenshot of a chat: two or three lines of who said what, in random
+    colours, size and font size (``text_image``)."""
+    rng = np.random.default_rng(seed)
+    lines = [f"{_WHO[int(rng.integers(len(_WHO)))]}: {_SAID[int(rng.integers(len(_SAID)))]}"
+             for _ in range(int(rng.integers(2, 4)))]
+    dark = rng.random() < 0.5
+    return text_image("   ".join(lines),
+                      size=(int(rng.integers(360, 721)), int(rng.integers(200, 481))),
+                      fmt=fmt, bg="#1e1e1e" if dark else "#f4f4f4",
+                      fg="#e0e0e0" if dark else "#202020",
+                      font_size=int(rng.integers(20, 40)), noise=float(rng.uniform(0, 6)),
+                      seed=seed)
 
 
 # fmt -> libsndfile's (format, subtype); OPUS is OGG Opus (8, 12, 16, 24 or 48 kHz only), MP3

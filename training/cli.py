@@ -6,19 +6,25 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import click
 
 from bastion.core.clikit import fail, guard, settings_for, state_dir_option
 from bastion.core.modelcard import category_lines
-from bastion.core.policy import ensure_policy_file, load_policy
+from bastion.core.policy import PolicySet, ensure_policy_file, load_policy
 from bastion.core.runtime import stop_ray
+from bastion.core.settings import Settings
+from bastion.registry.aliases import image_model_name
+from bastion.registry.image_gate import ImageLifecycle
 from bastion.registry.lifecycle import GateRefused, Lifecycle
 from bastion.registry.store import ModelRegistry
 from bastion.training.datasets import available_sources
-from bastion.training.retrain import heldout_data, options_from_policy
+from bastion.training.image_retrain import ImageRetrainOptions, image_heldout, retrain_images
+from bastion.training.retrain import RetrainResult, heldout_data, options_from_policy
 from bastion.training.retrain import retrain as run_retrain
 from bastion.training.starter import (
     SHIPPED_DIR,
@@ -199,42 +205,66 @@ def starter_show() -> None:
 @click.option("--reason", default=None,
               help="Why this run starts (the drift monitor passes its trigger); kept on the "
               "MLflow run and the registered version.")
+@click.option("--modality", type=click.Choice(["text", "image"]), default="text",
+              show_default=True, help="text: the text model; image: the image heads, on the "
+              "embeddings the event log kept of reviewed images (the backbone frozen).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @guard
 def retrain(state_dir: Path | None, mode: str | None, workers: int | None, epochs: int | None,
             use_gpu: bool | None, seed_data: bool | None, davidson_limit: int | None,
             promote: bool | None, batch_size: int | None, max_length: int | None,
-            max_failures: int | None, reason: str | None, as_json: bool) -> None:
+            max_failures: int | None, reason: str | None, modality: str,
+            as_json: bool) -> None:
 
     settings = settings_for(state_dir)
     pol = load_policy(ensure_policy_file(settings))
-    opts = options_from_policy(pol, mode=mode, workers=workers, epochs=epochs,
+    say = (lambda m: click.echo(m, err=True)) if as_json else click.echo
+    if modality == "image":
+        if mode == "full" or workers or epochs or batch_size or max_length:
+            fail("--modality image trains heads on the frozen image backbone: drop --mode "
+                 "full, --workers, --epochs, --batch-size and --max-length")
+        iopts = ImageRetrainOptions(
+            promote=pol.retraining.auto_promote if promote is None else promote, reason=reason)
+        try:
+            result = retrain_images(settings, pol, iopts, say=say)
+        finally:
+            stop_ray(shutdown_serve=False)
+    else:
+        result = _retrain_text(settings, pol, say, mode=mode, workers=workers, epochs=epochs,
                                use_gpu=use_gpu, seed_data=seed_data,
                                davidson_limit=davidson_limit, promote=promote,
-                               max_failures=max_failures, reason=reason)
-    ft = {k: v for k, v in {"batch_size": batch_size, "max_length": max_length}.items()
-          if v is not None}
-    if ft:
-        opts = replace(opts, finetune=replace(opts.finetune, **ft))
-    say = (lambda m: click.echo(m, err=True)) if as_json else click.echo
-    try:
-        result = run_retrain(settings, pol, opts, say=say)
-    finally:
-        stop_ray(shutdown_serve=False)
+                               max_failures=max_failures, reason=reason, batch_size=batch_size,
+                               max_length=max_length)
+    what = "the image model's " if modality == "image" else ""
     if as_json:
         click.echo(json.dumps(asdict(result), indent=2, default=str))
         return
     click.echo(result.gate_table)
     if result.promoted:
-        click.echo(f"Version {result.version} passed the gate and is now @champion; serving "
-                   "follows within seconds.")
+        click.echo(f"Version {result.version} passed the gate and is now {what}@champion; "
+                   "serving follows within seconds.")
     elif result.gate_passed:
-        click.echo(f"Version {result.version} passed the gate; it stays @challenger "
-                   f"(promote it with 'bastion promote {result.version}').")
+        click.echo(f"Version {result.version} passed the gate; it stays {what}@challenger "
+                   f"(promote it with 'bastion promote {result.version}"
+                   f"{' --modality image' if what else ''}').")
     else:
-        click.echo(f"Version {result.version} did not pass the gate; it stays @challenger and "
-                   "@champion is unchanged.")
+        click.echo(f"Version {result.version} did not pass the gate; it stays {what}"
+                   f"@challenger and {what}@champion is unchanged.")
     click.echo(f"Timings (s): {json.dumps(result.timings_s)}")
+
+
+def _retrain_text(settings: Settings, pol: PolicySet, say: Callable[[str], None], *,
+                  batch_size: int | None, max_length: int | None, **flags: Any
+                  ) -> RetrainResult:
+    opts = options_from_policy(pol, **flags)
+    ft = {k: v for k, v in {"batch_size": batch_size, "max_length": max_length}.items()
+          if v is not None}
+    if ft:
+        opts = replace(opts, finetune=replace(opts.finetune, **ft))
+    try:
+        return run_retrain(settings, pol, opts, say=say)
+    finally:
+        stop_ray(shutdown_serve=False)
 
 
 @click.command(help="Run the gate on VERSION against @champion and promote it if it passes.")
@@ -245,14 +275,24 @@ def retrain(state_dir: Path | None, mode: str | None, workers: int | None, epoch
 @click.option("--actor", default=None,
               help="Who asks, for the audit trail (default: the OS user; the console passes "
                    "the reviewer's name).")
+@click.option("--modality", type=click.Choice(["text", "image"]), default="text",
+              show_default=True, help="Which model VERSION is of: the text model or the image "
+              "heads (gated on held-out reviewed images).")
 @guard
 def promote(state_dir: Path | None, version: str, force: bool, reason: str | None,
-            actor: str | None) -> None:
+            actor: str | None, modality: str) -> None:
     settings = settings_for(state_dir)
-    ModelRegistry(settings).ensure_reachable()  # before building the held-out data (slow)
     pol = load_policy(ensure_policy_file(settings))
-    # the held-out data a retraining run under this policy gates on: one evaluation set
-    lc = Lifecycle(settings, pol, eval_data=heldout_data(settings, pol))
+    lc: Lifecycle
+    if modality == "image":
+        registry = ModelRegistry(settings, image_model_name(settings.model_name))
+        registry.ensure_reachable()
+        lc = ImageLifecycle(settings, pol, eval_data=image_heldout(settings, pol),
+                            registry=registry)
+    else:
+        ModelRegistry(settings).ensure_reachable()  # before building the held-out data (slow)
+        # the held-out data a retraining run under this policy gates on: one evaluation set
+        lc = Lifecycle(settings, pol, eval_data=heldout_data(settings, pol))
     try:
         result = lc.promote(version, force=force, reason=reason, actor=actor)
     except GateRefused as err:

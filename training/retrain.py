@@ -164,7 +164,7 @@ def keep_heads(heads: LinearHeads, init: LinearHeads, keys: list[str]) -> Linear
     return LinearHeads(heads.specs, w, b)
 
 
-def _heads_loop(config: dict[str, Any]) -> None:
+def heads_train_loop(config: dict[str, Any]) -> None:
     """Ray Train worker function of the heads-only mode: fit, report, checkpoint."""
     arrays = ray.get(config["arrays"])
     init = None
@@ -241,7 +241,7 @@ def _train_heads(settings: Settings, snap: Snapshot, keys: list[str], encoder: E
                       "vx": emb[va], "vy": data.targets[va], "vw": w[va]})
     t0 = time.perf_counter()
     trainer = TorchTrainer(
-        _heads_loop,
+        heads_train_loop,
         train_loop_config={
             "arrays": arrays, "keys": keys, "fit": asdict(opts.heads),
             "init": None if init is None else {"keys": init.keys,

@@ -168,7 +168,11 @@ async function claimNext() {
   }
   state.claim = data.claim; state.task = data.task;
   const cats = new Set();
-  for (const it of data.task.items) for (const c of Object.keys(it.scores || {})) cats.add(c);
+  for (const it of data.task.items) {
+    for (const c of Object.keys(it.scores || {})) cats.add(c);
+    // an image is labelled for its tenant's image categories too, scored yet or not
+    for (const c of (it.media && it.media.categories) || []) cats.add(c);
+  }
   state.categories = [...cats].sort();
   renderTask();
 }

@@ -109,3 +109,12 @@ def test_registry_commands_refuse_clearly_when_mlflow_is_unreachable(
         assert code == 2, out
         assert f"error: the model registry (MLflow tracking URI {uri}) is unreachable" in out
         assert "BASTION_MLFLOW_TRACKING_URI" in out and "Traceback" not in out
+
+
+def test_image_retraining_refuses_the_text_models_options_and_needs_labelled_images(
+        tmp_path: Path) -> None:
+    code, out = run("retrain", "--modality", "image", "--mode", "full",
+                    "--state-dir", str(tmp_path))
+    assert code == 2 and "frozen image backbone: drop --mode full" in out
+    code, out = run("retrain", "--modality", "image", "--state-dir", str(tmp_path))
+    assert code != 0 and "no reviewed image to train on" in out
