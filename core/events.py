@@ -55,6 +55,7 @@ class DecisionEvent:
     # cues): never the raw media.
     modality: str = "text"
     media: dict[str, Any] | None = None
+    language: str | None = None  # ISO 639-1 of its text (core.language); None: none to tell
 
     def row(self) -> dict[str, Any]:
         emb = None if self.embedding is None else self.embedding.astype(np.float16).tobytes()
@@ -67,6 +68,7 @@ class DecisionEvent:
             "policy_version": self.policy_version, "embedding": emb,
             "category": self.category, "modality": self.modality,
             "media": None if self.media is None else json.dumps(self.media),
+            "language": self.language,
         }
 
     @property
@@ -91,6 +93,7 @@ def _event(m: Any) -> DecisionEvent:
             np.float32),
         seq=m["seq"], modality=m["modality"] or "text",
         media=None if m["media"] is None else json.loads(m["media"]),
+        language=m.get("language"),
     )
 
 

@@ -2,14 +2,16 @@
 trained on, as a report a machine reads (JSON) and one a person reads (HTML with plots).
 
 The window is validated with the reference's great-expectations suite (``drift.validation``)
-and tested for drift: MMD on the shared embedding (``drift.mmd``), KS on the text lengths and,
-per category, KS on the scores (``drift.univariate``), Fisher's test on the flag rate (score at
-or above the block threshold) and, where moderators reviewed items the champion scored, the
-precision test (``drift.rates``). The distribution tests of one window keep the stated
-false-alarm rate together through their Cauchy combination (``drift.combine``), weight one
-half for the embedding test and the other half split evenly across the others; each test's
-own flag is at its share of the rate, to name what moved. Each category's calibrated PSI is
-reported beside them but does not count (it asks what the score KS asks).
+and tested for drift: MMD on the shared embedding (``drift.mmd``), KS on the text lengths, the
+chi-square test of the language mix (``drift.rates``: a new market, a raid in another
+language) and, per category, KS on the scores (``drift.univariate``), Fisher's test on the
+flag rate (score at or above the block threshold) and, where moderators reviewed items the
+champion scored, the precision test (``drift.rates``). The distribution tests of one window
+keep the stated false-alarm rate together through their Cauchy combination
+(``drift.combine``), weight one half for the embedding test and the other half split evenly
+across the others; each test's own flag is at its share of the rate, to name what moved. Each
+category's calibrated PSI is reported beside them but does not count (it asks what the score
+KS asks).
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from bastion.core.cascade import drift_sample
+from bastion.core.language import detect_languages
 from bastion.drift.combine import cauchy_combination
 from bastion.drift.mmd import MMDDetector
-from bastion.drift.rates import flag_rate_test, precision_test
+from bastion.drift.rates import flag_rate_test, language_mix_test, precision_test
 from bastion.drift.result import DriftResult
 from bastion.drift.univariate import ks_test, psi
 from bastion.drift.validation import (
@@ -57,8 +60,11 @@ class Reference:
     # threshold (where "flagged" starts) per category.
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     review_thresholds: dict[str, float] = field(default_factory=dict)
+    languages: list[str | None] = field(default_factory=list)  # of texts; default: detected
 
     def __post_init__(self) -> None:
+        if not self.languages:
+            self.languages = detect_languages(self.texts)
         if not self.suite:
             cats = sorted(self.scores)
             frame = reference_frame_from_texts(
@@ -159,7 +165,8 @@ def check_window(reference: Reference, rows: Iterable[Mapping[str, Any]], *, ten
     # (rate x weight), to name what moved. PSI is shown at its calibrated threshold but does not
     # count: it asks what the score KS asks. Precision on reviewed items is a family of its own
     # (``performance_drop``) at the same rate, split evenly across its categories.
-    share = false_alarm_rate / 2 / (1 + 2 * len(cats))
+    small = 2 + 2 * len(cats)  # the text length, the language mix, two tests per category
+    share = false_alarm_rate / 2 / small
     mmd_p = false_alarm_rate / 2
     results: list[DriftResult] = []
     info: list[DriftResult] = []
@@ -170,6 +177,8 @@ def check_window(reference: Reference, rows: Iterable[Mapping[str, Any]], *, ten
         results.append(mmd.test(emb))
     results.append(ks_test(np.array([len(t) for t in reference.texts], dtype=np.float64),
                            _text_lengths(rows), p_threshold=share, name="text_len_ks"))
+    results.append(language_mix_test(reference.languages, [r.get("language") for r in rows],
+                                     p_threshold=share))
     precision: list[DriftResult] = []
     for c in cats:
         ref_s, win_s = reference.scores[c], win_scores[c]
@@ -186,8 +195,7 @@ def check_window(reference: Reference, rows: Iterable[Mapping[str, Any]], *, ten
                 reference.review_thresholds.get(c, t),
                 p_threshold=false_alarm_rate / len(perf), name=f"precision:{c}"))
     usable = [r for r in results if r.p_value is not None]
-    weights = np.array([0.5 if r.name == MMDDetector.name else 0.5 / (1 + 2 * len(cats))
-                        for r in usable])
+    weights = np.array([0.5 if r.name == MMDDetector.name else 0.5 / small for r in usable])
     combined_p = (cauchy_combination(np.array([r.p_value for r in usable]), weights)
                   if usable else 1.0)
     drift = combined_p <= false_alarm_rate

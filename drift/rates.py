@@ -2,6 +2,9 @@
 
 - :func:`flag_rate_test`, **one category's block rate**: Fisher's exact test of the window's
   share of ``score >= block threshold`` against the reference's; the number moderators feel.
+- :func:`language_mix_test`, **the languages of the traffic**: the chi-square test of the
+  window's language shares against the reference's (a new market, a raid in another
+  language); rare languages pooled.
 - :func:`precision_test`, **performance** where human labels exist: of the reviewed items the
   model flagged (score at or above the review threshold), are fewer confirmed by moderators
   than the champion's held-out precision at those very scores predicts? An exact one-sided
@@ -25,7 +28,9 @@ from bastion.drift.result import (
     too_few,
 )
 
-__all__ = ["expected_precision", "flag_rate_test", "precision_test"]
+__all__ = ["expected_precision", "flag_rate_test", "language_mix_test", "precision_test"]
+
+MIN_EXPECTED = 5.0  # chi-square's usual condition: languages rarer than this are pooled
 
 
 def flag_rate_test(
@@ -178,3 +183,43 @@ def precision_test(
         {**base, "confirmed": k, "observed_precision": observed,
          "expected_precision": float(expected.mean())},
     )
+
+
+def language_mix_test(reference: list[str | None], window: list[str | None], *,
+                      p_threshold: float = 0.01, name: str = "language_mix") -> DriftResult:
+    """Chi-square test of homogeneity of the languages (ISO 639-1) of the window against the
+    reference. Items with no language (None: no letters, or logged before languages were)
+    are left out; languages whose expected count falls under 5 on either side are pooled as
+    ``other``.
+
+    Returns:
+        ``statistic`` = the total variation distance between the two language mixes;
+        ``detail`` holds both sides' shares of each language.
+    """
+    check_rate(p_threshold, "language_mix_test: p_threshold")
+    ref = [x for x in reference if x]
+    win = [x for x in window if x]
+    base: dict[str, Any] = {"n_reference": len(ref), "n_window": len(win)}
+    reason = too_few(len(ref), len(win))
+    if reason:
+        return skipped(name, p_threshold, reason, **base)
+    langs = sorted(set(ref) | set(win))
+    counts = np.array([[ref.count(x) for x in langs], [win.count(x) for x in langs]], float)
+    n = counts.sum()
+    expected = counts.sum(1, keepdims=True) * counts.sum(0, keepdims=True) / n
+    keep = expected.min(0) >= MIN_EXPECTED
+    names = [x for x, k in zip(langs, keep, strict=True) if k]
+    table = counts[:, keep]
+    if (~keep).any():
+        table = np.column_stack([table, counts[:, ~keep].sum(1)])
+        names.append("other")
+    shares = counts / counts.sum(1, keepdims=True)
+    detail = base | {"languages": {x: {"reference": round(float(shares[0, i]), 4),
+                                       "window": round(float(shares[1, i]), 4)}
+                                   for i, x in enumerate(langs)}}
+    tvd = float(0.5 * np.abs(shares[0] - shares[1]).sum())
+    if table.shape[1] < 2:  # one language on both sides: nothing moved
+        return DriftResult(name, tvd, 1.0, p_threshold, False, detail | {"tested": names})
+    p_value = float(stats.chi2_contingency(table, correction=False).pvalue)
+    return DriftResult(name, tvd, p_value, p_threshold, p_value <= p_threshold,
+                       detail | {"tested": names})

@@ -37,7 +37,8 @@ def item_record(m: Any) -> ReviewItem:
         decision=m["decision"], model_version=m["model_version"],
         policy_version=m["policy_version"], ts=m["ts"], modality=m["modality"] or "text",
         media=None if m["media"] is None else json.loads(m["media"]),
-        media_type=m["media_type"], has_media=bool(m["has_media"]))
+        media_type=m["media_type"], has_media=bool(m["has_media"]),
+        language=m.get("language"))
 
 
 def rowcount(res: Any) -> int:

@@ -187,7 +187,7 @@ class Intake(QueueBase):
             ts=item.ts, gold=None, modality=item.modality,
             media=None if item.media is None else json.dumps(item.media),
             media_type=item.media_type if item.media_blob is not None else None,
-            media_blob=item.media_blob)
+            media_blob=item.media_blob, language=item.language)
 
     def _add_context(self, conn: Connection, item: ReviewItem) -> str | None:
         if not item.session_id:

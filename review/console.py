@@ -175,6 +175,7 @@ def masked_view(task: Task) -> dict[str, Any]:
               "text_kept": i.text is not None, "user_id": i.user_id, "source": i.source,
               "scores": i.scores, "keyword_hits": i.keyword_hits, "decision": i.decision,
               "model_version": i.model_version, "ts": i.ts, "modality": i.modality,
+              "language": i.language,
               "media": media_without_words(i.media), "media_kept": i.has_media}
              for i in sorted(task.items, key=lambda i: (i.ts, i.item_id))]
     timeline: list[dict[str, Any]] = [

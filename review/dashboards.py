@@ -23,6 +23,7 @@ from bastion.core.store import is_postgres
 from bastion.core.store.tables import (
     event_counts,
     events,
+    language_counts,
     review_claims,
     review_reports,
     review_tasks,
@@ -60,6 +61,11 @@ def overview(engine: Engine, tenants: Collection[str], *, hours: float = 24.0,
                    func.sum(counts.n).label("n"))
             .where(counts.minute >= int(start // 60), counts.tenant.in_(scope))
             .group_by(counts.tenant, counts.decision, counts.category, b)).all()
+        lc = language_counts.c
+        langs = conn.execute(
+            select(lc.language, lc.decision, func.sum(lc.n).label("n"))
+            .where(lc.minute >= int(start // 60), lc.tenant.in_(scope))
+            .group_by(lc.language, lc.decision)).all()
         rb = _bucket(conn, review_reports.c.ts, start, bucket_s).label("b")
         reports = conn.execute(
             select(rb, func.count().label("n")).where(
@@ -87,6 +93,11 @@ def overview(engine: Engine, tenants: Collection[str], *, hours: float = 24.0,
         by_tenant[r.tenant][r.decision] = by_tenant[r.tenant].get(r.decision, 0) + int(r.n)
         if r.category and r.decision in ("block", "review"):
             by_category[r.category][r.decision] += int(r.n)
+    by_language: dict[str, dict[str, int]] = defaultdict(
+        lambda: {"block": 0, "review": 0, "allow": 0})
+    for lang, decision, k in langs:  # "": no language to tell (and events before 0005)
+        by_language[lang or "none"][decision] = by_language[lang or "none"].get(decision, 0) + \
+            int(k)
     report_series = [0] * n
     for r in reports:
         report_series[min(max(int(r.b), 0), n - 1)] += r.n
@@ -102,6 +113,7 @@ def overview(engine: Engine, tenants: Collection[str], *, hours: float = 24.0,
         "by_category": dict(sorted(by_category.items(),
                                    key=lambda kv: -(kv[1]["block"] + kv[1]["review"]))),
         "by_tenant": dict(sorted(by_tenant.items())),
+        "by_language": dict(sorted(by_language.items(), key=lambda kv: -sum(kv[1].values()))),
         "queue": {
             "open": len(ages), "oldest_s": max(ages, default=0.0),
             "age_histogram": [{"label": label, "n": sum(1 for a in ages if lo <= a < hi)}

@@ -70,6 +70,7 @@ class ReviewItem:
     media_type: str | None = None
     media_blob: bytes | None = None
     has_media: bool = False
+    language: str | None = None  # ISO 639-1 of its text (core.language)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from bastion.core.cascade import Stage, stage_reason
 from bastion.core.decision import ResolvedTenant, decide, normalize_text
 from bastion.core.events import DecisionEvent
 from bastion.core.http import ApiError
+from bastion.core.language import detect_language
 from bastion.core.media_decision import cue_reasons, flagged_span, image_verdict, merge
 from bastion.core.policy import MediaPolicy
 from bastion.core.textkey import text_digest
@@ -90,8 +91,9 @@ def assemble(req: ModerateRequest, tenant: str, scored: Sequence[Scored],
             d, media_out = _media_decision(d, modality, sc, text, media_policy, req.categories)
         digest = text_digest(text or f"{modality}:{(sc.media or {}).get('sha256', '')}",
                              text_key)
+        language = detect_language(text)
         result: dict[str, Any] = {"id": item.id, **d, "model_version": sc.model_version,
-                                  "policy_version": rt.version}
+                                  "policy_version": rt.version, "language": language}
         if modality != "text":
             result.update(modality=modality, media=media_out)
         results.append(result)
@@ -110,7 +112,7 @@ def assemble(req: ModerateRequest, tenant: str, scored: Sequence[Scored],
                 policy_version=rt.version, ts=now, modality=modality,
                 media=None if media_out is None else {**media_out, "reasons": d["reasons"]},
                 media_type=None if kept is None else str((sc.media or {}).get("mime")),
-                media_blob=kept))
+                media_blob=kept, language=language))
         stage = sc.stage  # the cascade
         embedding = sc.embedding
         if modality == "image" and sc.media is not None:
@@ -125,6 +127,7 @@ def assemble(req: ModerateRequest, tenant: str, scored: Sequence[Scored],
             model_version=sc.model_version, policy_version=rt.version,
             embedding=None if stage == Stage.first else embedding,
             modality=modality, media=None if media_out is None else _logged(media_out, sc.media),
+            language=language,
         ))
     response = {"request_id": request_id, "tenant": tenant,
                 "model_version": results[0]["model_version"],

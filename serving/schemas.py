@@ -91,6 +91,9 @@ class ItemResult(BaseModel):
     deprioritized: list[str]
     model_version: str
     policy_version: str
+    language: str | None = Field(
+        None, description="The language of the item's text (or of the text its image shows or "
+        "its clip says), ISO 639-1 (e.g. \"es\"); null where it has no letters to tell.")
     modality: Literal["text", "image", "audio"] = "text"
     media: dict[str, Any] | None = Field(
         None, description="For an image or audio item: what was read from it (format and size, "

@@ -53,6 +53,11 @@ __all__ = [
     "load_davidson",
     "load_toxic_spans",
     "load_mlma",
+    "load_mlma_language",
+    "load_korean_beep",
+    "load_korean_curse",
+    "load_apeach",
+    "MULTILINGUAL_SOURCES",
     "load_toxigen",
     "load_cssrs",
     "load_spamassassin",
@@ -361,6 +366,75 @@ def load_mlma(limit: int | None = None, seed: int = 0) -> LabelledSet:
     return _make(texts, [f"mlma:{i}" for i in df["HITId"]], "mlma", targets, mask, weak)
 
 
+def load_mlma_language(language: str, limit: int | None = None, seed: int = 0) -> LabelledSet:
+    """MLMA's French (``fr``) or Arabic (``ar``) tweets, labelled as the English ones
+    (:func:`load_mlma`)."""
+    if language not in ("fr", "ar"):
+        raise ValueError(f"MLMA has French (fr) and Arabic (ar) tweets besides English, not "
+                         f"{language!r}")
+    df = _sample(pd.read_csv(_dev(f"mlma-hate-speech/{language}_dataset.csv")), limit, seed)
+    sent = df["sentiment"].astype(str)
+    hateful = sent.str.contains("hateful").to_numpy()
+    normal = (sent == "normal").to_numpy()
+    targets, mask, weak = _empty(len(df))
+    targets[:, _col("hate")] = hateful
+    mask[hateful | normal, _col("hate")] = True
+    for cat in ("harassment", "violence", "sexual", "spam", "profanity"):
+        weak[normal, _col(cat)] = True
+    texts = [_clip(re.sub(r"@url|@user|@URL|@USER|&amp;", " ", t))
+             for t in df["tweet"].astype(str)]
+    return _make(texts, [f"mlma_{language}:{i}" for i in df["HITId"]], f"mlma_{language}",
+                 targets, mask, weak)
+
+
+def load_korean_beep(limit: int | None = None, seed: int = 0) -> LabelledSet:
+    """BEEP! Korean entertainment-news comments (train and dev): ``harassment`` is 1 for
+    "offensive" or "hate" (rude, sarcastic, insulting, the guideline's strong hate or insult)
+    and 0 for "none"; ``hate`` is 1 where that comes with a bias against a group (gender or
+    others) and 0 for "none" without bias; other combinations leave hate unknown."""
+    import csv
+
+    df = pd.concat([pd.read_csv(_dev(f"korean-hate-speech-beep/{f}.tsv"), sep="\t",
+                                quoting=csv.QUOTE_NONE) for f in ("train", "dev")],
+                   ignore_index=True)
+    df = _sample(df, limit, seed)
+    label = df["hate"].astype(str).to_numpy()
+    bias = df["bias"].astype(str).to_numpy() != "none"
+    targets, mask, weak = _empty(len(df))
+    rude = np.isin(label, ["offensive", "hate"])
+    targets[:, _col("harassment")] = rude
+    mask[:, _col("harassment")] = True
+    targets[:, _col("hate")] = rude & bias
+    mask[(rude & bias) | ((label == "none") & ~bias), _col("hate")] = True
+    texts = [_clip(t) for t in df["comments"].astype(str)]
+    return _make(texts, [_text_group("beep", t) for t in texts], "korean_beep", targets, mask,
+                 weak)
+
+
+def load_korean_curse(limit: int | None = None, seed: int = 0) -> LabelledSet:
+    """Korean community comments (2runo's curse detection set): ``profanity`` is its binary
+    curse/abuse label (profanity, and the insulting, sexual or racist remarks it counts)."""
+    df = _sample(pd.read_csv(_dev("korean-curse-detection/curse_detection.csv")), limit, seed)
+    targets, mask, weak = _empty(len(df))
+    targets[:, _col("profanity")] = df["is_curse"].to_numpy() == 1
+    mask[:, _col("profanity")] = True
+    texts = [_clip(t) for t in df["text"].astype(str)]
+    return _make(texts, [_text_group("curse", t) for t in texts], "korean_curse", targets,
+                 mask, weak)
+
+
+def load_apeach(limit: int | None = None, seed: int = 0) -> LabelledSet:
+    """APEACH: crowd-written Korean sentences, ``hate`` 1 for "Spoiled" (pejorative about a
+    group: appearance, age, gender, origin, disability, ...) and 0 for "Default"."""
+    df = _sample(pd.read_csv(_dev("apeach-korean/test.csv")), limit, seed)
+    targets, mask, weak = _empty(len(df))
+    targets[:, _col("hate")] = df["class"].astype(str).to_numpy() == "Spoiled"
+    mask[:, _col("hate")] = True
+    texts = [_clip(t) for t in df["text"].astype(str)]
+    return _make(texts, [_text_group("apeach", t) for t in texts], "apeach", targets, mask,
+                 weak)
+
+
 def load_toxigen(limit: int | None = None, seed: int = 0) -> LabelledSet:
     """ToxiGen's human-curated seed sentences: implicit hate (no slurs) about 16 groups, and
     neutral sentences about the same groups (strict negatives for hate, weak for the rest)."""
@@ -507,6 +581,28 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("spamassassin", load_spamassassin, False,
            _dev_files("spamassassin/spamassassin.jsonl.gz"), "CC0 1.0 / PDDL 1.0",
            "e-mail bodies", default_limit=4000),
+]}
+
+
+# Labelled sets in other languages than English (development data), by ISO 639-1 language:
+# what a multilingual encoder's heads train on and are measured on (bench/language.py). They
+# stay out of SOURCES: the English starter's encoder cannot read them.
+MULTILINGUAL_SOURCES: dict[str, tuple[str, Source]] = {s.name: (lang, s) for lang, s in [
+    ("ko", Source("korean_beep", load_korean_beep, False,
+                  _dev_files("korean-hate-speech-beep/train.tsv",
+                             "korean-hate-speech-beep/dev.tsv"), "CC BY-SA 4.0",
+                  "Korean entertainment-news comments")),
+    ("ko", Source("korean_curse", load_korean_curse, False,
+                  _dev_files("korean-curse-detection/curse_detection.csv"), "MIT",
+                  "Korean community comments")),
+    ("ko", Source("apeach", load_apeach, False, _dev_files("apeach-korean/test.csv"),
+                  "CC BY-SA 4.0", "crowd-written Korean sentences")),
+    ("fr", Source("mlma_fr", lambda limit=None, seed=0: load_mlma_language("fr", limit, seed),
+                  False, _dev_files("mlma-hate-speech/fr_dataset.csv"), "MIT",
+                  "French tweets, majority labels")),
+    ("ar", Source("mlma_ar", lambda limit=None, seed=0: load_mlma_language("ar", limit, seed),
+                  False, _dev_files("mlma-hate-speech/ar_dataset.csv"), "MIT",
+                  "Arabic tweets, majority labels")),
 ]}
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "metadata", "events", "review_tasks", "review_items", "review_reports", "review_events",
     "review_slots", "review_claims", "label_items", "labels", "label_history", "drift_triggers",
     "embedding_encoders", "embeddings", "legacy_imports", "audit_log", "event_counts",
+    "language_counts",
 ]
 
 # Constraint names are fixed so that migrations can name them the same on every backend.
@@ -61,6 +62,7 @@ events = Table(
     # and ``media`` the JSON facts (format, size, duration, PDQ hash, cues). Never raw media.
     Column("modality", String(8), nullable=False, server_default="text"),
     Column("media", Text),
+    Column("language", String(8)),  # ISO 639-1 (core.language); None: no letters to tell
     Index(None, "tenant", "ts"),
     Index(None, "tenant", "session_id"),
     Index(None, "ts"),  # the dashboards' time windows over all tenants
@@ -75,6 +77,18 @@ event_counts = Table(
     Column("minute", Integer, primary_key=True),
     Column("decision", String(32), primary_key=True),
     Column("category", String(64), primary_key=True),
+    Column("n", Integer, nullable=False),
+    Index(None, "minute"),
+)
+
+# Decisions counted per tenant, minute, language and decision, beside event_counts: the
+# dashboards' traffic per language ("" where an item had no language to tell).
+language_counts = Table(
+    "language_counts", metadata,
+    Column("tenant", String(64), primary_key=True),
+    Column("minute", Integer, primary_key=True),
+    Column("language", String(8), primary_key=True),
+    Column("decision", String(32), primary_key=True),
     Column("n", Integer, nullable=False),
     Index(None, "minute"),
 )
@@ -120,6 +134,7 @@ review_items = Table(
     # the raw image or audio, only where the tenant's policy keeps it (core.policy.MediaPolicy)
     Column("media_type", String(32)),  # its MIME type
     Column("media_blob", LargeBinary),
+    Column("language", String(8)),  # ISO 639-1 (core.language)
     Index(None, "task_id"),
     Index(None, "tenant", "user_id", "ts"),
 )

@@ -208,7 +208,8 @@ function renderTask() {
       .map(([c, s]) => el("span", { class: "score" + (s >= 0.5 ? " high" : ""), text: `${c} ${s.toFixed(2)}` }));
     const label = state.labels[it.item_id];
     const chosen = label === undefined ? "unlabelled" : label.size === 0 ? "none" : [...label].join(", ");
-    li.append(el("div", { class: "meta" }, el("span", { text: `${it.user_id || "?"} · ${clock(it.ts)} · model: ${it.decision || "-"}` }),
+    const lang = it.language ? [el("span", { class: "lang", title: "language (ISO 639-1)", text: it.language })] : [];
+    li.append(el("div", { class: "meta" }, el("span", { text: `${it.user_id || "?"} · ${clock(it.ts)} · model: ${it.decision || "-"}` }), ...lang,
                  ...scores, ...(it.keyword_hits || []).map((k) => el("span", { class: "hit", text: `keyword ${k}` }))),
               ...mediaView(it, i), text, el("div", { class: "label", text: `label: ${chosen}` }));
     list.append(li);
@@ -495,6 +496,8 @@ async function loadOverview() {
   barChart($("chart-ages"), d.queue.age_histogram.map((b) => b.label), { reports: d.queue.age_histogram.map((b) => b.n) }, "open tasks by age");
   $("tenant-table").tBodies[0].replaceChildren(...Object.entries(d.by_tenant).map(([t, v]) =>
     el("tr", {}, el("td", { text: t }), el("td", { text: v.block || 0 }), el("td", { text: v.review || 0 }), el("td", { text: v.allow || 0 }))));
+  $("language-table").tBodies[0].replaceChildren(...Object.entries(d.by_language || {}).map(([l, v]) =>
+    el("tr", {}, el("td", { text: l }), el("td", { text: v.block || 0 }), el("td", { text: v.review || 0 }), el("td", { text: v.allow || 0 }))));
 }
 function sum(a) { return (a || []).reduce((x, y) => x + y, 0); }
 function card(title, value, hint) {

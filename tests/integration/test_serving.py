@@ -33,6 +33,9 @@ def test_moderate_returns_scores_decision_reasons_and_versions(served: Served) -
     assert {"category", "score", "threshold"} <= set(fired)
     assert fired["score"] >= fired["threshold"]
     assert abusive["model_version"] == "1" and abusive["policy_version"] == body["policy_version"]
+    assert benign["language"] == "en"
+    korean = served.moderate("acme", ["내일 점심 같이 먹을래?", "👍"]).json()["results"]
+    assert [r["language"] for r in korean] == ["ko", None]  # ISO 639-1; none without letters
 
 
 def test_keyword_rule_and_allow_list(served: Served) -> None:
@@ -130,6 +133,7 @@ def test_every_decision_is_logged_privately_unless_allowed(served: Served) -> No
     emb = found["acme"].embedding
     assert emb is not None and emb.shape == (384,)
     assert found["acme"].model_version == "1" and "hate" in found["acme"].scores
+    assert found["acme"].language == "en" and found["studio"].language == "en"
 
 
 def test_policy_edit_applies_without_restarting_a_replica(served: Served) -> None:

@@ -134,22 +134,23 @@ def test_the_queue_says_why_and_filters_by_category_and_reason(setup: Setup) -> 
     assert setup.client.get("/v1/console/queue", headers=as_("rev_sam")).json()["tasks"] == []
 
 
-def _event(ts: float, tenant: str, decision: str, category: str | None) -> DecisionEvent:
+def _event(ts: float, tenant: str, decision: str, category: str | None,
+           language: str | None = "en") -> DecisionEvent:
     reasons = [] if category is None else [{"kind": "model", "category": category,
                                             "action": decision}]
     return DecisionEvent(ts=ts, request_id="r", tenant=tenant, item_id=f"i{ts}",
                          session_id=None, user_id=None, text=None, text_sha256="x",
                          text_len=3, decision=decision, scores={}, reasons=reasons,
                          model_version="1", policy_version="p",
-                         embedding=np.zeros(4, dtype=np.float32))
+                         embedding=np.zeros(4, dtype=np.float32), language=language)
 
 
 def test_the_dashboards_count_decisions_per_bucket_category_and_tenant(setup: Setup) -> None:
     now = time.time()
     log = EventLog(setup.url)
     log.append([_event(now - 10, "acme", "block", "hate"),
-                _event(now - 20, "acme", "review", "spam"),
-                _event(now - 30, "acme", "allow", None),
+                _event(now - 20, "acme", "review", "spam", "ko"),
+                _event(now - 30, "acme", "allow", None, None),
                 _event(now - 7200, "acme", "block", "hate"),
                 _event(now - 10, "studio", "block", "hate")])
     log.close()
@@ -158,6 +159,9 @@ def test_the_dashboards_count_decisions_per_bucket_category_and_tenant(setup: Se
     assert ov["decisions"]["block"][-1] == 1  # the newest hour
     assert ov["by_category"]["hate"]["block"] == 2 and ov["by_category"]["spam"]["review"] == 1
     assert list(ov["by_tenant"]) == ["acme"]  # studio's decisions are not ann's to see
+    assert ov["by_language"] == {"en": {"block": 2, "review": 0, "allow": 0},
+                                 "ko": {"block": 0, "review": 1, "allow": 0},
+                                 "none": {"block": 0, "review": 0, "allow": 1}}
     assert ov["minutes_saved"]["automatic_decisions"] == 3
     mon = setup.client.get("/v1/console/monitor", headers=as_("rev_ann")).json()
     assert mon["total"] == 3 and len(mon["buckets"]) >= 30

@@ -97,6 +97,7 @@ def test_plugin_registry_lists_known_names_and_refuses_duplicates() -> None:
 TESTED_ENCODERS = {
     "hf": "tests/integration/test_starter_model.py (loads the MiniLM directory through 'hf')",
     "minilm": "tests/integration/test_starter_model.py",
+    "use-multilingual": "test_the_multilingual_encoder_embeds_languages_alike_and_round_trips",
 }
 TESTED_HEADS = {"linear": "test_stacked_heads_equal_one_head_at_a_time"}
 
@@ -104,3 +105,28 @@ TESTED_HEADS = {"linear": "test_stacked_heads_equal_one_head_at_a_time"}
 def test_every_registered_plugin_has_a_test() -> None:
     assert set(encoder_names()) == set(TESTED_ENCODERS)
     assert set(head_kinds()) == set(TESTED_HEADS)
+
+
+def test_the_multilingual_encoder_embeds_languages_alike_and_round_trips(tmp_path: Path) -> None:
+    from bastion.core.encoders import create_encoder
+
+    enc = create_encoder("use-multilingual", threads=1)
+    emb = enc.encode(["I will hurt you", "너를 다치게 할 거야", "je vais te faire du mal",
+                      "the weather is nice today"])
+    assert emb.shape == (4, 512) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+    sim = emb @ emb.T
+    # a threat in Korean and French sits nearer the English threat than small talk does
+    assert sim[0, 1] > sim[0, 3] and sim[0, 2] > sim[0, 3]
+    ident = enc.identity
+    assert ident["name"] == "use-multilingual" and ident["dim"] == 512
+    assert len(ident["fingerprint"]) == 64 and ident["precision"] == "fp32"
+    heads = LinearHeads([HeadSpec.parse("violence")], np.ones((512, 1), np.float32),
+                        np.zeros(1, np.float32))
+    model = ModerationModel(encoder=enc, heads=heads, metadata={"kind": "test"})
+    model.save(tmp_path / "m")
+    back = ModerationModel.load(tmp_path / "m")  # rebuilt from its identity, fingerprint checked
+    assert back.encoder.identity["fingerprint"] == ident["fingerprint"]
+    np.testing.assert_allclose(back.score(["너를 다치게 할 거야"])[1], model.score(
+        ["너를 다치게 할 거야"])[1], atol=1e-6)
+    with pytest.raises(ModelError, match="float32"):
+        create_encoder("use-multilingual", precision="bf16")
