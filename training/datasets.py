@@ -63,6 +63,8 @@ __all__ = [
     "load_spamassassin",
     "load_starter_data",
     "available_sources",
+    "available_multilingual_sources",
+    "source",
     "source_fingerprint",
 ]
 
@@ -352,8 +354,11 @@ def load_mlma(limit: int | None = None, seed: int = 0) -> LabelledSet:
     """MLMA English tweets: ``hate`` is 1 where the hostility types include "hateful", 0 for
     "normal" alone; other hostility (offensive, abusive, disrespectful, fearful) is left
     unknown for hate (not labelled as such), and is profanity-unknown as well."""
-    df = pd.read_csv(_dev("mlma-hate-speech/en_dataset_with_stop_words.csv"))
-    df = _sample(df, limit, seed)
+    return _mlma("en_dataset_with_stop_words.csv", "mlma", limit, seed)
+
+
+def _mlma(file: str, name: str, limit: int | None, seed: int) -> LabelledSet:
+    df = _sample(pd.read_csv(_dev(f"mlma-hate-speech/{file}")), limit, seed)
     sent = df["sentiment"].astype(str)
     hateful = sent.str.contains("hateful").to_numpy()
     normal = (sent == "normal").to_numpy()
@@ -362,8 +367,9 @@ def load_mlma(limit: int | None = None, seed: int = 0) -> LabelledSet:
     mask[hateful | normal, _col("hate")] = True
     for cat in ("harassment", "violence", "sexual", "spam", "profanity"):
         weak[normal, _col(cat)] = True
-    texts = [_clip(re.sub(r"@URL|@USER|&amp;", " ", t)) for t in df["tweet"].astype(str)]
-    return _make(texts, [f"mlma:{i}" for i in df["HITId"]], "mlma", targets, mask, weak)
+    texts = [_clip(re.sub(r"@URL|@USER|@url|@user|&amp;", " ", t))
+             for t in df["tweet"].astype(str)]
+    return _make(texts, [f"{name}:{i}" for i in df["HITId"]], name, targets, mask, weak)
 
 
 def load_mlma_language(language: str, limit: int | None = None, seed: int = 0) -> LabelledSet:
@@ -372,19 +378,7 @@ def load_mlma_language(language: str, limit: int | None = None, seed: int = 0) -
     if language not in ("fr", "ar"):
         raise ValueError(f"MLMA has French (fr) and Arabic (ar) tweets besides English, not "
                          f"{language!r}")
-    df = _sample(pd.read_csv(_dev(f"mlma-hate-speech/{language}_dataset.csv")), limit, seed)
-    sent = df["sentiment"].astype(str)
-    hateful = sent.str.contains("hateful").to_numpy()
-    normal = (sent == "normal").to_numpy()
-    targets, mask, weak = _empty(len(df))
-    targets[:, _col("hate")] = hateful
-    mask[hateful | normal, _col("hate")] = True
-    for cat in ("harassment", "violence", "sexual", "spam", "profanity"):
-        weak[normal, _col(cat)] = True
-    texts = [_clip(re.sub(r"@url|@user|@URL|@USER|&amp;", " ", t))
-             for t in df["tweet"].astype(str)]
-    return _make(texts, [f"mlma_{language}:{i}" for i in df["HITId"]], f"mlma_{language}",
-                 targets, mask, weak)
+    return _mlma(f"{language}_dataset.csv", f"mlma_{language}", limit, seed)
 
 
 def load_korean_beep(limit: int | None = None, seed: int = 0) -> LabelledSet:
@@ -618,10 +612,31 @@ def available_sources() -> list[str]:
     return out
 
 
+def available_multilingual_sources() -> list[str]:
+    """The non-English sets this machine has (development data)."""
+    out = []
+    for name, (_, src) in MULTILINGUAL_SOURCES.items():
+        try:
+            src.files()
+        except FileNotFoundError:
+            continue
+        out.append(name)
+    return out
+
+
+def source(name: str) -> Source:
+    """A source of ``SOURCES`` or ``MULTILINGUAL_SOURCES`` by name."""
+    if name in SOURCES:
+        return SOURCES[name]
+    if name in MULTILINGUAL_SOURCES:
+        return MULTILINGUAL_SOURCES[name][1]
+    raise KeyError(f"unknown source {name!r}")
+
+
 def source_fingerprint(name: str) -> str:
     """SHA-256 over the bytes of every file a source reads."""
     h = hashlib.sha256()
-    for p in SOURCES[name].files():
+    for p in source(name).files():
         h.update(p.name.encode())
         with p.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -637,12 +652,13 @@ def load_starter_data(
     ``default_limit`` applies unless ``limit_per_source`` is smaller; ``davidson_limit``
     overrides Davidson's."""
     names = list(sources) if sources is not None else available_sources()
-    unknown = [n for n in names if n not in SOURCES]
+    known = {**SOURCES, **{n: s for n, (_, s) in MULTILINGUAL_SOURCES.items()}}
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown source(s) {unknown}; known: {', '.join(SOURCES)}")
+        raise ValueError(f"unknown source(s) {unknown}; known: {', '.join(known)}")
     parts = []
     for name in names:
-        src = SOURCES[name]
+        src = known[name]
         limit = src.default_limit
         if name == "davidson" and davidson_limit is not None:
             limit = davidson_limit

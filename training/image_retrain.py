@@ -4,9 +4,9 @@ The image backbone stays frozen (as in the text model's heads-only mode): the ev
 every image's pooled embedding (never the image), moderators' labels on image review items
 (``core.labels``, modality image) say what it showed, and one logistic head per image
 category of the tenants' policies (``media.image.categories``) is fitted on those embeddings
-on a one-worker Ray Train ``TorchTrainer`` (the text heads' training loop,
-``training.retrain.heads_train_loop``), starting from the image model's ``@champion`` heads
-and pulled toward them. The version is logged to MLflow as the image model
+on a one-worker Ray Train ``TorchTrainer`` (the text heads' training,
+``training.retrain.fit_heads_on_ray``), starting from the image model's ``@champion``
+heads and pulled toward them. The version is logged to MLflow as the image model
 (``registry.aliases.image_model_name``), enters as ``@challenger`` and is gated on the
 snapshot's held-out reviewed images against the champion, or the shipped image model before
 the first promotion (``registry.image_gate``). Serving's image deployment follows the image
@@ -28,8 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ray.train import LoggingConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from bastion.core.errors import RegistryEmptyError
 from bastion.core.events import EventLog
@@ -46,7 +44,7 @@ from bastion.registry.image_gate import ImageEvalSet, ImageLifecycle
 from bastion.registry.lifecycle import GateRefused
 from bastion.registry.store import ModelRegistry
 from bastion.training.heads import FitConfig, group_split
-from bastion.training.retrain import HEAD_ANCHOR, RetrainError, RetrainResult, heads_train_loop
+from bastion.training.retrain import HEAD_ANCHOR, RetrainError, RetrainResult, fit_heads_on_ray
 from bastion.training.snapshot import TEST_FRACTION, VAL_FRACTION, connected_groups
 
 __all__ = ["ImageRetrainOptions", "ImageSnapshot", "build_image_snapshot", "image_heldout",
@@ -204,36 +202,6 @@ def _champion(registry: ModelRegistry, backbone: dict[str, Any], say: Say
     return version, heads
 
 
-def _fit(settings: Settings, snap: ImageSnapshot, keys: list[str], targets: np.ndarray,
-         mask: np.ndarray, weights: np.ndarray, init: LinearHeads | None,
-         opts: ImageRetrainOptions, run_name: str) -> tuple[LinearHeads, list[dict[str, Any]]]:
-    import ray
-
-    tr, va = snap.split == "train", snap.split == "val"
-    w = weights * mask
-    arrays = ray.put({"x": snap.embeddings[tr], "y": targets[tr], "w": w[tr],
-                      "vx": snap.embeddings[va], "vy": targets[va], "vw": w[va]})
-    trainer = TorchTrainer(
-        heads_train_loop,
-        train_loop_config={
-            "arrays": arrays, "keys": keys, "fit": asdict(opts.heads),
-            "init": None if init is None else {"keys": init.keys,
-                                               "weight": init.weight.tolist(),
-                                               "bias": init.bias.tolist()}},
-        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(  # type: ignore[call-arg]  # (mypy sees Ray Train v1's class)
-            name=run_name, storage_path=settings.train_storage_path,
-            logging_config=LoggingConfig(log_level="WARNING")),
-    )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RetrainError(f"image heads run {run_name} ended without a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        heads = LinearHeads.load(Path(d) / "heads.npz")
-        history = json.loads((Path(d) / "history.json").read_text())
-    return heads, history
-
-
 def retrain_images(settings: Settings, policy: PolicySet, opts: ImageRetrainOptions,
                    say: Say = lambda _m: None) -> RetrainResult:
     """Train, register (as the image model's ``@challenger``), gate and (if the options say
@@ -281,8 +249,12 @@ def retrain_images(settings: Settings, policy: PolicySet, opts: ImageRetrainOpti
     say(f"MLflow run {run_id} ({run_name}); image heads on Ray Train (backbone frozen)...")
     try:
         t0 = time.perf_counter()
-        heads, history = _fit(settings, snap, keys, targets, mask, weights,
-                              base[1].heads if base else None, opts, run_name)
+        tr, va = snap.split == "train", snap.split == "val"
+        w = weights * mask
+        heads, history = fit_heads_on_ray(
+            settings, (snap.embeddings[tr], targets[tr], w[tr]),
+            (snap.embeddings[va], targets[va], w[va]), keys, opts.heads,
+            base[1].heads if base else None, run_name)
         timings["fit"] = time.perf_counter() - t0
         if base is not None:  # heads no label of this snapshot trains stay the champion's
             kept = [k for k in base[1].categories if k not in snap.categories]

@@ -54,7 +54,7 @@ from bastion.training.snapshot import Snapshot, build_snapshot
 from bastion.training.starter import tenant_metrics
 
 __all__ = ["RetrainOptions", "RetrainResult", "RetrainError", "retrain", "options_from_policy",
-           "heldout_data", "snapshot_options"]
+           "heldout_data", "snapshot_options", "fit_heads_on_ray", "heads_train_loop"]
 
 Say = Callable[[str], None]
 
@@ -190,6 +190,39 @@ def heads_train_loop(config: dict[str, Any]) -> None:
                          checkpoint=Checkpoint.from_directory(tmp))
 
 
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # embeddings, soft targets, loss weights
+
+
+def fit_heads_on_ray(settings: Settings, train: Arrays, val: Arrays, keys: list[str],
+                     fit: FitConfig, init: LinearHeads | None, run_name: str
+                     ) -> tuple[LinearHeads, list[dict[str, Any]]]:
+    """Fit stacked heads on frozen embeddings on a one-worker Ray Train ``TorchTrainer``
+    (checkpointed under the settings' train storage): the text heads' and the image heads'
+    (``training.image_retrain``) training. Returns the heads and the per-check history."""
+    arrays = ray.put({"x": train[0], "y": train[1], "w": train[2],
+                      "vx": val[0], "vy": val[1], "vw": val[2]})
+    trainer = TorchTrainer(
+        heads_train_loop,
+        train_loop_config={
+            "arrays": arrays, "keys": keys, "fit": asdict(fit),
+            "init": None if init is None else {"keys": init.keys,
+                                               "weight": init.weight.tolist(),
+                                               "bias": init.bias.tolist()},
+        },
+        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(  # type: ignore[call-arg]  # (mypy sees Ray Train v1's class)
+            name=run_name, storage_path=_storage(settings),
+            logging_config=LoggingConfig(log_level="WARNING")),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RetrainError(f"heads-only run {run_name} ended without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        heads = LinearHeads.load(Path(d) / "heads.npz")
+        history = json.loads((Path(d) / "history.json").read_text())
+    return heads, history
+
+
 def _base_model(settings: Settings, say: Say) -> ModerationModel | None:
     """The current champion (its backbone is what heads-only mode trains on)."""
     registry = ModelRegistry(settings)
@@ -237,29 +270,11 @@ def _train_heads(settings: Settings, snap: Snapshot, keys: list[str], encoder: E
     data = snap.data
     tr, va = snap.split == "train", snap.split == "val"
     w = data.loss_weights
-    arrays = ray.put({"x": emb[tr], "y": data.targets[tr], "w": w[tr],
-                      "vx": emb[va], "vy": data.targets[va], "vw": w[va]})
     t0 = time.perf_counter()
-    trainer = TorchTrainer(
-        heads_train_loop,
-        train_loop_config={
-            "arrays": arrays, "keys": keys, "fit": asdict(opts.heads),
-            "init": None if init is None else {"keys": init.keys,
-                                               "weight": init.weight.tolist(),
-                                               "bias": init.bias.tolist()},
-        },
-        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(  # type: ignore[call-arg]  # (mypy sees Ray Train v1's class)
-            name=run_name, storage_path=_storage(settings),
-            logging_config=LoggingConfig(log_level="WARNING")),
-    )
-    result = trainer.fit()
+    heads, history = fit_heads_on_ray(
+        settings, (emb[tr], data.targets[tr], w[tr]), (emb[va], data.targets[va], w[va]),
+        keys, opts.heads, init, run_name)
     timings["fit"] = time.perf_counter() - t0
-    if result.checkpoint is None:
-        raise RetrainError(f"heads-only run {run_name} ended without a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        heads = LinearHeads.load(Path(d) / "heads.npz")
-        history = json.loads((Path(d) / "history.json").read_text())
     cache_info = asdict(stats)
     return heads, emb, cache_info, history
 
