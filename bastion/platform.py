@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.core.decision import ResolvedTenant, fit_problems, resolve_policy
-from bastion.core.errors import ConfigError, PolicyError
+from bastion.core.errors import ConfigError, PolicyError, RegistryEmptyError
 from bastion.core.keys import ensure_keys, load_reviewers, reviewers_path
 from bastion.core.model import ModelMetadata
 from bastion.core.policy import PolicySet, ensure_policy_file, load_policy
@@ -28,10 +28,16 @@ from bastion.core.store.engine import open_engine
 from bastion.core.store.legacy import import_legacy, legacy_files, summary
 from bastion.core.store.schema import upgrade_url
 from bastion.drift.check import monitor_pass
+from bastion.registry.aliases import MULTILINGUAL
 from bastion.registry.store import CHAMPION, ModelRegistry
 from bastion.serving.config import deploy_config, serve_config, wait_until_running
 from bastion.training.reference import ensure_reference
-from bastion.training.starter import register_starter, shipped_starter, train_starter
+from bastion.training.starter import (
+    MULTILINGUAL_DIR,
+    register_starter,
+    shipped_starter,
+    train_starter,
+)
 
 __all__ = [
     "champion_metadata",
@@ -232,6 +238,22 @@ def _register_starter(settings: Settings, say: Say, policy: PolicySet, **kw: Any
     return version
 
 
+def _register_multilingual(settings: Settings, registry: ModelRegistry, say: Say,
+                           policy: PolicySet) -> None:
+    """The shipped multilingual starter as @multilingual, once: the languages routed to it
+    (``serving.multilingual_languages``) are scored on its multilingual encoder."""
+    if settings.serving.multilingual_replicas == 0 or shipped_starter(MULTILINGUAL_DIR) is None:
+        return
+    try:
+        registry.by_alias(MULTILINGUAL)
+        return
+    except RegistryEmptyError:
+        pass
+    version, _ = register_starter(settings, policy, path=MULTILINGUAL_DIR, alias=MULTILINGUAL)
+    say(f"Registered the multilingual starter (USE multilingual) as version {version} "
+        f"@{MULTILINGUAL}: texts in other languages than English are scored on it.")
+
+
 def run_platform(
     settings: Settings,
     say: Say = print,
@@ -266,6 +288,7 @@ def run_platform(
     registry = ModelRegistry(settings)
     if not registry.has_champion():
         _register_starter(settings, say, policy, **(starter_kwargs or {}))
+    _register_multilingual(settings, registry, say, policy)
     meta = champion_metadata(settings)
     if ensure_reference(settings, registry, str(meta["version"])):
         say(f"Version {meta['version']} had no drift reference (registered before they were "

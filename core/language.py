@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["LANGUAGE_MODEL", "detect_language", "detect_languages"]
+__all__ = ["LANGUAGE_MODEL", "detect_language", "detect_languages", "routed_elsewhere"]
 
 LANGUAGE_MODEL = "py3langid"
 _lock = threading.Lock()
@@ -42,3 +42,12 @@ def detect_language(text: str | None) -> str | None:
 
 def detect_languages(texts: Sequence[str | None]) -> list[str | None]:
     return [detect_language(t) for t in texts]
+
+
+def routed_elsewhere(language: str | None, languages: frozenset[str] | None) -> bool:
+    """Whether a text in ``language`` goes to the multilingual model: one of ``languages``
+    (None: any language told apart from English); a text with no language stays on the
+    English champion."""
+    if language is None:
+        return False
+    return language != "en" if languages is None else language in languages

@@ -93,6 +93,14 @@ class ServingConfig(BaseModel):
     champion_poll_s: float = Field(
         2.0, gt=0, description="How often each Scorer replica checks the @champion alias."
     )
+    multilingual_replicas: int = Field(
+        1, ge=0, description="Replicas of the multilingual Scorer, which follows the "
+        "@multilingual alias (a version on a multilingual encoder) and scores the languages "
+        "routed to it; until that alias names a version, or with 0, every language goes to "
+        "@champion.")
+    multilingual_languages: list[str] | None = Field(
+        None, description="The languages (ISO 639-1) routed to @multilingual; null: every "
+        "language told apart from English (text without letters stays on @champion).")
     image_replicas: int = Field(
         1, ge=0, description="Replicas of the ImageModerator (image-safety model, PDQ hashes, "
         "OCR); 0: images are refused with 422. Text requests never reach it.")

@@ -3,10 +3,13 @@
 heads are a registered model of their own beside the text model (:func:`image_model_name`),
 with the same aliases and the same gate."""
 
-__all__ = ["CHAMPION", "CHALLENGER", "IMAGE_SUFFIX", "image_model_name"]
+__all__ = ["CHAMPION", "CHALLENGER", "IMAGE_SUFFIX", "MULTILINGUAL", "image_model_name"]
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+# A version on a multilingual encoder, served beside @champion for the languages the routing
+# sends it (serving.multilingual_languages): the English champion keeps English.
+MULTILINGUAL = "multilingual"
 IMAGE_SUFFIX = "-image"
 
 

@@ -29,11 +29,13 @@ from bastion.core.decision import ResolvedTenant, fit_problems, flag_thresholds,
 from bastion.core.events import EventLog, EventWriter
 from bastion.core.http import ApiError, invalid
 from bastion.core.keys import key_hashes, load_keys
+from bastion.core.language import detect_languages, routed_elsewhere
 from bastion.core.media import MediaError, decode_base64
 from bastion.core.model import ModelMetadata
 from bastion.core.policy import PolicySet, parse_policy
 from bastion.core.settings import Limits, load_settings
 from bastion.core.textkey import text_key
+from bastion.registry.aliases import MULTILINGUAL
 from bastion.review.queue import ReviewQueue
 from bastion.review.records import ReviewError
 from bastion.review.service import IntakeWriter, ReviewService
@@ -49,6 +51,8 @@ __all__ = ["Ingress"]
 
 
 log = logging.getLogger("ray.serve")
+
+DEFAULT_ROUTE = "default"  # the @champion Scorer; the other route is aliases.MULTILINGUAL
 
 # Items per Scorer call: a request's chunks run concurrently, and the chunks of concurrent
 # requests are coalesced into calls of up to this many items (``Ingress._score``).
@@ -71,9 +75,15 @@ class Ingress:
         keys_file: str | None = None, state_dir: str | None = None,
         review_intake: bool = True, tracking_uri: str | None = None,
         model_name: str | None = None, images: DeploymentHandle | None = None,
-        voice: DeploymentHandle | None = None,
+        voice: DeploymentHandle | None = None, multilingual: DeploymentHandle | None = None,
+        multilingual_languages: list[str] | None = None,
     ) -> None:
         self.scorer = scorer
+        # the Scorer of @multilingual, and the languages routed to it (None: all but English)
+        self.multilingual = multilingual
+        self.multilingual_languages = (None if multilingual_languages is None
+                                       else frozenset(multilingual_languages))
+        self._multilingual_ready = (0.0, False)  # (checked at, holds a version)
         self.images = images  # serving.media's deployments; None where not deployed
         self.voice = voice
         self._last_version: str | None = None
@@ -155,11 +165,14 @@ class Ingress:
     async def _metadata(self, version: str) -> ModelMetadata:
         # With several Scorer replicas mid-swap, the call may reach one that does not hold
         # this version yet (or any more): ask again, another replica answers.
+        handles = [h for h in (self.scorer, self.multilingual) if h is not None]
         for attempt in range(8):
-            try:
-                return await self.scorer.metadata.remote(version)
-            except Exception:  # noqa: BLE001 - surfaced below after the retries
-                await asyncio.sleep(0.05 * (attempt + 1))
+            for handle in handles:  # the version may be the multilingual Scorer's
+                try:
+                    return await handle.metadata.remote(version)
+                except Exception:  # noqa: BLE001 - surfaced below after the retries
+                    continue
+            await asyncio.sleep(0.05 * (attempt + 1))
         raise ApiError(503, f"no Scorer replica holds model version {version}; retry shortly")
 
     # -- what serving.api and bastion.review.routes call --------------------------------------
@@ -198,14 +211,24 @@ class Ingress:
             texts.extend(seg_texts)
         if cascade is None:  # the cascade: see _cascade_wanted
             cascade = self._cascade_wanted(tenant)
+        # Route by language: texts in a language routed to @multilingual (when its Scorer
+        # holds a version) go there, the rest to @champion; each route chunked and batched.
+        routes = await self._routes(texts)
+        parts: list[tuple[list[int], str]] = []
+        for route in (DEFAULT_ROUTE, MULTILINGUAL):
+            idx = [i for i, r in enumerate(routes) if r == route]
+            parts += [(idx[i:i + _CHUNK], route) for i in range(0, len(idx), _CHUNK)]
         chunks = await asyncio.gather(*[
-            self._score(texts[i:i + _CHUNK], cascade) for i in range(0, len(texts), _CHUNK)])
+            self._score([texts[i] for i in idx], cascade and route == DEFAULT_ROUTE, route)
+            for idx, route in parts])
         scored = [(res, (await self._resolved_for(res.model_version))[tenant]) for res in chunks]
         if cascade and any(cascade_refused(res.stages, rt.cascade_off) for res, rt in scored):
             return await self._moderate(tenant, req, request, cascade=False)
-        rows = [(res.model_version, rt, res.embeddings[j], res.scores[j],
-                 None if res.stages is None else int(res.stages[j]))
-                for res, rt in scored for j in range(len(res.scores))]
+        rows: list[Any] = [None] * len(texts)
+        for (idx, _), (res, rt) in zip(parts, scored, strict=True):
+            for j, i in enumerate(idx):
+                rows[i] = (res.model_version, rt, res.embeddings[j], res.scores[j],
+                           None if res.stages is None else int(res.stages[j]))
         if rows:
             self._last_version = rows[0][0]
         no_text = None if all(m is not None for m in main) else \
@@ -228,6 +251,25 @@ class Ingress:
                        now=time.time(), review=self.intake is not None, text_key=self.text_key)
         await record(self.writer, self.intake, out.events, out.review_items)  # or 503: nothing lost
         return out.response
+
+    async def _routes(self, texts: list[str]) -> list[str]:
+        """Each text's Scorer: ``multilingual`` for a text in a language routed there, while
+        the multilingual Scorer holds a version (checked at most every 5 s); else default."""
+        if self.multilingual is None or not texts:
+            return [DEFAULT_ROUTE] * len(texts)
+        checked, ready = self._multilingual_ready
+        if time.time() - checked > 5.0:
+            try:
+                status = await asyncio.wait_for(self.multilingual.status.remote(), timeout=5)
+                ready = status.get("model_version") is not None
+            except Exception as err:  # noqa: BLE001 - its languages go to @champion meanwhile
+                log.warning("Ingress: the multilingual Scorer does not answer: %s", err)
+                ready = False
+            self._multilingual_ready = (time.time(), ready)
+        if not ready:
+            return [DEFAULT_ROUTE] * len(texts)
+        return [MULTILINGUAL if routed_elsewhere(lang, self.multilingual_languages)
+                else DEFAULT_ROUTE for lang in detect_languages(texts)]
 
     async def _version_without_text(self, tenant: str) -> tuple[str, ResolvedTenant]:
         """The model version and resolved policy for items the text path did not score (an
@@ -289,24 +331,28 @@ class Ingress:
         return out
 
     @serve.batch(max_batch_size=_CHUNK, batch_wait_timeout_s=0.002,
-                 batch_size_fn=lambda calls: sum(len(texts) for texts, _ in calls),
+                 batch_size_fn=lambda calls: sum(len(c[0]) for c in calls),
                  max_concurrent_batches=2)
-    async def _score_calls(self, calls: list[tuple[list[str], bool]]) -> list[ScoreResult]:
-        """Concurrent requests' texts in one Scorer call (one per cascade setting). Each call
-        costs both replicas a fixed ~1 ms (serialisation, the handle's routing, the Scorer's
-        request handling): paid once per batch, not once per single-item request."""
+    async def _score_calls(self, calls: list[tuple[list[str], bool, str]]
+                           ) -> list[ScoreResult]:
+        """Concurrent requests' texts in one Scorer call (one per cascade setting and route).
+        Each call costs both replicas a fixed ~1 ms (serialisation, the handle's routing, the
+        Scorer's request handling): paid once per batch, not once per single-item request."""
         out: list[ScoreResult | None] = [None] * len(calls)
-        for flag in {c for _, c in calls}:
-            idx = [i for i, (_, c) in enumerate(calls) if c == flag]
+        for flag, route in {(c, r) for _, c, r in calls}:
+            idx = [i for i, (_, c, r) in enumerate(calls) if (c, r) == (flag, route)]
+            handle = self.multilingual if route == MULTILINGUAL else self.scorer
+            assert handle is not None
             # a replica failure is retried once (serving.resilience), else every caller: 503
             whole: ScoreResult = await retrying(
-                self.scorer.score, [t for i in idx for t in calls[i][0]], flag)
+                handle.score, [t for i in idx for t in calls[i][0]], flag)
             for i, part in zip(idx, whole.split([len(calls[i][0]) for i in idx]), strict=True):
                 out[i] = part
         return [r for r in out if r is not None]
 
-    async def _score(self, texts: list[str], cascade: bool) -> ScoreResult:
-        result: ScoreResult = await self._score_calls((texts, cascade))
+    async def _score(self, texts: list[str], cascade: bool,
+                     route: str = "default") -> ScoreResult:
+        result: ScoreResult = await self._score_calls((texts, cascade, route))
         return result
 
     def _cascade_wanted(self, tenant: str) -> bool:
@@ -339,7 +385,8 @@ class Ingress:
         except Exception as err:  # noqa: BLE001 - readiness reports any failure, never raises
             details["scorer"] = {"error": str(err)}
             ready = False
-        for name, handle in (("images", self.images), ("voice", self.voice)):
+        for name, handle in (("images", self.images), ("voice", self.voice),
+                             ("multilingual", self.multilingual)):
             if handle is None:
                 continue
             try:  # a media deployment down makes its items 503, never the text path unready

@@ -26,6 +26,7 @@ import numpy as np
 from ray import serve
 
 from bastion.core.cascade import cascade_status
+from bastion.core.errors import RegistryEmptyError
 from bastion.core.model import ModelMetadata, ModerationModel
 from bastion.core.settings import load_settings
 from bastion.registry.aliases import CHAMPION
@@ -82,7 +83,10 @@ class Scorer:
         torch_threads: int = 0,
         precision: str = "auto",
         champion_poll_s: float = 2.0,
+        alias: str = CHAMPION,
     ) -> None:
+        """``alias``: the registry alias this Scorer follows: ``champion``, or
+        ``multilingual`` for the deployment that scores the languages routed to it."""
         # torch and MLflow load here, not at import: the ingress replicas import this module
         # too (serving.app binds both deployments) and need neither.
         import torch
@@ -109,7 +113,15 @@ class Scorer:
         self._registry = ModelRegistry(self.settings)
         self.registry_health = Reachability(f"MLflow registry {tracking_uri}")
         self._switch_lock = threading.Lock()
-        self._switch(self._registry.by_alias(CHAMPION).version)
+        self.alias = alias
+        try:
+            self._switch(self._registry.by_alias(alias).version)
+        except RegistryEmptyError:
+            if alias == CHAMPION:
+                raise
+            # the multilingual Scorer waits for its alias: the Ingress routes nothing to it
+            # until it holds a version (status()["model_version"])
+            log.info("Scorer: no @%s version yet; following the alias", alias)
         self._stop = threading.Event()
         self._poll_s = champion_poll_s
         self._watcher = threading.Thread(target=self._watch, name="champion-watch", daemon=True)
@@ -164,9 +176,16 @@ class Scorer:
             if self._pinned is not None:
                 continue
             try:
-                version = self._registry.by_alias(CHAMPION).version
+                version = self._registry.by_alias(self.alias).version
+            except RegistryEmptyError:
+                # no version under this alias (yet, or any more): the champion's Scorer keeps
+                # what it serves; the multilingual one stops (its languages go to @champion)
+                if self.alias != CHAMPION and self._current is not None:
+                    log.info("Scorer: @%s was removed; serving nothing", self.alias)
+                    self._current = None
+                continue
             except Exception as err:  # noqa: BLE001 - registry unreachable: keep serving, retry
-                log.warning("Scorer: cannot read @%s: %s", CHAMPION, err)
+                log.warning("Scorer: cannot read @%s: %s", self.alias, err)
                 self.registry_health.failed(err)
                 continue
             self.registry_health.ok()
@@ -190,7 +209,9 @@ class Scorer:
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.004, batch_size_fn=items_in)
     async def score_batch(self, batch: list[list[str]]) -> list[ScoreResult]:
         current = self._current
-        assert current is not None
+        if current is None:
+            raise RegistryEmptyError(f"this Scorer follows @{self.alias}, which names no "
+                                     "version yet")
         flat = [t for texts in batch for t in texts]
         self.batches += 1
         self.items += len(flat)
@@ -245,6 +266,8 @@ class Scorer:
             "replica_id": ctx.replica_id.unique_id,
             "pid": os.getpid(),
             "model_version": cur.version if cur else None,
+            "alias": self.alias,
+            "encoder": cur.model.encoder.identity["name"] if cur else None,
             "loaded_at": cur.loaded_at if cur else None,
             "load_error": self.load_error,
             "registry": self.registry_health.as_dict(),  # unreachable: serving goes on

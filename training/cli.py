@@ -22,11 +22,12 @@ from bastion.registry.aliases import image_model_name
 from bastion.registry.image_gate import ImageLifecycle
 from bastion.registry.lifecycle import GateRefused, Lifecycle
 from bastion.registry.store import ModelRegistry
-from bastion.training.datasets import available_sources
+from bastion.training.datasets import available_multilingual_sources, available_sources
 from bastion.training.image_retrain import ImageRetrainOptions, image_heldout, retrain_images
 from bastion.training.retrain import RetrainResult, heldout_data, options_from_policy
 from bastion.training.retrain import retrain as run_retrain
 from bastion.training.starter import (
+    MULTILINGUAL_DIR,
     SHIPPED_DIR,
     artifact_digest,
     build_from_sources,
@@ -59,14 +60,19 @@ def starter() -> None:
 @click.option("--no-cross-source", is_flag=True, help="Skip the leave-one-source-out heads.")
 @click.option("--limit", type=click.IntRange(min=20), default=None,
               help="At most N items per source (a quick trial build; the shipped one has none).")
+@click.option("--multilingual", is_flag=True,
+              help="The multilingual starter: heads on USE multilingual v3, from the English "
+              "sources and the Korean, French and Arabic ones (default out: "
+              "training/starter_model_multilingual/).")
 @guard
 def starter_build(state_dir: Path | None, data_dir: Path | None, out: Path | None,
                   cache_dir: Path | None, sources: tuple[str, ...],
-                  no_cross_source: bool, limit: int | None) -> None:
+                  no_cross_source: bool, limit: int | None, multilingual: bool) -> None:
 
     if data_dir is not None:
         os.environ["BASTION_DEV_DATA"] = str(data_dir.resolve())
-    names = list(sources) or available_sources()
+    here = available_sources() + (available_multilingual_sources() if multilingual else [])
+    names = list(sources) or here
     click.echo(f"Sources: {', '.join(names)}")
     last: dict[str, int] = {}
 
@@ -75,21 +81,26 @@ def starter_build(state_dir: Path | None, data_dir: Path | None, out: Path | Non
             last[stage] = done
             click.echo(f"  {stage}: {done}/{total}")
 
-    unknown = [n for n in names if n not in available_sources()]
+    unknown = [n for n in names if n not in here]
     if unknown:
         fail(f"source(s) {', '.join(unknown)} not available here; available: "
-              f"{', '.join(available_sources())} (the development sets need ../shared/data "
-              "or --data DIR)")
+              f"{', '.join(here)} (the development sets need ../shared/data or --data DIR"
+              f"{'' if multilingual else '; the non-English ones --multilingual'})")
+    if multilingual and not any(n in available_multilingual_sources() for n in names):
+        fail("a multilingual starter needs the non-English sets of the development data "
+             "(../shared/data, or --data DIR)")
     given = {"--state-dir": state_dir, "--data": data_dir, "--out": out, "--cache": cache_dir,
              "--limit": limit}
     command = " ".join(["bastion starter build",
                         *(f"{k} {v}" for k, v in given.items() if v is not None),
                         *(f"--source {s}" for s in sources),
-                        *(["--no-cross-source"] if no_cross_source else [])])
+                        *(["--no-cross-source"] if no_cross_source else []),
+                        *(["--multilingual"] if multilingual else [])])
     model = build_from_sources(settings_for(state_dir), sources=names, cache_dir=cache_dir,
                                progress=progress, cross_source=not no_cross_source,
-                               limit_per_source=limit, command=command)
-    path = write_starter(model, out or SHIPPED_DIR)
+                               limit_per_source=limit, command=command,
+                               multilingual=multilingual)
+    path = write_starter(model, out or (MULTILINGUAL_DIR if multilingual else SHIPPED_DIR))
     for line in category_lines(model.metadata):
         click.echo(f"  {line}")
     click.echo(f"Wrote {path} (run 'bastion starter docs' to regenerate "

@@ -49,10 +49,11 @@ from bastion.training.cascade import fit_for_model
 from bastion.training.datasets import (
     CATEGORIES,
     CATEGORY_DESCRIPTIONS,
-    SOURCES,
     LabelledSet,
+    available_multilingual_sources,
     available_sources,
     load_starter_data,
+    source,
     source_fingerprint,
 )
 from bastion.training.heads import FitConfig, fit_heads, group_split
@@ -60,6 +61,8 @@ from bastion.training.reference import seed_reference
 
 __all__ = [
     "SHIPPED_DIR",
+    "MULTILINGUAL_DIR",
+    "MULTILINGUAL_ENCODER",
     "build_starter",
     "encode_with_progress",
     "register_starter",
@@ -72,6 +75,11 @@ __all__ = [
 
 ProgressFn = Callable[[str, int, int], None]
 SHIPPED_DIR = Path(__file__).with_name("starter_model")
+# The multilingual starter: heads on USE multilingual v3 (core.encoders.USEMultilingual), from
+# the English sources and the Korean, French and Arabic ones (MULTILINGUAL_SOURCES); served
+# beside the English champion as @multilingual for the languages it reads better.
+MULTILINGUAL_DIR = Path(__file__).with_name("starter_model_multilingual")
+MULTILINGUAL_ENCODER = "use-multilingual"
 BLOCK_PRECISION = 0.9  # the precision a shipped block threshold must reach on held-out data
 THIN_POSITIVES = 100  # fewer held-out positives from user-generated text: the category is thin
 WEAK_AUROC = 0.7  # pooled held-out AUROC below this: the category ranks weakly
@@ -269,7 +277,7 @@ def describe_sources(names: list[str]) -> dict[str, dict[str, Any]]:
     """What the artifact records of each source: its fingerprint, kind, licence."""
     out = {}
     for name in names:
-        src = SOURCES[name]
+        src = source(name)
         out[name] = {"sha256": source_fingerprint(name), "packaged": src.packaged,
                      "licence": src.licence, "kind": src.kind,
                      "files": [p.name for p in src.files()]}
@@ -373,10 +381,14 @@ def build_from_sources(
     limit_per_source: int | None = None, davidson_limit: int | None = None,
     cache_dir: Path | None = None, encoder: Encoder | None = None,
     progress: ProgressFn | None = None, cross_source: bool = True,
-    command: str | None = None,
+    command: str | None = None, multilingual: bool = False,
 ) -> ModerationModel:
-    """Load the sources, embed them through the embedding cache, build the starter."""
-    names = sources or available_sources()
+    """Load the sources, embed them through the embedding cache, build the starter
+    (``multilingual``: on USE multilingual, the non-English sets included)."""
+    names = sources or (available_sources()
+                        + (available_multilingual_sources() if multilingual else []))
+    if multilingual and encoder is None:
+        encoder = create_encoder(MULTILINGUAL_ENCODER)
     data = load_starter_data(limit_per_source=limit_per_source,
                              davidson_limit=davidson_limit, sources=names)
     # fp32 whatever the CPU: the shipped heads must not depend on the machine that built them

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bastion.core.language import detect_language, detect_languages
+from bastion.core.language import detect_language, detect_languages, routed_elsewhere
 from bastion.core.policy import parse_policy
 from bastion.drift.rates import language_mix_test
 from bastion.serving.decisions import Scored, assemble
@@ -60,3 +60,11 @@ def test_the_language_mix_drifts_when_a_new_language_arrives_and_not_by_chance()
     r = language_mix_test(["en"] * 100, ["en"] * 99 + ["fi"], p_threshold=0.01)
     assert not r.drift
     assert language_mix_test(["en"] * 5, ["ko"] * 5).detail["skipped"]
+
+
+def test_routing_sends_other_languages_to_the_multilingual_model_and_keeps_english() -> None:
+    assert routed_elsewhere("ko", None) and routed_elsewhere("fr", None)
+    assert not routed_elsewhere("en", None) and not routed_elsewhere(None, None)
+    only = frozenset({"ko", "ar"})
+    assert routed_elsewhere("ko", only) and not routed_elsewhere("fr", only)
+    assert not routed_elsewhere(None, only)
