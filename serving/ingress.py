@@ -343,9 +343,19 @@ class Ingress:
             idx = [i for i, (_, c, r) in enumerate(calls) if (c, r) == (flag, route)]
             handle = self.multilingual if route == MULTILINGUAL else self.scorer
             assert handle is not None
-            # a replica failure is retried once (serving.resilience), else every caller: 503
-            whole: ScoreResult = await retrying(
-                handle.score, [t for i in idx for t in calls[i][0]], flag)
+            texts = [t for i in idx for t in calls[i][0]]
+            try:
+                # a replica failure is retried once (serving.resilience), else every caller: 503
+                whole: ScoreResult = await retrying(handle.score, texts, flag)
+            except Exception as err:
+                if route != MULTILINGUAL:
+                    raise
+                # @multilingual went away since the last check (or its Scorer is down): these
+                # texts are scored by @champion, and the route stays off until checked again
+                log.warning("Ingress: the multilingual Scorer failed (%s); scoring %d text(s) "
+                            "on @champion", err, len(texts))
+                self._multilingual_ready = (time.time(), False)
+                whole = await retrying(self.scorer.score, texts, flag)
             for i, part in zip(idx, whole.split([len(calls[i][0]) for i in idx]), strict=True):
                 out[i] = part
         return [r for r in out if r is not None]

@@ -68,3 +68,11 @@ def test_routing_sends_other_languages_to_the_multilingual_model_and_keeps_engli
     only = frozenset({"ko", "ar"})
     assert routed_elsewhere("ko", only) and not routed_elsewhere("fr", only)
     assert not routed_elsewhere(None, only)
+
+
+def test_dialects_and_varieties_report_their_iso_639_1_language() -> None:
+    # Egyptian Arabic is a class of its own in the model (arz): reported as Arabic
+    assert detect_language("ايه ده يا عم انت مجنون ولا ايه") == "ar"
+    texts = ["lol that bitch crazy af", "wetin dey happen for here abeg", "粵語好難學",
+             "ok", "Hab dich lieb", "x y z", "¿qué pasa?"]
+    assert all(lang is None or len(lang) == 2 for lang in detect_languages(texts))
