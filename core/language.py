@@ -31,8 +31,6 @@ def _classify() -> Any:
     if not _identifier:
         with _lock:
             if not _identifier:
-                import py3langid
-
                 from py3langid import langid
 
                 langid.rank("warm up")  # loads the model once per process
