@@ -600,28 +600,25 @@ MULTILINGUAL_SOURCES: dict[str, tuple[str, Source]] = {s.name: (lang, s) for lan
 ]}
 
 
-def available_sources() -> list[str]:
-    """The sources this machine can read: every packaged one, development ones if present."""
+def _readable(sources: dict[str, Source]) -> list[str]:
     out = []
-    for name, src in SOURCES.items():
+    for name, src in sources.items():
         try:
             src.files()
         except FileNotFoundError:
             continue
         out.append(name)
     return out
+
+
+def available_sources() -> list[str]:
+    """The sources this machine can read: every packaged one, development ones if present."""
+    return _readable(SOURCES)
 
 
 def available_multilingual_sources() -> list[str]:
     """The non-English sets this machine has (development data)."""
-    out = []
-    for name, (_, src) in MULTILINGUAL_SOURCES.items():
-        try:
-            src.files()
-        except FileNotFoundError:
-            continue
-        out.append(name)
-    return out
+    return _readable({n: s for n, (_, s) in MULTILINGUAL_SOURCES.items()})
 
 
 def source(name: str) -> Source:
