@@ -354,10 +354,12 @@ def load_mlma(limit: int | None = None, seed: int = 0) -> LabelledSet:
     """MLMA English tweets: ``hate`` is 1 where the hostility types include "hateful", 0 for
     "normal" alone; other hostility (offensive, abusive, disrespectful, fearful) is left
     unknown for hate (not labelled as such), and is profanity-unknown as well."""
-    return _mlma("en_dataset_with_stop_words.csv", "mlma", limit, seed)
+    return _mlma("en_dataset_with_stop_words.csv", "mlma", limit, seed, r"@URL|@USER|&amp;")
 
 
-def _mlma(file: str, name: str, limit: int | None, seed: int) -> LabelledSet:
+def _mlma(file: str, name: str, limit: int | None, seed: int, noise: str) -> LabelledSet:
+    """An MLMA file, labelled as :func:`load_mlma` says; ``noise``: what is blanked out of
+    the tweets (the anonymised mentions and links as that file writes them)."""
     df = _sample(pd.read_csv(_dev(f"mlma-hate-speech/{file}")), limit, seed)
     sent = df["sentiment"].astype(str)
     hateful = sent.str.contains("hateful").to_numpy()
@@ -367,8 +369,7 @@ def _mlma(file: str, name: str, limit: int | None, seed: int) -> LabelledSet:
     mask[hateful | normal, _col("hate")] = True
     for cat in ("harassment", "violence", "sexual", "spam", "profanity"):
         weak[normal, _col(cat)] = True
-    texts = [_clip(re.sub(r"@URL|@USER|@url|@user|&amp;", " ", t))
-             for t in df["tweet"].astype(str)]
+    texts = [_clip(re.sub(noise, " ", t)) for t in df["tweet"].astype(str)]
     return _make(texts, [f"{name}:{i}" for i in df["HITId"]], name, targets, mask, weak)
 
 
@@ -378,7 +379,8 @@ def load_mlma_language(language: str, limit: int | None = None, seed: int = 0) -
     if language not in ("fr", "ar"):
         raise ValueError(f"MLMA has French (fr) and Arabic (ar) tweets besides English, not "
                          f"{language!r}")
-    return _mlma(f"{language}_dataset.csv", f"mlma_{language}", limit, seed)
+    return _mlma(f"{language}_dataset.csv", f"mlma_{language}", limit, seed,
+                 r"@url|@user|@URL|@USER|&amp;")
 
 
 def load_korean_beep(limit: int | None = None, seed: int = 0) -> LabelledSet:
