@@ -8,6 +8,7 @@ psycopg 3 driver and ``pool_pre_ping``, so a connection the server dropped is re
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,12 +92,32 @@ def insert_ignore(engine: Engine | Connection, table: Table) -> Insert:
     return sqlite_insert(table).on_conflict_do_nothing()
 
 
+def _wal(cur: Any, wait_s: float = 30.0) -> None:
+    """WAL journal mode. It is kept in the file, so only the first connection of a new
+    database sets it; switching needs the file to itself, and SQLite answers "database is
+    locked" at once (no busy wait) while another process is doing the same or migrating the
+    new file: retried until ``wait_s``."""
+    import sqlite3
+
+    if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     # SQLAlchemy's documented recipe: pysqlite must not emit BEGIN itself; _sqlite_begin does.
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA busy_timeout=30000")
-    cur.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+    _wal(cur)  # readers never wait for the writer
     cur.execute("PRAGMA synchronous=NORMAL")  # WAL: a crashed process loses no commit
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
