@@ -20,10 +20,10 @@ from bastion.registry.checks import (
     present_check,
     recall_check,
 )
-from bastion.registry.evaluation import Pair, VersionEvaluation
+from bastion.registry.evaluation import CategoryEvaluation, Pair, VersionEvaluation
 from bastion.registry.report import Check, GateReport, measured
 
-__all__ = ["run_gate"]
+__all__ = ["pair_checks", "run_gate"]
 
 
 def _rule(policy: PolicySet, tenant: str, category: str) -> Rule:
@@ -42,6 +42,28 @@ def _rule(policy: PolicySet, tenant: str, category: str) -> Rule:
         max_ece=d.max_ece if g.max_ece is None else g.max_ece,
         min_positives=d.min_positives if g.min_positives is None else g.min_positives,
     )
+
+
+def pair_checks(pair: Pair, cand: CategoryEvaluation | None,
+                champ: CategoryEvaluation | None, candidate: str, champion: str | None,
+                rule: Rule | None) -> list[Check]:
+    """One (tenant, category)'s checks: presence; then, for a category of the policy (its
+    ``rule``; None: one only the champion still scores), the quality checks (or, where none is
+    measurable, agreement with the champion) and the evidence check. The text gate and the
+    image gate (``registry.image_gate``) both run it."""
+    present = present_check(pair, cand, champ, candidate, champion, rule is not None)
+    if not present.passed or rule is None:
+        return [present]
+    assert cand is not None
+    quality = [precision_check(pair, cand, champ, rule),
+               recall_check(pair, cand, champ, champion, rule),
+               calibration_check(pair, cand, rule),
+               auroc_check(pair, cand, champ, champion, rule)]
+    if not any(ch.passed is not None for ch in quality):
+        agreement = agreement_check(pair, cand, champ, champion)
+        if agreement is not None:
+            quality.append(agreement)
+    return [present, *quality, evidence_check(pair, quality, cand)]
 
 
 def run_gate(
@@ -77,25 +99,12 @@ def run_gate(
                   if ev.head_key is not None and p not in pairs]
     checks: list[Check] = []
     for pair in pairs:
-        cand = candidate.categories.get(pair)
-        champ = champion.categories.get(pair) if champion is not None else None
         t, c = pair
         in_policy = t in policy.tenants and c in policy.tenants[t].categories
-        present = present_check(pair, cand, champ, candidate.version, champ_name, in_policy)
-        checks.append(present)
-        if not present.passed or not in_policy:
-            continue
-        assert cand is not None
-        rule = _rule(policy, t, c)
-        quality = [precision_check(pair, cand, champ, rule),
-                   recall_check(pair, cand, champ, champ_name, rule),
-                   calibration_check(pair, cand, rule),
-                   auroc_check(pair, cand, champ, champ_name, rule)]
-        if not any(ch.passed is not None for ch in quality):
-            agreement = agreement_check(pair, cand, champ, champ_name)
-            if agreement is not None:
-                quality.append(agreement)
-        checks += quality + [evidence_check(pair, quality, cand)]
+        checks += pair_checks(
+            pair, candidate.categories.get(pair),
+            champion.categories.get(pair) if champion is not None else None,
+            candidate.version, champ_name, _rule(policy, t, c) if in_policy else None)
     checks.append(latency_check(candidate, policy.gate.max_p99_ms))
     failed = any(ch.passed is False for ch in checks)
     return GateReport(

@@ -25,23 +25,14 @@ from bastion.core.image_heads import ImageHeads
 from bastion.core.policy import PolicySet
 from bastion.core.settings import Settings
 from bastion.registry.aliases import image_model_name
-from bastion.registry.checks import (
-    Rule,
-    agreement_check,
-    auroc_check,
-    calibration_check,
-    evidence_check,
-    latency_check,
-    precision_check,
-    present_check,
-    recall_check,
-)
+from bastion.registry.checks import Rule, latency_check
 from bastion.registry.evaluation import (
     CategoryEvaluation,
     Pair,
     VersionEvaluation,
     binary_metrics,
 )
+from bastion.registry.gate import pair_checks
 from bastion.registry.lifecycle import Lifecycle
 from bastion.registry.report import Check, GateReport, measured
 from bastion.registry.store import ModelRegistry
@@ -127,22 +118,9 @@ def run_image_gate(candidate: VersionEvaluation, champion: VersionEvaluation,
                 max_ece=d.max_ece, min_positives=d.min_positives)
     checks: list[Check] = []
     for pair in image_pairs(policy):
-        cand = candidate.categories.get(pair)
-        champ = champion.categories.get(pair)
-        present = present_check(pair, cand, champ, candidate.version, champion.version, True)
-        checks.append(present)
-        if not present.passed:
-            continue
-        assert cand is not None
-        quality = [precision_check(pair, cand, champ, rule),
-                   recall_check(pair, cand, champ, champion.version, rule),
-                   calibration_check(pair, cand, rule),
-                   auroc_check(pair, cand, champ, champion.version, rule)]
-        if not any(ch.passed is not None for ch in quality):
-            agreement = agreement_check(pair, cand, champ, champion.version)
-            if agreement is not None:
-                quality.append(agreement)
-        checks += quality + [evidence_check(pair, quality, cand)]
+        checks += pair_checks(pair, candidate.categories.get(pair),
+                              champion.categories.get(pair), candidate.version,
+                              champion.version, rule)
     checks.append(latency_check(candidate, d.max_p99_ms))
     failed = any(ch.passed is False for ch in checks)
     return GateReport(candidate=candidate.version, champion=champion.version,
