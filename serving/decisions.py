@@ -50,7 +50,7 @@ class Scored:
 
 def assemble(req: ModerateRequest, tenant: str, scored: Sequence[Scored],
              media_policy: MediaPolicy, *, request_id: str, now: float, review: bool,
-             text_key: bytes) -> Decisions:
+             text_key: bytes, languages: Sequence[str | None] | None = None) -> Decisions:
     """Decide every item of ``req``.
 
     Args:
@@ -63,6 +63,8 @@ def assemble(req: ModerateRequest, tenant: str, scored: Sequence[Scored],
         review: whether review is enabled: items decided "review", and the other items of
             their sessions (as context), go to the review queue.
         text_key: the install's text digest key (``core.textkey``).
+        languages: each item's language, where the caller identified it already (the
+            Ingress, to route); else identified here (``core.language``).
 
     Raises:
         ApiError: 422 when ``req.categories`` names a category the tenant does not enforce.
@@ -71,7 +73,7 @@ def assemble(req: ModerateRequest, tenant: str, scored: Sequence[Scored],
     events: list[DecisionEvent] = []
     review_items: list[ReviewItem] = []
     checked: set[str] = set()
-    for item, sc in zip(req.items, scored, strict=True):
+    for k, (item, sc) in enumerate(zip(req.items, scored, strict=True)):
         rt = sc.tenant
         if req.categories is not None and sc.model_version not in checked:
             known = {c.name for c in rt.categories} | set(media_policy.image.categories)
@@ -91,7 +93,7 @@ def assemble(req: ModerateRequest, tenant: str, scored: Sequence[Scored],
             d, media_out = _media_decision(d, modality, sc, text, media_policy, req.categories)
         digest = text_digest(text or f"{modality}:{(sc.media or {}).get('sha256', '')}",
                              text_key)
-        language = detect_language(text)
+        language = languages[k] if languages is not None else detect_language(text)
         result: dict[str, Any] = {"id": item.id, **d, "model_version": sc.model_version,
                                   "policy_version": rt.version, "language": language}
         if modality != "text":

@@ -29,7 +29,7 @@ from bastion.core.decision import ResolvedTenant, fit_problems, flag_thresholds,
 from bastion.core.events import EventLog, EventWriter
 from bastion.core.http import ApiError, invalid
 from bastion.core.keys import key_hashes, load_keys
-from bastion.core.language import detect_languages, routed_elsewhere
+from bastion.core.language import detect_language, routed_elsewhere
 from bastion.core.media import MediaError, decode_base64
 from bastion.core.model import ModelMetadata
 from bastion.core.policy import PolicySet, parse_policy
@@ -211,9 +211,16 @@ class Ingress:
             texts.extend(seg_texts)
         if cascade is None:  # the cascade: see _cascade_wanted
             cascade = self._cascade_wanted(tenant)
-        # Route by language: texts in a language routed to @multilingual (when its Scorer
-        # holds a version) go there, the rest to @champion; each route chunked and batched.
-        routes = await self._routes(texts)
+        # Each item's language, once (its result's, and its route's): a clip's segments go
+        # where its transcript goes. Route by language: texts in a language routed to
+        # @multilingual (when its Scorer holds a version) go there, the rest to @champion;
+        # each route chunked and batched.
+        item_languages = [None if m is None else detect_language(texts[m]) for m in main]
+        text_languages: list[str | None] = [None] * len(texts)
+        for k, m in enumerate(main):
+            for j in ([] if m is None else [m]) + segs[k]:
+                text_languages[j] = item_languages[k]
+        routes = await self._routes(text_languages)
         parts: list[tuple[list[int], str]] = []
         for route in (DEFAULT_ROUTE, MULTILINGUAL):
             idx = [i for i, r in enumerate(routes) if r == route]
@@ -248,15 +255,17 @@ class Ingress:
                 items.append(Scored(version, rt, row, emb, stage, **common))
         tpol = self._loaded().policy.tenants[tenant]
         out = assemble(req, tenant, items, tpol.media, request_id=uuid.uuid4().hex,
-                       now=time.time(), review=self.intake is not None, text_key=self.text_key)
+                       now=time.time(), review=self.intake is not None, text_key=self.text_key,
+                       languages=item_languages)
         await record(self.writer, self.intake, out.events, out.review_items)  # or 503: nothing lost
         return out.response
 
-    async def _routes(self, texts: list[str]) -> list[str]:
-        """Each text's Scorer: ``multilingual`` for a text in a language routed there, while
-        the multilingual Scorer holds a version (checked at most every 5 s); else default."""
-        if self.multilingual is None or not texts:
-            return [DEFAULT_ROUTE] * len(texts)
+    async def _routes(self, languages: list[str | None]) -> list[str]:
+        """Each text's Scorer, by its language: ``multilingual`` for a language routed there,
+        while the multilingual Scorer holds a version (checked at most every 5 s); else
+        default."""
+        if self.multilingual is None or not languages:
+            return [DEFAULT_ROUTE] * len(languages)
         checked, ready = self._multilingual_ready
         if time.time() - checked > 5.0:
             try:
@@ -267,9 +276,9 @@ class Ingress:
                 ready = False
             self._multilingual_ready = (time.time(), ready)
         if not ready:
-            return [DEFAULT_ROUTE] * len(texts)
+            return [DEFAULT_ROUTE] * len(languages)
         return [MULTILINGUAL if routed_elsewhere(lang, self.multilingual_languages)
-                else DEFAULT_ROUTE for lang in detect_languages(texts)]
+                else DEFAULT_ROUTE for lang in languages]
 
     async def _version_without_text(self, tenant: str) -> tuple[str, ResolvedTenant]:
         """The model version and resolved policy for items the text path did not score (an
