@@ -63,11 +63,6 @@ class ImageHeads:
         """(n, n_categories) probabilities for (n, dim) embeddings."""
         return self.heads.score(np.asarray(emb, np.float32).reshape(-1, self.heads.weight.shape[0]))
 
-    def scores_of(self, emb: np.ndarray) -> dict[str, float]:
-        """One image's probability per category."""
-        row = self.score(emb)[0]
-        return {k: round(float(p), 6) for k, p in zip(self.categories, row, strict=True)}
-
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)

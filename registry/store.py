@@ -152,17 +152,17 @@ class ModelRegistry:
         tests of the gate)."""
         meta = json.loads((model_dir / "metadata.json").read_text())
         keys = meta["heads"]["keys"]
-        image = meta.get("kind") == IMAGE_HEADS_KIND
-        signature = ModelSignature(
-            inputs=Schema([ColSpec("string", "text")] if not image else
-                          [ColSpec("float", f"e{i}") for i in range(meta["backbone"]["dim"])]),
-            outputs=Schema([ColSpec("float", k) for k in keys]),
-        )
-        if image:
-            example = pd.DataFrame([np.zeros(meta["backbone"]["dim"], np.float32)],
-                                   columns=[f"e{i}" for i in range(meta["backbone"]["dim"])])
+        if meta.get("kind") == IMAGE_HEADS_KIND:  # image heads: one column per embedding dim
+            cols = [f"e{i}" for i in range(meta["backbone"]["dim"])]
+            inputs = Schema([ColSpec("float", c) for c in cols])
+            example = pd.DataFrame([np.zeros(len(cols), np.float32)], columns=cols)
+            python_model: Any = ImageHeadsPyfunc()
         else:
+            inputs = Schema([ColSpec("string", "text")])
             example = pd.DataFrame({"text": ["an example message"]})
+            python_model = BastionPyfunc()
+        signature = ModelSignature(inputs=inputs,
+                                   outputs=Schema([ColSpec("float", k) for k in keys]))
         start: dict[str, Any] = ({"run_id": run_id} if run_id else
                  {"experiment_id": self.experiment_id(), "run_name": run_name})
         with mlflow.start_run(**start) as _run:
@@ -176,7 +176,7 @@ class ModelRegistry:
             mlflow.log_dict(meta, "bastion_metadata.json")
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=ImageHeadsPyfunc() if image else BastionPyfunc(),
+                python_model=python_model,
                 artifacts={"bastion": str(model_dir)},
                 pip_requirements=pip_requirements(),
                 signature=signature,
