@@ -60,6 +60,8 @@ class Rule:
     recall_tolerance: float
     max_ece: float
     min_positives: int
+    # the policy gives the category a review threshold only: the model never decides it alone
+    review_only: bool = False
 
 
 def _meets(metric: str, value: float, threshold: float, greater_is_better: bool) -> bool:
@@ -253,10 +255,16 @@ def agreement_check(pair: Pair, cand: CategoryEvaluation, champ: CategoryEvaluat
                                              "does here with nothing to show it is better"))
 
 
-def evidence_check(pair: Pair, checks: Sequence[Check], cand: CategoryEvaluation) -> Check:
+def evidence_check(pair: Pair, checks: Sequence[Check], cand: CategoryEvaluation,
+                   rule: Rule | None = None) -> Check:
     """A gated category needs at least one measured quality check (or, with no label to
     judge it, scores that agree with the champion's): a candidate is never promoted on no
-    evidence about a category it would decide."""
+    evidence about a category it would decide. One exception: a category the policy makes
+    review-only (``rule.review_only``), with no champion scores to agree with (a category new
+    in this version, e.g. from ``bastion category add``), is admitted without held-out
+    evidence, since it only sends items to people, who label them; it may block only after
+    threshold calibration on those labels gives it a block threshold, and from then on it
+    is gated like any other."""
     t, c = pair
     measured = [ch.name for ch in checks if ch.passed is not None and ch.name in QUALITY]
     if measured:
@@ -265,6 +273,12 @@ def evidence_check(pair: Pair, checks: Sequence[Check], cand: CategoryEvaluation
     if any(ch.name == AGREEMENT and ch.passed for ch in checks):
         return Check(t, c, EVIDENCE, True, 1.0, 1.0,
                      f"{t}/{c}: no held-out labels; scores as the champion did")
+    if rule is not None and rule.review_only and not any(ch.name == AGREEMENT for ch in checks):
+        return Check(t, c, EVIDENCE, True, 0.0, 0.0,
+                     f"{t}/{c}: no held-out labels and no champion scores to compare with; "
+                     "admitted because the policy makes it review-only (it never blocks by "
+                     "itself): calibrate a block threshold from reviewed labels "
+                     "('bastion category status') before it may block")
     return Check(t, c, EVIDENCE, False, 0.0, 1.0,
                  f"{t}/{c}: no quality check was measurable ({cand.n} held-out labelled "
                  f"item(s), {cand.n_pos} positive(s)): a candidate is not promoted without "

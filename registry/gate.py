@@ -41,6 +41,7 @@ def _rule(policy: PolicySet, tenant: str, category: str) -> Rule:
         recall_tolerance=d.recall_tolerance if g.recall_tolerance is None else g.recall_tolerance,
         max_ece=d.max_ece if g.max_ece is None else g.max_ece,
         min_positives=d.min_positives if g.min_positives is None else g.min_positives,
+        review_only=cpol.block_threshold is None and cpol.target_precision is None,
     )
 
 
@@ -63,7 +64,7 @@ def pair_checks(pair: Pair, cand: CategoryEvaluation | None,
         agreement = agreement_check(pair, cand, champ, champion)
         if agreement is not None:
             quality.append(agreement)
-    return [present, *quality, evidence_check(pair, quality, cand)]
+    return [present, *quality, evidence_check(pair, quality, cand, rule)]
 
 
 def run_gate(

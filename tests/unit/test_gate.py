@@ -328,3 +328,48 @@ def test_to_json_round_trips_with_rounded_values() -> None:
         for key in ("value", "threshold"):
             assert row[key] is None or round(row[key], 4) == row[key]
     assert len(data["checks"]) == len(report.checks)
+
+
+def _with_new_category(cpol: dict) -> PolicySet:
+    data = json.loads(json.dumps(POLICY_DATA))
+    data["tenants"]["acme"]["categories"]["scam"] = {"head": "acme/scam", **cpol}
+    return parse_policy(data)
+
+
+def test_new_review_only_category_is_admitted_without_held_out_evidence() -> None:
+    # 'bastion category add': a tenant-owned head no held-out item is labelled for, which the
+    # policy makes review-only; every other category is gated as usual
+    policy = _with_new_category({"review_threshold": 0.6})
+    heads = [*HEADS, "acme/scam"]
+    scores = np.c_[scores_for(), DATA.rng.random(N)]
+    cand = evaluate_version("2", heads, meta_for("2", scores[:, :3], HEADS), scores,
+                            DATA.targets, DATA.mask, CATEGORIES, policy, p99_ms=12.0)
+    champ = evaluation("1", policy=policy)
+    report = run_gate(cand, champ, policy)
+    assert report.passed, report.to_table()
+    assert check(report, "acme", "scam", "category_present").passed is True
+    evidence = check(report, "acme", "scam", "quality_evidence")
+    assert evidence.passed is True and "admitted because the policy makes it review-only" in (
+        evidence.message)
+    # the others were measured as before
+    assert check(report, "acme", "hate", "quality_evidence").value is not None
+    assert check(report, "acme", "hate", "precision_at_block").passed is True
+
+
+def test_new_category_that_would_block_needs_evidence() -> None:
+    policy = _with_new_category({"review_threshold": 0.6, "block_threshold": 0.9})
+    heads = [*HEADS, "acme/scam"]
+    scores = np.c_[scores_for(), DATA.rng.random(N)]
+    cand = evaluate_version("2", heads, meta_for("2", scores[:, :3], HEADS), scores,
+                            DATA.targets, DATA.mask, CATEGORIES, policy, p99_ms=12.0)
+    report = run_gate(cand, evaluation("1", policy=policy), policy)
+    assert not report.passed
+    assert [(c.tenant, c.category, c.name) for c in report.failures()] == [
+        ("acme", "scam", "quality_evidence")]
+
+
+def test_new_review_only_category_must_still_be_present() -> None:
+    policy = _with_new_category({"review_threshold": 0.6})
+    report = run_gate(evaluation("2", policy=policy), evaluation("1", policy=policy), policy)
+    assert [(c.tenant, c.category, c.name) for c in report.failures()] == [
+        ("acme", "scam", "category_present")]
