@@ -61,7 +61,8 @@ from bastion.training.datasets import SOURCES, available_sources, load_starter_d
 __all__ = [
     "CategoryError", "CategoryResult", "CategoryStatus", "Negatives", "MIN_POSITIVES",
     "add_category", "category_status", "fit_category_head", "pick_review_threshold",
-    "queue_for_labelling", "rank_for_labelling", "read_examples", "status_of",
+    "fit_head", "near_positives", "queue_for_labelling", "rank_for_labelling",
+    "read_examples", "status_of",
     "traffic_negatives", "apply_block_threshold", "with_head",
 ]
 
@@ -153,7 +154,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _near(emb: np.ndarray, pos_emb: np.ndarray, limit: float) -> np.ndarray:
+def near_positives(emb: np.ndarray, pos_emb: np.ndarray, limit: float) -> np.ndarray:
     """Which rows of ``emb`` lie within cosine similarity ``limit`` of some positive."""
     if not len(emb):
         return np.zeros(0, bool)
@@ -181,7 +182,7 @@ def traffic_negatives(events: Iterable[DecisionEvent], fingerprint_of: Callable[
         rows.append(ev)
     emb = (np.stack([r.embedding for r in rows if r.embedding is not None]).astype(np.float32)
            if rows else np.zeros((0, pos_emb.shape[1]), np.float32))
-    close = _near(emb, pos_emb, near)
+    close = near_positives(emb, pos_emb, near)
     near_n = int(close.sum())
     keep = np.flatnonzero(~close)
     if len(keep) > limit:
@@ -218,7 +219,8 @@ def _benign_seed(limit: int, exclude: set[str], seed: int = 0) -> list[str]:
 
 # -- the head ------------------------------------------------------------------------------
 
-def _fit(pos: np.ndarray, neg: np.ndarray, key: str, c: float = C) -> LinearHeads:
+def fit_head(pos: np.ndarray, neg: np.ndarray, key: str, c: float = C) -> LinearHeads:
+    """One logistic head ``key``: ``pos`` against ``neg`` embeddings, classes balanced."""
     x = np.vstack([pos, neg]).astype(np.float64)
     y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
     clf = LogisticRegression(C=c, class_weight="balanced", max_iter=1000).fit(x, y)
@@ -242,10 +244,10 @@ def fit_category_head(pos: np.ndarray, neg: np.ndarray, key: str, *, c: float = 
     pos_oof = np.zeros(len(pos), np.float32)
     neg_oof = np.zeros(len(neg), np.float32)
     for f in range(k):
-        head = _fit(pos[pos_fold != f], neg[neg_fold != f], key, c)
+        head = fit_head(pos[pos_fold != f], neg[neg_fold != f], key, c)
         pos_oof[pos_fold == f] = head.score(pos[pos_fold == f])[:, 0]
         neg_oof[neg_fold == f] = head.score(neg[neg_fold == f])[:, 0]
-    return _fit(pos, neg, key, c), pos_oof, neg_oof
+    return fit_head(pos, neg, key, c), pos_oof, neg_oof
 
 
 def pick_review_threshold(pos_scores: np.ndarray, neg_scores: np.ndarray, *,
@@ -374,13 +376,15 @@ def _check_input(policy: PolicySet, tenant: str, name: str, positives: list[str]
 
 def add_category(settings: Settings, policy_path: Path, tenant: str, name: str,
                  description: str, positives: list[str], *, target_precision: float = 0.9,
-                 eval_data: LabelledSet | None = None, actor: str | None = None,
-                 seed: int = 0, say: Say = lambda _m: None) -> CategoryResult:
+                 eval_data: LabelledSet | None = None, latency_items: int = 100,
+                 actor: str | None = None, seed: int = 0,
+                 say: Say = lambda _m: None) -> CategoryResult:
     """Train, register, gate and serve a new review-only category (see the module docstring).
 
     Args:
         eval_data: the gate's held-out data (default: ``training.retrain.heldout_data``, what
             ``bastion promote`` gates on).
+        latency_items: items the gate times one by one (``registry.lifecycle.Lifecycle``).
 
     Raises:
         CategoryError: bad input, too few negatives, or the gate refused the version (then
@@ -444,7 +448,8 @@ def add_category(settings: Settings, policy_path: Path, tenant: str, name: str,
     t0 = time.perf_counter()
     if eval_data is None:
         eval_data = heldout_data(settings, new_policy)
-    lc = Lifecycle(settings, new_policy, eval_data=eval_data, registry=registry)
+    lc = Lifecycle(settings, new_policy, eval_data=eval_data, registry=registry,
+                   latency_items=latency_items)
     try:
         result = lc.promote(version, actor=actor, reason=f"bastion category add {key}: "
                             f"{description[:200]}")
@@ -511,7 +516,7 @@ def _negatives(settings: Settings, registry: ModelRegistry, tenant: str, fingerp
         if not texts:
             continue
         vecs, _ = cache.embed(texts)
-        vecs = vecs[~_near(vecs, pos_emb, NEAR_POSITIVE)]
+        vecs = vecs[~near_positives(vecs, pos_emb, NEAR_POSITIVE)]
         neg.emb = np.vstack([neg.emb, vecs]).astype(np.float32)
         neg.sources[what] = len(vecs)
         neg.notes.append(f"{len(vecs)} negative(s) from {why}")
