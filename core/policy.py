@@ -105,6 +105,19 @@ class GateDefaults(_Frozen):
     max_p99_ms: float = Field(
         250.0, gt=0, description="p99 latency budget of scoring one item in process, in ms."
     )
+    shadow_min_items: int = Field(
+        0, ge=0, description="Shadow evidence: a candidate must have scored at least this many "
+        "live items in the shadow of the champion ('bastion shadow start') before it is "
+        "promoted; 0: no shadow evidence is required.",
+    )
+    shadow_min_reviewed: int = Field(
+        10, ge=1, description="Reviewed shadowed items a version must have flagged for a "
+        "category before its precision there counts (fewer: not measurable).",
+    )
+    shadow_max_precision_drop: float = Field(
+        0.0, ge=0, le=1, description="With shadow evidence required: how far the candidate's "
+        "precision on reviewed shadowed items may fall below the champion's, per category.",
+    )
 
 
 class CategoryPolicy(_Frozen):

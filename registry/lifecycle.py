@@ -11,7 +11,6 @@ it. Serving follows the alias by itself (``serving.scorer``).
 
 from __future__ import annotations
 
-import getpass
 import json
 import time
 from dataclasses import dataclass
@@ -28,12 +27,12 @@ from bastion.core.settings import Settings
 from bastion.registry.evaluation import VersionEvaluation, evaluate_version
 from bastion.registry.gate import run_gate
 from bastion.registry.report import Check, GateReport
+from bastion.registry.shadow import shadow_checks, shadow_config, stop_shadow
 from bastion.registry.store import CHALLENGER, CHAMPION, ModelRegistry
 
 __all__ = ["Lifecycle", "PromotionResult", "GateRefused"]
 
 HISTORY_TAG = "bastion.champion_history"
-AUDIT_PREFIX = "audit."
 
 
 class GateRefused(BastionError):
@@ -125,6 +124,12 @@ class Lifecycle:
         else:
             baseline = self.evaluate(champion) if champion and champion != version else None
             report = run_gate(candidate, baseline, self.policy)
+            shadow = shadow_checks(self.settings, self.registry, version, self.policy)
+            if shadow:  # the policy asks for evidence from live traffic (gate.shadow_min_items)
+                report = GateReport(candidate=version, champion=champion,
+                                    passed=report.passed and not any(
+                                        c.passed is False for c in shadow),
+                                    checks=[*report.checks, *shadow])
         self._store(version, report)
         return report
 
@@ -164,18 +169,11 @@ class Lifecycle:
         self.client.set_registered_model_tag(self.name, HISTORY_TAG, json.dumps(history[-50:]))
 
     def _audit(self, action: str, **fields: Any) -> dict[str, Any]:
-        entry = {"action": action, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                 "actor": fields.pop("actor", None) or getpass.getuser(), **fields}
-        key = f"{AUDIT_PREFIX}{time.time_ns()}"
-        self.client.set_registered_model_tag(self.name, key, json.dumps(entry, sort_keys=True))
-        return entry
+        return self.registry.audit(action, **fields)
 
     def audit(self) -> list[dict[str, Any]]:
-        """Every promotion, forced promotion, refusal and rollback, oldest first."""
-        tags = self.client.get_registered_model(self.name).tags or {}
-        rows = [(int(k[len(AUDIT_PREFIX):]), json.loads(v)) for k, v in tags.items()
-                if k.startswith(AUDIT_PREFIX)]
-        return [entry for _, entry in sorted(rows, key=lambda kv: kv[0])]
+        """Every promotion, forced promotion, refusal, rollback and shadow run, oldest first."""
+        return self.registry.audit_trail()
 
     def promote(self, version: str, *, force: bool = False, actor: str | None = None,
                 reason: str | None = None) -> PromotionResult:
@@ -205,6 +203,9 @@ class Lifecycle:
             self.client.set_model_version_tag(self.name, version, "validation_status", "forced")
         self._audit("forced" if force and not report.passed else "promoted", version=version,
                     previous=previous, actor=actor, reason=reason, gate_passed=report.passed)
+        shadowing = shadow_config(self.registry)
+        if shadowing is not None and shadowing.version == version:  # it serves all now
+            stop_shadow(self.registry, actor=actor, reason=f"v{version} promoted")
         return PromotionResult(version, True, force and not report.passed, previous, report)
 
     def rollback(self, *, actor: str | None = None, reason: str | None = None) -> tuple[str, str]:

@@ -7,10 +7,12 @@ alias; a new version would enter as ``challenger`` (the promotion gate is the re
 
 from __future__ import annotations
 
+import getpass
 import importlib.metadata as md
 import json
 import os
 import shutil
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,7 @@ DRIFT_EXPERIMENT = "bastion-drift"
 # A sample of the texts a version was trained on, logged with its run: the drift monitor's
 # reference, readable wherever the registry is (not only in the state directory that trained it).
 REFERENCE_ARTIFACT = "drift/reference_texts.json"
+AUDIT_PREFIX = "audit."  # registered-model tags: one per audited action, keyed by its time
 
 
 def pip_requirements() -> list[str]:
@@ -242,6 +245,22 @@ class ModelRegistry:
                 "train the starter model"
             ) from None
         return self.get(str(mv.version))
+
+    def audit(self, action: str, **fields: Any) -> dict[str, Any]:
+        """Record who did ``action`` (promoted, rollback, shadow_started...), when and why,
+        in the registered model's tags: the audit trail ``bastion models audit`` shows."""
+        entry = {"action": action, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "actor": fields.pop("actor", None) or getpass.getuser(), **fields}
+        key = f"{AUDIT_PREFIX}{time.time_ns()}"
+        self.client.set_registered_model_tag(self.name, key, json.dumps(entry, sort_keys=True))
+        return entry
+
+    def audit_trail(self) -> list[dict[str, Any]]:
+        """Every audited action, oldest first."""
+        tags = self.client.get_registered_model(self.name).tags or {}
+        rows = [(int(k[len(AUDIT_PREFIX):]), json.loads(v)) for k, v in tags.items()
+                if k.startswith(AUDIT_PREFIX)]
+        return [entry for _, entry in sorted(rows, key=lambda kv: kv[0])]
 
     def has_champion(self) -> bool:
         try:

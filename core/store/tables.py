@@ -25,7 +25,7 @@ __all__ = [
     "metadata", "events", "review_tasks", "review_items", "review_reports", "review_events",
     "review_slots", "review_claims", "label_items", "labels", "label_history", "drift_triggers",
     "embedding_encoders", "embeddings", "legacy_imports", "audit_log", "event_counts",
-    "language_counts",
+    "language_counts", "shadow_events",
 ]
 
 # Constraint names are fixed so that migrations can name them the same on every backend.
@@ -91,6 +91,33 @@ language_counts = Table(
     Column("decision", String(32), primary_key=True),
     Column("n", Integer, nullable=False),
     Index(None, "minute"),
+)
+
+# A challenger's verdict on a sample of live traffic (``bastion shadow``), beside the
+# champion's that decided it: never a decision, never in ``events``. ``bands``: per category,
+# "block" or "review" where the version's score crossed that threshold (absent: allow).
+shadow_events = Table(
+    "shadow_events", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Double, nullable=False),
+    Column("request_id", String(128), nullable=False),
+    Column("tenant", String(64), nullable=False),
+    Column("item_id", String(256), nullable=False),
+    Column("text", Text),  # only where the tenant's policy has store_raw_text
+    Column("text_sha256", String(64), nullable=False),
+    Column("language", String(8)),
+    Column("version", String(64), nullable=False),  # the challenger
+    Column("decision", String(32), nullable=False),
+    Column("scores", Text, nullable=False),
+    Column("bands", Text, nullable=False),
+    Column("champion_version", String(64), nullable=False),
+    Column("champion_decision", String(32), nullable=False),
+    Column("champion_scores", Text, nullable=False),
+    Column("champion_bands", Text, nullable=False),
+    Column("champion_ms", Double),  # the champion's scoring call, as the Ingress timed it
+    Column("shadow_ms", Double),  # the challenger's
+    Index(None, "version", "tenant", "ts"),
+    sqlite_autoincrement=True,
 )
 
 # -- the review queue ----------------------------------------------------------------------
