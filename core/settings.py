@@ -101,6 +101,13 @@ class ServingConfig(BaseModel):
     multilingual_languages: list[str] | None = Field(
         None, description="The languages (ISO 639-1) routed to @multilingual; null: every "
         "language told apart from English (text without letters stays on @champion).")
+    shadow_replicas: int = Field(
+        1, ge=0, description="Replicas of the shadow Scorer, which follows @shadow (the "
+        "challenger of 'bastion shadow start') and holds no model until a shadow run starts; "
+        "0: shadow runs are not served.")
+    canary_check_s: float = Field(
+        60.0, gt=0, description="How often the shadow Scorer compares a canary's reviewed "
+        "precision with the champion's, and rolls the canary back when it is lower.")
     image_replicas: int = Field(
         1, ge=0, description="Replicas of the ImageModerator (image-safety model, PDQ hashes, "
         "OCR); 0: images are refused with 422. Text requests never reach it.")

@@ -15,7 +15,7 @@ from ray.serve import Application
 
 from bastion.core.settings import Limits, ServingConfig, load_settings
 from bastion.core.store import normalise_url
-from bastion.registry.aliases import MULTILINGUAL
+from bastion.registry.aliases import MULTILINGUAL, SHADOW
 from bastion.serving.ingress import Ingress
 from bastion.serving.media import ImageModerator, VoiceModerator
 from bastion.serving.scorer import Scorer
@@ -66,6 +66,16 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         sv.batch_wait_timeout_s, sv.torch_threads, sv.precision, sv.champion_poll_s,
         MULTILINGUAL,
     )
+    # A third for the challenger of a shadow run (@shadow): idle, holding no model, until then.
+    shadow = None if sv.shadow_replicas == 0 else Scorer.options(  # type: ignore[attr-defined]
+        name="ShadowScorer", num_replicas=sv.shadow_replicas,
+        max_ongoing_requests=sv.scorer_max_ongoing_requests,
+        ray_actor_options={"num_cpus": 0.5},
+    ).bind(
+        args.state_dir, args.tracking_uri, args.model_name, sv.max_batch_size,
+        sv.batch_wait_timeout_s, sv.torch_threads, sv.precision, sv.champion_poll_s,
+        SHADOW, sv.canary_check_s,
+    )
     # Images and voice on deployments of their own: text requests never reach them.
     limits = args.limits.model_dump()
     images = None if sv.image_replicas == 0 else ImageModerator.options(  # type: ignore[attr-defined]
@@ -80,7 +90,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         max_ongoing_requests=sv.ingress_max_ongoing_requests,
     ).bind(scorer, _database_url(args), limits, args.keys_file,
             args.state_dir, sv.review_intake, args.tracking_uri, args.model_name, images, voice,
-            multilingual, sv.multilingual_languages)
+            multilingual, sv.multilingual_languages, shadow)
 
 
 def _database_url(args: AppArgs) -> str:

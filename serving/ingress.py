@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import time
 import uuid
 from collections.abc import Mapping
@@ -25,8 +26,14 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from bastion.core.cascade import cascade_refused
-from bastion.core.decision import ResolvedTenant, fit_problems, flag_thresholds, resolve_policy
-from bastion.core.events import EventLog, EventWriter
+from bastion.core.decision import (
+    ResolvedTenant,
+    decide,
+    fit_problems,
+    flag_thresholds,
+    resolve_policy,
+)
+from bastion.core.events import DecisionEvent, EventLog, EventWriter
 from bastion.core.http import ApiError, invalid
 from bastion.core.keys import key_hashes, load_keys
 from bastion.core.language import detect_language, routed_elsewhere
@@ -34,8 +41,9 @@ from bastion.core.media import MediaError, decode_base64
 from bastion.core.model import ModelMetadata
 from bastion.core.policy import PolicySet, parse_policy
 from bastion.core.settings import Limits, load_settings
+from bastion.core.shadow_events import ShadowEvent, ShadowLog, ShadowWriter, bands_of
 from bastion.core.textkey import text_key
-from bastion.registry.aliases import MULTILINGUAL
+from bastion.registry.aliases import MULTILINGUAL, SHADOW
 from bastion.review.queue import ReviewQueue
 from bastion.review.records import ReviewError
 from bastion.review.service import IntakeWriter, ReviewService
@@ -57,6 +65,9 @@ DEFAULT_ROUTE = "default"  # the @champion Scorer; the other route is aliases.MU
 # Items per Scorer call: a request's chunks run concurrently, and the chunks of concurrent
 # requests are coalesced into calls of up to this many items (``Ingress._score``).
 _CHUNK = 64
+# Shadow scoring calls in flight per Ingress replica: past it, sampled items are skipped (and
+# counted), so a slow challenger never backs up the champion's requests.
+_SHADOW_INFLIGHT = 16
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,7 @@ class Ingress:
         model_name: str | None = None, images: DeploymentHandle | None = None,
         voice: DeploymentHandle | None = None, multilingual: DeploymentHandle | None = None,
         multilingual_languages: list[str] | None = None,
+        shadow: DeploymentHandle | None = None,
     ) -> None:
         self.scorer = scorer
         # the Scorer of @multilingual, and the languages routed to it (None: all but English)
@@ -85,6 +97,13 @@ class Ingress:
                                        else frozenset(multilingual_languages))
         self._multilingual_ready = (0.0, False)  # (checked at, holds a version)
         self.images = images  # serving.media's deployments; None where not deployed
+        # The challenger of a shadow run (registry.shadow): its Scorer, the run's settings as
+        # that Scorer last reported them, and what became of the items sampled for it.
+        self.shadow = shadow
+        self._shadow_run: dict[str, Any] | None = None
+        self._shadow_refresh: asyncio.Task[None] | None = None
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self.shadow_counts = {"scored": 0, "skipped": 0, "failed": 0, "canary_requests": 0}
         self.voice = voice
         self._last_version: str | None = None
         self.keys_file = keys_file
@@ -99,6 +118,7 @@ class Ingress:
             ReviewQueue(database_url), self._current_policy, thresholds=self._block_thresholds,
             text_key=self.text_key)
         self.intake: IntakeWriter | None = IntakeWriter(self.review) if review_intake else None
+        self.shadow_writer = None if shadow is None else ShadowWriter(ShadowLog(database_url))
         self._policy: _PolicyState | None = None
         self._resolved: dict[tuple[str, float], dict[str, ResolvedTenant]] = {}
         self._meta: dict[str, ModelMetadata] = {}
@@ -138,7 +158,13 @@ class Ingress:
         return state
 
     def _block_thresholds(self, tenant: str) -> dict[str, float]:
-        """The block thresholds serving uses now (the newest resolved model version)."""
+        """The block thresholds serving uses now: @champion's (the last version it served),
+        else the newest resolved model version's."""
+        state = self._policy
+        mine = None if state is None else self._resolved.get((self._last_version or "",
+                                                               state.loaded_at))
+        if mine is not None and tenant in mine:
+            return flag_thresholds(mine, tenant)
         for resolved in reversed(list(self._resolved.values())):
             if tenant in resolved:
                 return flag_thresholds(resolved, tenant)
@@ -165,7 +191,7 @@ class Ingress:
     async def _metadata(self, version: str) -> ModelMetadata:
         # With several Scorer replicas mid-swap, the call may reach one that does not hold
         # this version yet (or any more): ask again, another replica answers.
-        handles = [h for h in (self.scorer, self.multilingual) if h is not None]
+        handles = [h for h in (self.scorer, self.multilingual, self.shadow) if h is not None]
         for attempt in range(8):
             for handle in handles:  # the version may be the multilingual Scorer's
                 try:
@@ -221,13 +247,24 @@ class Ingress:
             for j in ([] if m is None else [m]) + segs[k]:
                 text_languages[j] = item_languages[k]
         routes = await self._routes(text_languages)
+        # A shadow run: a canary decides this request where it is the canary tenant's and
+        # drawn (the @champion route only); else some of its texts are shadowed, below.
+        run = self._shadow_settings()
+        canary = (run is not None and run.get("canary_tenant") == tenant
+                  and not run.get("canary_stopped") and bool(run.get("canary"))
+                  and random.random() < float(run["canary"]))
+        if canary:
+            self.shadow_counts["canary_requests"] += 1
+            routes = [SHADOW if r == DEFAULT_ROUTE else r for r in routes]
         parts: list[tuple[list[int], str]] = []
-        for route in (DEFAULT_ROUTE, MULTILINGUAL):
+        for route in (DEFAULT_ROUTE, MULTILINGUAL, SHADOW):
             idx = [i for i, r in enumerate(routes) if r == route]
             parts += [(idx[i:i + _CHUNK], route) for i in range(0, len(idx), _CHUNK)]
+        t_score = time.perf_counter()
         chunks = await asyncio.gather(*[
             self._score([texts[i] for i in idx], cascade and route == DEFAULT_ROUTE, route)
             for idx, route in parts])
+        champion_ms = (time.perf_counter() - t_score) * 1000
         scored = [(res, (await self._resolved_for(res.model_version))[tenant]) for res in chunks]
         if cascade and any(cascade_refused(res.stages, rt.cascade_off) for res, rt in scored):
             return await self._moderate(tenant, req, request, cascade=False)
@@ -236,8 +273,10 @@ class Ingress:
             for j, i in enumerate(idx):
                 rows[i] = (res.model_version, rt, res.embeddings[j], res.scores[j],
                            None if res.stages is None else int(res.stages[j]))
-        if rows:
-            self._last_version = rows[0][0]
+        for (idx, route), res in zip(parts, chunks, strict=True):
+            if route == DEFAULT_ROUTE and idx:  # @champion's, never a canary's
+                self._last_version = res.model_version
+                break
         no_text = None if all(m is not None for m in main) else \
             await self._version_without_text(tenant)
         items: list[Scored] = []
@@ -258,7 +297,80 @@ class Ingress:
                        now=time.time(), review=self.intake is not None, text_key=self.text_key,
                        languages=item_languages)
         await record(self.writer, self.intake, out.events, out.review_items)  # or 503: nothing lost
+        if run is not None and not canary:
+            self._shadow_sample(tenant, run, out.events, [
+                None if m is None or routes[m] != DEFAULT_ROUTE or it.modality != "text"
+                else texts[m] for m, it in zip(main, req.items, strict=True)], champion_ms)
         return out.response
+
+    # -- shadow runs ----------------------------------------------------------------------
+    def _shadow_settings(self) -> dict[str, Any] | None:
+        """The shadow run in force, as the shadow Scorer last reported it (a background task
+        asks it every 2 s: the request path never waits on it); None: no run."""
+        if self.shadow is None:
+            return None
+        if self._shadow_refresh is None or self._shadow_refresh.done():
+            self._shadow_refresh = asyncio.get_running_loop().create_task(
+                self._watch_shadow())
+        return self._shadow_run
+
+    async def _watch_shadow(self) -> None:
+        assert self.shadow is not None
+        while True:
+            try:
+                status = await asyncio.wait_for(self.shadow.status.remote(), timeout=5)
+                run, held = status.get("shadow"), status.get("model_version")
+                self._shadow_run = run if run is not None and run.get("version") == held \
+                    else None
+            except Exception as err:  # noqa: BLE001 - no run until it answers again
+                log.warning("Ingress: the shadow Scorer does not answer: %s", err)
+                self._shadow_run = None
+            await asyncio.sleep(2.0)
+
+    def _shadow_sample(self, tenant: str, run: dict[str, Any], decided: list[DecisionEvent],
+                       texts: list[str | None], champion_ms: float) -> None:
+        """Draw ``run["sample"]`` of the request's champion-scored texts and score them on
+        the challenger off the request path (``_shadow_score``)."""
+        picked = [(e, t) for e, t in zip(decided, texts, strict=True)
+                  if t and random.random() < float(run.get("sample") or 0)]
+        if not picked:
+            return
+        assert self.shadow_writer is not None
+        if len(self._shadow_tasks) >= _SHADOW_INFLIGHT or not self.shadow_writer.room(
+                len(picked)):
+            self.shadow_counts["skipped"] += len(picked)
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._shadow_score(tenant, picked, champion_ms))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow_score(self, tenant: str, picked: list[tuple[DecisionEvent, str]],
+                            champion_ms: float) -> None:
+        """The challenger's verdicts on ``picked``, written to the shadow log; a failure is
+        logged and counted, never seen by a caller."""
+        assert self.shadow is not None and self.shadow_writer is not None
+        try:
+            t0 = time.perf_counter()
+            res: ScoreResult = await self.shadow.score.remote([t for _, t in picked], False)
+            shadow_ms = (time.perf_counter() - t0) * 1000
+            rt = (await self._resolved_for(res.model_version))[tenant]
+            rows = []
+            for j, (e, text) in enumerate(picked):
+                d = decide(rt, text, res.scores[j])
+                rows.append(ShadowEvent(
+                    ts=e.ts, request_id=e.request_id, tenant=tenant, item_id=e.item_id,
+                    text=e.text, text_sha256=e.text_sha256, language=e.language,
+                    version=res.model_version, decision=d["decision"], scores=d["scores"],
+                    bands=bands_of(d["reasons"]), champion_version=e.model_version,
+                    champion_decision=e.decision, champion_scores=e.scores,
+                    champion_bands=bands_of(e.reasons), champion_ms=round(champion_ms, 3),
+                    shadow_ms=round(shadow_ms, 3)))
+            self.shadow_writer.submit(rows)
+            self.shadow_counts["scored"] += len(rows)
+        except Exception as err:  # noqa: BLE001 - the shadow never fails a request
+            self.shadow_counts["failed"] += len(picked)
+            log.warning("Ingress: shadow scoring of %d item(s) failed: %s", len(picked), err)
 
     async def _routes(self, languages: list[str | None]) -> list[str]:
         """Each text's Scorer, by its language: ``multilingual`` for a language routed there,
@@ -350,20 +462,25 @@ class Ingress:
         out: list[ScoreResult | None] = [None] * len(calls)
         for flag, route in {(c, r) for _, c, r in calls}:
             idx = [i for i, (_, c, r) in enumerate(calls) if (c, r) == (flag, route)]
-            handle = self.multilingual if route == MULTILINGUAL else self.scorer
+            handle = {MULTILINGUAL: self.multilingual, SHADOW: self.shadow}.get(route,
+                                                                                self.scorer)
             assert handle is not None
             texts = [t for i in idx for t in calls[i][0]]
             try:
                 # a replica failure is retried once (serving.resilience), else every caller: 503
                 whole: ScoreResult = await retrying(handle.score, texts, flag)
             except Exception as err:
-                if route != MULTILINGUAL:
+                if route == DEFAULT_ROUTE:
                     raise
-                # @multilingual went away since the last check (or its Scorer is down): these
-                # texts are scored by @champion, and the route stays off until checked again
-                log.warning("Ingress: the multilingual Scorer failed (%s); scoring %d text(s) "
-                            "on @champion", err, len(texts))
-                self._multilingual_ready = (time.time(), False)
+                # @multilingual (or the canary) went away since the last check, or its Scorer
+                # is down: these texts are scored by @champion, and the route stays off until
+                # checked again
+                log.warning("Ingress: the %s Scorer failed (%s); scoring %d text(s) on "
+                            "@champion", route, err, len(texts))
+                if route == MULTILINGUAL:
+                    self._multilingual_ready = (time.time(), False)
+                else:
+                    self._shadow_run = None
                 whole = await retrying(self.scorer.score, texts, flag)
             for i, part in zip(idx, whole.split([len(calls[i][0]) for i in idx]), strict=True):
                 out[i] = part
@@ -394,7 +511,9 @@ class Ingress:
                         "started_at": self.started_at,
                         "policy_loaded_at": self._policy.loaded_at if self._policy else None,
                         "tenants": len(self._policy.policy.tenants) if self._policy else 0,
-                        "event_write_retries": self.writer.errors},
+                        "event_write_retries": self.writer.errors,
+                        "shadow": {**self.shadow_counts, "in_flight": len(self._shadow_tasks),
+                                   "run": self._shadow_run}},
         }
         stores_ok, details["stores"] = store_health(self.writer, self.intake)
         ready = self._policy is not None and stores_ok
@@ -405,7 +524,7 @@ class Ingress:
             details["scorer"] = {"error": str(err)}
             ready = False
         for name, handle in (("images", self.images), ("voice", self.voice),
-                             ("multilingual", self.multilingual)):
+                             ("multilingual", self.multilingual), ("shadow", self.shadow)):
             if handle is None:
                 continue
             try:  # a media deployment down makes its items 503, never the text path unready
@@ -427,6 +546,7 @@ class Ingress:
         writer = getattr(self, "writer", None)
         if writer is not None:
             writer.close()
-        intake = getattr(self, "intake", None)
-        if intake is not None:
-            intake.close()
+        for name in ("intake", "shadow_writer"):
+            other = getattr(self, name, None)
+            if other is not None:
+                other.close()

@@ -29,7 +29,7 @@ from bastion.core.cascade import cascade_status
 from bastion.core.errors import RegistryEmptyError
 from bastion.core.model import ModelMetadata, ModerationModel
 from bastion.core.settings import load_settings
-from bastion.registry.aliases import CHAMPION
+from bastion.registry.aliases import CHAMPION, SHADOW
 from bastion.serving.resilience import Reachability
 
 __all__ = ["Scorer", "ScoreResult", "LoadedModel", "items_in"]
@@ -84,9 +84,12 @@ class Scorer:
         precision: str = "auto",
         champion_poll_s: float = 2.0,
         alias: str = CHAMPION,
+        canary_check_s: float = 60.0,
     ) -> None:
-        """``alias``: the registry alias this Scorer follows: ``champion``, or
-        ``multilingual`` for the deployment that scores the languages routed to it."""
+        """``alias``: the registry alias this Scorer follows: ``champion``, ``multilingual``
+        for the deployment that scores the languages routed to it, or ``shadow`` for the
+        challenger of a shadow run (``registry.shadow``), whose settings it reads with the
+        alias and whose canary it guards every ``canary_check_s``."""
         # torch and MLflow load here, not at import: the ingress replicas import this module
         # too (serving.app binds both deployments) and need neither.
         import torch
@@ -114,6 +117,9 @@ class Scorer:
         self.registry_health = Reachability(f"MLflow registry {tracking_uri}")
         self._switch_lock = threading.Lock()
         self.alias = alias
+        self.shadow: dict[str, Any] | None = None  # the shadow run's settings (alias shadow)
+        self._canary_check_s = canary_check_s
+        self._canary_checked = time.time()
         try:
             self._switch(self._registry.by_alias(alias).version)
         except RegistryEmptyError:
@@ -183,6 +189,7 @@ class Scorer:
                 if self.alias != CHAMPION and self._current is not None:
                     log.info("Scorer: @%s was removed; serving nothing", self.alias)
                     self._current = None
+                self.shadow = None
                 continue
             except Exception as err:  # noqa: BLE001 - registry unreachable: keep serving, retry
                 log.warning("Scorer: cannot read @%s: %s", self.alias, err)
@@ -192,6 +199,29 @@ class Scorer:
             if self._current is None or version != self._current.version:
                 self._failed = {v: m for v, m in self._failed.items() if v == version}
                 self._switch(version)
+            if self.alias == SHADOW:
+                self._follow_shadow()
+
+    def _follow_shadow(self) -> None:
+        """The shadow run's settings, as the Ingress reads them from ``status()``; and the
+        canary guard, every ``canary_check_s`` (any replica may run it: taking a canary off
+        twice is harmless)."""
+        from bastion.registry.shadow import guard_canary, shadow_config  # MLflow: see __init__
+
+        try:
+            config = shadow_config(self._registry)
+            if (config is not None and config.canary_active
+                    and time.time() - self._canary_checked >= self._canary_check_s):
+                self._canary_checked = time.time()
+                why = guard_canary(self.settings, self._registry)
+                if why is not None:
+                    log.warning("Scorer: canary of v%s rolled back: %s", config.version,
+                                why["why"])
+                    config = shadow_config(self._registry)
+        except Exception as err:  # noqa: BLE001 - keep the last settings, retry next poll
+            log.warning("Scorer: cannot read the shadow run's settings: %s", err)
+            return
+        self.shadow = None if config is None else config.to_json()
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """``user_config``: ``{"model_version": "3"}`` pins a version; null follows @champion."""
@@ -267,6 +297,7 @@ class Scorer:
             "pid": os.getpid(),
             "model_version": cur.version if cur else None,
             "alias": self.alias,
+            "shadow": self.shadow if self.alias == SHADOW else None,
             "encoder": cur.model.encoder.identity["name"] if cur else None,
             "loaded_at": cur.loaded_at if cur else None,
             "load_error": self.load_error,

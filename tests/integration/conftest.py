@@ -27,7 +27,9 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return load_settings(tmp_path_factory.mktemp("state"), port=free_port())
+    # the canary guard every 2 s (test_shadow.py), not every minute
+    return load_settings(tmp_path_factory.mktemp("state"), port=free_port(),
+                         serving={"canary_check_s": 2.0})
 
 
 @dataclass
