@@ -26,6 +26,7 @@ import io
 import json
 import re
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -34,8 +35,6 @@ from typing import Any
 
 import numpy as np
 import yaml
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
@@ -62,7 +61,7 @@ __all__ = [
     "CategoryError", "CategoryResult", "CategoryStatus", "Negatives", "MIN_POSITIVES",
     "add_category", "category_status", "fit_category_head", "pick_review_threshold",
     "fit_head", "near_positives", "queue_for_labelling", "rank_for_labelling",
-    "read_examples", "status_of",
+    "read_examples", "status_of", "policy_with_category", "policy_with_block_threshold",
     "traffic_negatives", "apply_block_threshold", "with_head",
 ]
 
@@ -277,25 +276,92 @@ def with_head(base: ModerationModel, head: LinearHeads) -> LinearHeads:
 
 # -- the policy file -----------------------------------------------------------------------
 
-def _yaml() -> YAML:
-    y = YAML()
-    y.preserve_quotes = True
-    y.width = 100
-    return y
-
-
-def _load_doc(path: Path) -> Any:
+def _read_policy(path: Path) -> str:
     try:
-        return _yaml().load(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CategoryError(f"{path}: no such policy file; run 'bastion up' once to write "
                             "the default one, or pass --policy FILE") from None
 
 
-def _dump(doc: Any) -> str:
-    buf = io.StringIO()
-    _yaml().dump(doc, buf)
-    return buf.getvalue()
+def _categories(text: str, tenant: str) -> dict[str, tuple[int, int]]:
+    """Where each of the tenant's category keys is in the file, ``name -> (line, column)``
+    (0-based), from PyYAML's node tree: the file is edited line by line, never dumped back (a
+    dump would reflow the hand-formatted lists and aligned columns of a policy a person
+    keeps, and drop its comments)."""
+    def child(node: Any, key: str, where: str) -> Any:
+        if not isinstance(node, yaml.MappingNode):
+            raise CategoryError(f"{where} is not a mapping")
+        for k, v in node.value:
+            if k.value == key:
+                return v
+        raise CategoryError(f"{where} has no key {key!r}")
+
+    cats = child(child(child(yaml.compose(text), "tenants", "the policy"), tenant, "tenants"),
+                 "categories", f"tenants.{tenant}")
+    if not isinstance(cats, yaml.MappingNode) or cats.flow_style:
+        raise CategoryError(f"tenants.{tenant}.categories is not written one category a line "
+                            "(block style); write it so to let 'bastion category' edit it")
+    return {k.value: (k.start_mark.line, k.start_mark.column) for k, _ in cats.value}
+
+
+def _entry_lines(lines: list[str], line: int, col: int) -> tuple[int, int]:
+    """Lines ``[line, end)`` of the mapping entry whose key is at ``(line, col)``: it goes on
+    while lines are blank or indented past the key (YAML's rule for what belongs to it)."""
+    end = line + 1
+    while end < len(lines) and (not lines[end].strip()
+                                or len(lines[end]) - len(lines[end].lstrip()) > col):
+        end += 1
+    while end > line + 1 and not lines[end - 1].strip():
+        end -= 1
+    return line, end
+
+
+def _flow_entry(name: str, value: dict[str, Any], col: int) -> str:
+    body = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000)
+    return f"{' ' * col}{name}: {body.strip()}\n"
+
+
+def policy_with_category(text: str, tenant: str, name: str, review: float, head: str,
+                         target: float, description: str) -> str:
+    """The policy file's text with ``name`` added after the tenant's last category, review-only
+    (``review_threshold``, the ``head``, the target as its gate's ``min_precision``), under a
+    comment saying where it came from; every other line is left as it was."""
+    cats = _categories(text, tenant)
+    line, col = list(cats.values())[-1]
+    lines = text.splitlines(keepends=True)
+    _, end = _entry_lines(lines, line, col)
+    if not lines[end - 1].endswith("\n"):
+        lines[end - 1] += "\n"
+    note = (f"added by 'bastion category add' ({time.strftime('%Y-%m-%d')}): "
+            f"{' '.join(description.split())}; review-only until 'bastion category status "
+            f"{tenant} {name}' proposes a block threshold")
+    comment = [f"{' ' * col}# {part}\n" for part in textwrap.wrap(note, 96 - col)]
+    entry = _flow_entry(name, {"review_threshold": review, "head": head, "severity": 1,
+                               "gate": {"min_precision": target}}, col)
+    return "".join(lines[:end] + comment + [entry] + lines[end:])
+
+
+def policy_with_block_threshold(text: str, proposal: Proposal) -> str:
+    """The policy file's text with calibration's ``proposal`` applied
+    (``review.calibration.apply``) to its one category, rewritten as one line; every other
+    line is left as it was.
+
+    Raises:
+        CategoryError: the proposal has no block threshold.
+    """
+    if proposal.proposed_block is None:
+        raise CategoryError(f"no block threshold to apply for {proposal.tenant}/"
+                            f"{proposal.category}: {proposal.reason}")
+    plain = apply_proposals(yaml.safe_load(text), [proposal])
+    value = plain["tenants"][proposal.tenant]["categories"][proposal.category]
+    first = ("block_threshold", "review_threshold")  # the thresholds lead, as people write it
+    value = {k: value[k] for k in first if k in value} | {
+        k: v for k, v in value.items() if k not in first}
+    line, col = _categories(text, proposal.tenant)[proposal.category]
+    lines = text.splitlines(keepends=True)
+    _, end = _entry_lines(lines, line, col)
+    return "".join(lines[:line] + [_flow_entry(proposal.category, value, col)] + lines[end:])
 
 
 def _parse(text: str, source: str) -> PolicySet:
@@ -310,24 +376,6 @@ def _write(path: Path, text: str) -> Path:
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return backup
-
-
-def _flow(**kv: Any) -> CommentedMap:
-    m = CommentedMap(kv)
-    m.fa.set_flow_style()
-    return m
-
-
-def _policy_with_category(doc: Any, tenant: str, name: str, review: float, head: str,
-                          target: float, description: str) -> None:
-    cats = doc["tenants"][tenant]["categories"]
-    cats[name] = _flow(review_threshold=review, head=head, severity=1,
-                       gate=_flow(min_precision=target))
-    note = " ".join(description.split())[:80]
-    cats.yaml_set_comment_before_after_key(
-        name, before=f"added by 'bastion category add' ({time.strftime('%Y-%m-%d')}): {note}; "
-        f"review-only until 'bastion category status {tenant} {name}' proposes a block "
-        "threshold", indent=6)
 
 
 # -- adding one ----------------------------------------------------------------------------
@@ -394,8 +442,8 @@ def add_category(settings: Settings, policy_path: Path, tenant: str, name: str,
 
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
-    doc = _load_doc(policy_path)
-    policy = _parse(_dump(doc), str(policy_path))
+    text = _read_policy(policy_path)
+    policy = _parse(text, str(policy_path))
     _check_input(policy, tenant, name, positives, policy_path, target_precision)
     key = f"{tenant}/{name}"
     registry = ModelRegistry(settings)
@@ -434,9 +482,8 @@ def add_category(settings: Settings, policy_path: Path, tenant: str, name: str,
         f"{review['recall']:.0%} of the examples and sends {review['traffic_share']:.1%} of "
         "the negatives to review.")
 
-    _policy_with_category(doc, tenant, name, review["threshold"], key, target_precision,
-                          description)
-    new_text = _dump(doc)
+    new_text = policy_with_category(text, tenant, name, review["threshold"], key,
+                                    target_precision, description)
     new_policy = _parse(new_text, f"{policy_path} with category {name!r}")
 
     t0 = time.perf_counter()
@@ -493,9 +540,9 @@ def _negatives(settings: Settings, registry: ModelRegistry, tenant: str, fingerp
     finally:
         log.close()
     neg = Negatives(emb, {"traffic": len(emb)} if len(emb) else {})
-    say(f"Negatives from {tenant!r}'s traffic: {traffic['used']} of {traffic['logged']} logged "
-        f"item(s) ({traffic['other_encoder']} on another encoder, {traffic['near_positive']} "
-        f"within cosine {NEAR_POSITIVE} of an example, left out).")
+    say(f"Negatives from the traffic of {tenant!r}: {traffic['used']} of {traffic['logged']} "
+        f"logged item(s) ({traffic['other_encoder']} on another encoder, "
+        f"{traffic['near_positive']} within cosine {NEAR_POSITIVE} of an example, left out).")
     if len(emb) >= MIN_TRAFFIC:
         return neg, traffic
     # Too little traffic: say so, and add real labelled benign items, never invented ones.
@@ -673,25 +720,13 @@ def status_of(policy: PolicySet, tenant: str, name: str, scores: np.ndarray,
 
 
 def apply_block_threshold(policy_path: Path, proposal: Proposal) -> Path:
-    """Write a calibrated block threshold (``review.calibration.apply``) into the policy
-    file, keeping its comments; returns the backup of the old file.
+    """Write a calibrated block threshold into the policy file
+    (:func:`policy_with_block_threshold`); returns the backup of the old file.
 
     Raises:
         CategoryError: the proposal has no block threshold.
     """
-    if proposal.proposed_block is None:
-        raise CategoryError(f"no block threshold to apply for {proposal.tenant}/"
-                            f"{proposal.category}: {proposal.reason}")
-    doc = _load_doc(policy_path)
-    plain = apply_proposals(yaml.safe_load(_dump(doc)), [proposal])
-    new = plain["tenants"][proposal.tenant]["categories"][proposal.category]
-    cat = doc["tenants"][proposal.tenant]["categories"][proposal.category]
-    for k in ("block_threshold", "review_threshold", "target_precision"):
-        if k in new:
-            cat[k] = new[k]
-        elif k in cat:
-            del cat[k]
-    text = _dump(doc)
+    text = policy_with_block_threshold(_read_policy(policy_path), proposal)
     _parse(text, f"{policy_path} with a calibrated block threshold")
     return _write(policy_path, text)
 

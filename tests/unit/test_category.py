@@ -17,12 +17,10 @@ from bastion.core.policy import load_policy, parse_policy
 from bastion.training.category import (
     MIN_POSITIVES,
     CategoryError,
-    _dump,
-    _load_doc,
-    _policy_with_category,
     apply_block_threshold,
     fit_category_head,
     pick_review_threshold,
+    policy_with_category,
     rank_for_labelling,
     read_examples,
     status_of,
@@ -170,32 +168,47 @@ def test_a_new_head_leaves_every_other_column_as_it_was() -> None:
 # -- the policy file -----------------------------------------------------------------------
 
 POLICY_YAML = """\
-# the tenants' policies: comments survive an edit
+# the tenants' policies: comments and the hand layout survive an edit
 version: "1"
 tenants:
   acme:
     store_raw_text: true
     categories:
-      hate: {review_threshold: 0.6, severity: 3}   # shared head
+      hate:  {review_threshold: 0.6, severity: 3}   # shared head
+      spam:
+        block_threshold: 0.9
+
+    keywords:
+      - name: threats
+        phrases: ["i will find you",
+                  "watch your back"]
+  other:
+    categories:
+      hate: {review_threshold: 0.5}
 """
 
 
-def test_the_category_is_added_review_only_keeping_the_files_comments(tmp_path: Path) -> None:
-    path = tmp_path / "policy.yaml"
-    path.write_text(POLICY_YAML)
-    doc = _load_doc(path)
-    _policy_with_category(doc, "acme", "crypto_scam", 0.71, "acme/crypto_scam", 0.95,
-                          "crypto giveaway scams")
-    text = _dump(doc)
-    assert "# the tenants' policies: comments survive an edit" in text
-    assert "# shared head" in text
-    assert "added by 'bastion category add'" in text and "crypto giveaway scams" in text
+def test_the_category_is_added_review_only_leaving_every_other_line(tmp_path: Path) -> None:
+    text = policy_with_category(POLICY_YAML, "acme", "crypto_scam", 0.71, "acme/crypto_scam",
+                                0.95, "crypto giveaway scams")
+    added = [line for line in text.splitlines() if line not in POLICY_YAML.splitlines()]
+    *comment, entry = added  # a comment (wrapped) and the entry; nothing else changed
+    assert all(c.startswith("      # ") for c in comment) and len(comment) <= 3
+    assert comment[0].startswith("      # added by 'bastion category add'")
+    assert "crypto giveaway scams" in comment[0]
+    assert entry == ("      crypto_scam: {review_threshold: 0.71, head: acme/crypto_scam, "
+                        "severity: 1, gate: {min_precision: 0.95}}")
+    # after acme's last category (spam and its block), before its keywords
+    lines = text.splitlines()
+    assert lines.index(entry) == lines.index("        block_threshold: 0.9") + len(added)
     import yaml
 
-    cat = parse_policy(yaml.safe_load(text)).tenants["acme"].categories["crypto_scam"]
+    policy = parse_policy(yaml.safe_load(text))
+    cat = policy.tenants["acme"].categories["crypto_scam"]
     assert cat.review_threshold == 0.71 and cat.block_threshold is None
     assert cat.target_precision is None  # review-only: the target waits in the gate rule
     assert cat.head == "acme/crypto_scam" and cat.gate.min_precision == 0.95
+    assert list(policy.tenants["other"].categories) == ["hate"]
 
 
 def _reviewed(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -208,10 +221,8 @@ def _reviewed(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def _policy_with(tmp_path: Path) -> Path:
     path = tmp_path / "policy.yaml"
-    path.write_text(POLICY_YAML)
-    doc = _load_doc(path)
-    _policy_with_category(doc, "acme", "scam", 0.5, "acme/scam", 0.9, "scams")
-    path.write_text(_dump(doc))
+    path.write_text(policy_with_category(POLICY_YAML, "acme", "scam", 0.5, "acme/scam", 0.9,
+                                         "scams"))
     return path
 
 
@@ -238,11 +249,13 @@ def test_status_proposes_a_block_threshold_once_precision_is_shown_and_apply_wri
     assert p.proposed_block is not None and p.achieved is not None
     assert p.achieved.precision_lower >= 0.9
     backup = apply_block_threshold(path, p)
-    assert backup.exists() and "block_threshold" not in backup.read_text()
+    assert backup.exists() and "scam: {review_threshold: 0.5," in backup.read_text()
     after = load_policy(path).tenants["acme"].categories["scam"]
     assert after.block_threshold is not None and after.block_threshold >= p.proposed_block
-    assert after.head == "acme/scam"
-    assert "# shared head" in path.read_text()
+    assert after.head == "acme/scam" and after.gate.min_precision == 0.9
+    changed = [line for line in path.read_text().splitlines()
+               if line not in backup.read_text().splitlines()]
+    assert len(changed) == 1 and changed[0].startswith("      scam: {block_threshold: ")
 
 
 def test_status_of_an_unknown_category_says_how_to_add_one(tmp_path: Path) -> None:
