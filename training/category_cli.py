@@ -33,13 +33,17 @@ policy_option = click.option(
 
 
 def _settings(state_dir: Path | None, policy_file: Path | None) -> tuple[Settings, Path]:
+    parent = click.get_current_context().parent
+    if state_dir is None and parent is not None:  # given before the subcommand (a Ray job's
+        state_dir = parent.params.get("state_dir")  # entrypoint: core.jobs.bastion_command)
     settings = settings_for(state_dir, **({"policy_file": policy_file} if policy_file else {}))
     return settings, ensure_policy_file(settings)
 
 
 @click.group(help="Tenant-owned categories: a new one in minutes from a description and a few "
              "examples, served review-only until reviewed labels show its precision.")
-def category() -> None:
+@state_dir_option
+def category(state_dir: Path | None) -> None:
     pass
 
 

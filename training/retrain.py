@@ -141,14 +141,24 @@ class RetrainResult:
 def unlabelled_heads(data: LabelledSet, init: LinearHeads) -> list[str]:
     """The champion's heads that no human label of this snapshot trains (the label store's
     items, not the seed data): refitting them on seed data alone could only lose what the
-    champion learned, e.g. from development sets this machine does not have."""
+    champion learned, e.g. from development sets this machine does not have.
+
+    A tenant-owned head whose human labels are all of one class counts as untrained too: the
+    examples of a ``bastion category add`` are positives only, and refitting them against the
+    seed data's weak negatives (texts nobody judged for the category) throws away the head
+    that was fitted against the tenant's own traffic, which the gate then rightly refuses as
+    a change with nothing to show for it. Moderators' negatives from the review band make it
+    trainable."""
     src = np.asarray(data.sources)
     human = np.char.startswith(src.astype(str), "labels:")
     out = []
     for key in init.keys:
         if key in data.categories:
             j = data.categories.index(key)
-            if not (data.mask[:, j] & human).any():
+            labelled = data.mask[:, j] & human
+            positive = data.targets[labelled, j] >= 0.5
+            one_class = "/" in key and (positive.all() or not positive.any())
+            if not labelled.any() or one_class:
                 out.append(key)
     return out
 

@@ -317,3 +317,35 @@ def test_bad_input_is_a_message_that_says_how_to_fix_it(state: Path, args: tuple
 
     assert re.search(match, out), out
     assert "Traceback" not in out
+
+
+def test_the_state_dir_may_come_before_the_subcommand(state: Path) -> None:
+    # core.jobs.bastion_command writes 'bastion category --state-dir DIR add ...' (the
+    # console's new-category form submits it as a Ray job)
+    few = examples(state, 3)
+    res = CliRunner().invoke(category, ["--state-dir", str(state), "add", "acme", "scam",
+                                        "--description", "d", "--examples", str(few)])
+    assert res.exit_code == 2 and "3 distinct positive example(s)" in res.output
+    res = CliRunner().invoke(category, ["--state-dir", str(state), "list"])
+    assert res.exit_code == 0, res.output
+
+
+def test_retraining_keeps_a_new_categorys_head_until_it_has_labels_of_both_classes() -> None:
+    from bastion.core.labelled import LabelledSet
+    from bastion.training.retrain import unlabelled_heads
+
+    cols = ["spam", "acme/scam"]
+
+    def labelled(targets: list[list[float]], sources: list[str]) -> LabelledSet:
+        n = len(targets)
+        return LabelledSet([f"t{i}" for i in range(n)], [f"g{i}" for i in range(n)], sources,
+                           np.array(targets, np.float32), np.ones((n, 2), bool), cols)
+
+    init = LinearHeads([HeadSpec.parse(c) for c in cols], np.ones((DIM, 2), np.float32),
+                       np.zeros(2, np.float32))
+    # the examples of 'bastion category add': positives only (and seed data's negatives)
+    examples = labelled([[1, 1], [0, 1], [0, 0]], ["labels:acme", "labels:acme", "sms_spam"])
+    assert unlabelled_heads(examples, init) == ["acme/scam"]  # a shared head still trains
+    # a moderator's negative from the review band: now it trains
+    reviewed = labelled([[1, 1], [0, 1], [0, 0]], ["labels:acme"] * 3)
+    assert unlabelled_heads(reviewed, init) == []
