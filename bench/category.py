@@ -20,7 +20,7 @@ split's labelled items measure AUROC. From the train split:
    standard deviation, min and max over the draws.
 2. **Full-data head.** Trained on every labelled train item (true negatives): the ceiling.
 3. **Labels to within 0.02 of it.** From 10 examples, moderators label ``--batch`` items a
-   round chosen by active learning (``training.category.rank_for_labelling``: uncertain
+   round chosen by active learning (``training.category_review.rank_for_labelling``: uncertain
    around the review threshold the command set from the first 10, spread out), and, as the
    baseline, chosen at random (``--reach-draws`` runs each); the head is refitted each round
    on examples + labelled items + traffic negatives. Labels counted:
@@ -57,8 +57,8 @@ from bastion.training.category import (  # noqa: E402
     fit_head,
     near_positives,
     pick_review_threshold,
-    rank_for_labelling,
 )
+from bastion.training.category_review import rank_for_labelling  # noqa: E402
 from bastion.training.datasets import SOURCES, available_sources  # noqa: E402
 from bastion.training.heads import group_split  # noqa: E402
 from bench._traffic import machine, write_results  # noqa: E402

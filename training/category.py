@@ -12,10 +12,10 @@ the target precision as its gate's ``min_precision``), the version goes through 
 (``registry.lifecycle``; a review-only category new in a version is admitted without held-out
 evidence, see ``registry.checks.evidence_check``), and the examples are stored as labels.
 
-From then on moderators' labels decide: ``category_status`` measures the reviewed precision and
-asks threshold calibration (``review.calibration``) for a block threshold, which is proposed
-only once the precision's lower bound meets the target. ``queue_for_labelling`` has active
-learning (``review.selection``) choose the tenant's logged items the head is least sure of.
+From then on moderators' labels decide (``training.category_review``): the reviewed precision
+against the target, threshold calibration's block threshold once its lower bound meets the
+target, and active learning choosing the tenant's logged items the head is least sure of. The
+policy file is edited line by line (``training._category_policy``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import io
 import json
 import re
 import tempfile
-import textwrap
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -34,35 +33,33 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from bastion.core.embcache import EmbeddingCache
-from bastion.core.errors import BastionError, ModelError
+from bastion.core.errors import ModelError
 from bastion.core.events import DecisionEvent, EventLog
 from bastion.core.labelled import LabelledSet
 from bastion.core.labels import LabelStore
 from bastion.core.model import HeadSpec, LinearHeads, ModerationModel
-from bastion.core.policy import SLUG, PolicySet, parse_policy
+from bastion.core.policy import SLUG, PolicySet
 from bastion.core.settings import Settings
 from bastion.core.textkey import text_key
 from bastion.registry.lifecycle import GateRefused, Lifecycle
 from bastion.registry.store import CHAMPION, ModelRegistry
-from bastion.review.calibration import Proposal, propose
-from bastion.review.calibration import apply as apply_proposals
-from bastion.review.queue import ReviewQueue
-from bastion.review.records import ReviewItem
-from bastion.review.selection import Pick, select
-from bastion.review.service import ReviewService
+from bastion.training._category_policy import (
+    CategoryError,
+    parse_text,
+    policy_with_category,
+    read_policy,
+    write_policy,
+)
 from bastion.training.datasets import SOURCES, available_sources, load_starter_data
 
 __all__ = [
-    "CategoryError", "CategoryResult", "CategoryStatus", "Negatives", "MIN_POSITIVES",
-    "add_category", "category_status", "fit_category_head", "pick_review_threshold",
-    "fit_head", "near_positives", "queue_for_labelling", "rank_for_labelling",
-    "read_examples", "status_of", "policy_with_category", "policy_with_block_threshold",
-    "traffic_negatives", "apply_block_threshold", "with_head",
+    "ANNOTATOR", "CategoryError", "CategoryResult", "Negatives", "MIN_POSITIVES",
+    "add_category", "fingerprints", "fit_category_head", "fit_head", "near_positives",
+    "pick_review_threshold", "read_examples", "traffic_negatives", "with_head",
 ]
 
 Say = Callable[[str], None]
@@ -85,10 +82,6 @@ FOLDS = 5
 # C = 1 is scikit-learn's default; bench/category.py measures what it gives.
 C = 1.0
 ANNOTATOR = "category-add"
-
-
-class CategoryError(BastionError):
-    """A category cannot be added (bad input, or the gate refused); nothing was changed."""
 
 
 # -- the examples --------------------------------------------------------------------------
@@ -274,110 +267,6 @@ def with_head(base: ModerationModel, head: LinearHeads) -> LinearHeads:
                        np.concatenate([base.heads.bias, head.bias]))
 
 
-# -- the policy file -----------------------------------------------------------------------
-
-def _read_policy(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CategoryError(f"{path}: no such policy file; run 'bastion up' once to write "
-                            "the default one, or pass --policy FILE") from None
-
-
-def _categories(text: str, tenant: str) -> dict[str, tuple[int, int]]:
-    """Where each of the tenant's category keys is in the file, ``name -> (line, column)``
-    (0-based), from PyYAML's node tree: the file is edited line by line, never dumped back (a
-    dump would reflow the hand-formatted lists and aligned columns of a policy a person
-    keeps, and drop its comments)."""
-    def child(node: Any, key: str, where: str) -> Any:
-        if not isinstance(node, yaml.MappingNode):
-            raise CategoryError(f"{where} is not a mapping")
-        for k, v in node.value:
-            if k.value == key:
-                return v
-        raise CategoryError(f"{where} has no key {key!r}")
-
-    cats = child(child(child(yaml.compose(text), "tenants", "the policy"), tenant, "tenants"),
-                 "categories", f"tenants.{tenant}")
-    if not isinstance(cats, yaml.MappingNode) or cats.flow_style:
-        raise CategoryError(f"tenants.{tenant}.categories is not written one category a line "
-                            "(block style); write it so to let 'bastion category' edit it")
-    return {k.value: (k.start_mark.line, k.start_mark.column) for k, _ in cats.value}
-
-
-def _entry_lines(lines: list[str], line: int, col: int) -> tuple[int, int]:
-    """Lines ``[line, end)`` of the mapping entry whose key is at ``(line, col)``: it goes on
-    while lines are blank or indented past the key (YAML's rule for what belongs to it)."""
-    end = line + 1
-    while end < len(lines) and (not lines[end].strip()
-                                or len(lines[end]) - len(lines[end].lstrip()) > col):
-        end += 1
-    while end > line + 1 and not lines[end - 1].strip():
-        end -= 1
-    return line, end
-
-
-def _flow_entry(name: str, value: dict[str, Any], col: int) -> str:
-    body = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000)
-    return f"{' ' * col}{name}: {body.strip()}\n"
-
-
-def policy_with_category(text: str, tenant: str, name: str, review: float, head: str,
-                         target: float, description: str) -> str:
-    """The policy file's text with ``name`` added after the tenant's last category, review-only
-    (``review_threshold``, the ``head``, the target as its gate's ``min_precision``), under a
-    comment saying where it came from; every other line is left as it was."""
-    cats = _categories(text, tenant)
-    line, col = list(cats.values())[-1]
-    lines = text.splitlines(keepends=True)
-    _, end = _entry_lines(lines, line, col)
-    if not lines[end - 1].endswith("\n"):
-        lines[end - 1] += "\n"
-    note = (f"added by 'bastion category add' ({time.strftime('%Y-%m-%d')}): "
-            f"{' '.join(description.split())}; review-only until 'bastion category status "
-            f"{tenant} {name}' proposes a block threshold")
-    comment = [f"{' ' * col}# {part}\n" for part in textwrap.wrap(note, 96 - col)]
-    entry = _flow_entry(name, {"review_threshold": review, "head": head, "severity": 1,
-                               "gate": {"min_precision": target}}, col)
-    return "".join(lines[:end] + comment + [entry] + lines[end:])
-
-
-def policy_with_block_threshold(text: str, proposal: Proposal) -> str:
-    """The policy file's text with calibration's ``proposal`` applied
-    (``review.calibration.apply``) to its one category, rewritten as one line; every other
-    line is left as it was.
-
-    Raises:
-        CategoryError: the proposal has no block threshold.
-    """
-    if proposal.proposed_block is None:
-        raise CategoryError(f"no block threshold to apply for {proposal.tenant}/"
-                            f"{proposal.category}: {proposal.reason}")
-    plain = apply_proposals(yaml.safe_load(text), [proposal])
-    value = plain["tenants"][proposal.tenant]["categories"][proposal.category]
-    first = ("block_threshold", "review_threshold")  # the thresholds lead, as people write it
-    value = {k: value[k] for k in first if k in value} | {
-        k: v for k, v in value.items() if k not in first}
-    line, col = _categories(text, proposal.tenant)[proposal.category]
-    lines = text.splitlines(keepends=True)
-    _, end = _entry_lines(lines, line, col)
-    return "".join(lines[:line] + [_flow_entry(proposal.category, value, col)] + lines[end:])
-
-
-def _parse(text: str, source: str) -> PolicySet:
-    return parse_policy(yaml.safe_load(text), source)
-
-
-def _write(path: Path, text: str) -> Path:
-    """Replace the policy file atomically, keeping the old one beside it; returns the backup."""
-    backup = path.with_name(f"{path.name}.bak-{time.strftime('%Y%m%dT%H%M%S')}")
-    backup.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return backup
-
-
 # -- adding one ----------------------------------------------------------------------------
 
 @dataclass
@@ -442,8 +331,8 @@ def add_category(settings: Settings, policy_path: Path, tenant: str, name: str,
 
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
-    text = _read_policy(policy_path)
-    policy = _parse(text, str(policy_path))
+    text = read_policy(policy_path)
+    policy = parse_text(text, str(policy_path))
     _check_input(policy, tenant, name, positives, policy_path, target_precision)
     key = f"{tenant}/{name}"
     registry = ModelRegistry(settings)
@@ -484,7 +373,7 @@ def add_category(settings: Settings, policy_path: Path, tenant: str, name: str,
 
     new_text = policy_with_category(text, tenant, name, review["threshold"], key,
                                     target_precision, description)
-    new_policy = _parse(new_text, f"{policy_path} with category {name!r}")
+    new_policy = parse_text(new_text, f"{policy_path} with category {name!r}")
 
     t0 = time.perf_counter()
     version = _register(registry, base, head, champ.version, key, description, positives,
@@ -504,7 +393,7 @@ def add_category(settings: Settings, policy_path: Path, tenant: str, name: str,
         raise CategoryError(f"{err}\nThe policy file is unchanged; version {version} stays "
                             "registered, not promoted.") from None
     timings["gate"] = time.perf_counter() - t0
-    backup = _write(policy_path, new_text)
+    backup = write_policy(policy_path, new_text)
     stored = _store_examples(settings, tenant, name, positives)
     timings["total"] = time.perf_counter() - t_all
     return CategoryResult(
@@ -516,7 +405,7 @@ def add_category(settings: Settings, policy_path: Path, tenant: str, name: str,
         timings_s={k: round(v, 2) for k, v in timings.items()})
 
 
-def _fingerprints(registry: ModelRegistry) -> Callable[[str], str | None]:
+def fingerprints(registry: ModelRegistry) -> Callable[[str], str | None]:
     known: dict[str, str | None] = {}
 
     def of(version: str) -> str | None:
@@ -535,7 +424,7 @@ def _negatives(settings: Settings, registry: ModelRegistry, tenant: str, fingerp
                say: Say) -> tuple[Negatives, dict[str, int]]:
     log = EventLog(settings.database_url)
     try:
-        emb, _, traffic = traffic_negatives(log.read(tenant=tenant), _fingerprints(registry),
+        emb, _, traffic = traffic_negatives(log.read(tenant=tenant), fingerprints(registry),
                                             fingerprint, pos_emb, seed=seed)
     finally:
         log.close()
@@ -647,164 +536,3 @@ def _store_examples(settings: Settings, tenant: str, name: str, positives: list[
     return len(positives)
 
 
-# -- after it is served: reviewed precision, calibration, active learning ----------------
-
-@dataclass
-class CategoryStatus:
-    tenant: str
-    name: str
-    head: str
-    blocks: bool  # the policy gives it a block threshold already
-    review_threshold: float | None
-    block_threshold: float | None
-    target_precision: float
-    n_reviewed: int
-    n_positive: int
-    n_in_band: int  # reviewed items at or above the review threshold
-    precision_in_band: float | None  # their share of positives
-    n_example_labels: int
-    proposal: Proposal
-
-
-def _category(policy: PolicySet, tenant: str, name: str) -> Any:
-    if tenant not in policy.tenants:
-        raise CategoryError(f"unknown tenant {tenant!r}; the policy has "
-                            f"{', '.join(sorted(policy.tenants))}")
-    cats = policy.tenants[tenant].categories
-    if name not in cats:
-        raise CategoryError(f"tenant {tenant!r} has no category {name!r}; its categories: "
-                            f"{', '.join(cats)} (add one with 'bastion category add')")
-    return cats[name]
-
-
-def category_status(settings: Settings, policy: PolicySet, tenant: str, name: str, *,
-                    confidence: float = 0.95, min_items: int = 30) -> CategoryStatus:
-    """What moderators' reviewed labels say about a category: its precision in the review
-    band against the target, and calibration's block threshold proposal (one with
-    ``proposed_block`` only once the precision's lower bound at ``confidence`` meets the
-    target on at least ``min_items`` reviewed items)."""
-    _category(policy, tenant, name)  # unknown tenant or category: say so before reading
-    store = LabelStore(settings.database_url)
-    try:
-        reviewed = store.reviewed()
-        examples = sum(1 for r in store.aggregated(tenants=[tenant]) if r.category == name
-                       and ANNOTATOR in r.annotators)
-    finally:
-        store.close()
-    scores, labels = reviewed.get((tenant, name), (np.zeros(0), np.zeros(0)))
-    return status_of(policy, tenant, name, scores, labels, examples, confidence=confidence,
-                     min_items=min_items)
-
-
-def status_of(policy: PolicySet, tenant: str, name: str, scores: np.ndarray,
-              labels: np.ndarray, n_example_labels: int = 0, *, confidence: float = 0.95,
-              min_items: int = 30) -> CategoryStatus:
-    """:func:`category_status` from the reviewed items' scores and aggregated labels."""
-    cpol = _category(policy, tenant, name)
-    pair = (tenant, name)
-    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, np.float64)
-    (proposal,) = [p for p in propose(policy, {pair: (scores, labels)} if len(scores) else {},
-                                      confidence=confidence, min_items=min_items)
-                   if (p.tenant, p.category) == pair]
-    thr = cpol.review_threshold if cpol.review_threshold is not None else cpol.block_threshold
-    band = scores >= thr if thr is not None else np.ones(len(scores), bool)
-    pos = labels >= 0.5
-    return CategoryStatus(
-        tenant=tenant, name=name, head=cpol.head or f"{tenant}/{name}",
-        blocks=cpol.block_threshold is not None or cpol.target_precision is not None,
-        review_threshold=cpol.review_threshold, block_threshold=cpol.block_threshold,
-        target_precision=proposal.target_precision, n_reviewed=len(scores),
-        n_positive=int(pos.sum()), n_in_band=int(band.sum()),
-        precision_in_band=float(pos[band].mean()) if band.any() else None,
-        n_example_labels=n_example_labels, proposal=proposal)
-
-
-def apply_block_threshold(policy_path: Path, proposal: Proposal) -> Path:
-    """Write a calibrated block threshold into the policy file
-    (:func:`policy_with_block_threshold`); returns the backup of the old file.
-
-    Raises:
-        CategoryError: the proposal has no block threshold.
-    """
-    text = policy_with_block_threshold(_read_policy(policy_path), proposal)
-    _parse(text, f"{policy_path} with a calibrated block threshold")
-    return _write(policy_path, text)
-
-
-def rank_for_labelling(emb: np.ndarray, scores: np.ndarray, name: str, threshold: float,
-                       budget: int, *, labelled: np.ndarray | None = None, n_labels: int = 0,
-                       seed: int = 0) -> list[Pick]:
-    """``review.selection.select`` for one category's head: ``scores`` (n,) of the items
-    ``emb`` (n, d), most unsure around ``threshold`` first, spread out and away from the
-    ``labelled`` embeddings (the examples and what moderators labelled for it)."""
-    thr = float(np.clip(threshold, 1e-3, 1 - 1e-3))
-    return select(emb, np.asarray(scores, np.float64)[:, None], [name], budget,
-                  thresholds={name: thr}, label_counts={name: n_labels}, labelled=labelled,
-                  seed=seed)
-
-
-def queue_for_labelling(settings: Settings, policy: PolicySet, tenant: str, name: str,
-                        budget: int, *, seed: int = 0) -> list[dict[str, Any]]:
-    """Active learning for one category: the tenant's logged items (with text, on the
-    champion's encoder, not yet queued) that ``review.selection.select`` finds most worth a
-    label for it (scored by the champion's head, unsure around the category's threshold, far
-    from what is labelled already and from each other), queued as ``sample`` tasks. Items
-    logged before the category existed are scored from their logged embedding."""
-    cpol = _category(policy, tenant, name)
-    if not policy.tenants[tenant].store_raw_text:
-        raise CategoryError(f"tenant {tenant!r} keeps no raw text in the event log "
-                            "(store_raw_text: false), so logged items cannot be shown to a "
-                            "moderator; its review-band items reach the queue by themselves. "
-                            "Set store_raw_text: true to sample for labelling")
-    registry = ModelRegistry(settings)
-    champ = registry.by_alias(CHAMPION)
-    model = ModerationModel.load(registry.download(champ.version),
-                                 precision=settings.serving.precision)
-    key = cpol.head or f"{tenant}/{name}"
-    if key not in model.heads.index:
-        raise CategoryError(f"@champion v{champ.version} has no head {key!r}")
-    fingerprint = str(model.encoder.identity["fingerprint"])
-    log = EventLog(settings.database_url)
-    try:
-        events = [e for e in log.read(tenant=tenant) if e.text]
-    finally:
-        log.close()
-    of = _fingerprints(registry)
-    events = [e for e in events if e.embedding is not None and e.modality != "image"
-              and of(e.model_version) == fingerprint]
-    queue = ReviewQueue(settings.database_url)
-    store = LabelStore(settings.database_url)
-    try:
-        queued = queue.known_items(tenant, [e.item_id for e in events])
-        events = [e for e in events if e.item_id not in queued]
-        if not events:
-            return []
-        emb = np.stack([e.embedding for e in events if e.embedding is not None])
-        scores = model.heads.score(emb)[:, model.heads.index[key]]
-        done = [r.text for r in store.aggregated(tenants=[tenant]) if r.category == name]
-        cache = EmbeddingCache(settings.database_url, model.encoder)
-        try:
-            labelled = cache.embed(done)[0] if done else None
-        finally:
-            cache.close()
-        thr = cpol.review_threshold if cpol.review_threshold is not None else \
-            cpol.block_threshold
-        picks = rank_for_labelling(emb, scores, name, 0.5 if thr is None else thr, budget,
-                                   labelled=labelled, n_labels=len(done), seed=seed)
-        items, out = [], []
-        for p in picks:
-            e = events[p.index]
-            items.append(ReviewItem(
-                tenant=tenant, item_id=e.item_id, text=e.text, text_sha256=e.text_sha256,
-                session_id=e.session_id, user_id=e.user_id, source="sample",
-                scores={**e.scores, name: round(float(scores[p.index]), 6)}, keyword_hits=[],
-                decision=e.decision, model_version=e.model_version,
-                policy_version=e.policy_version, ts=e.ts, language=e.language))
-            out.append({"tenant": tenant, "item_id": e.item_id, "value": round(p.score, 4),
-                        "why": p.reasons})
-        ReviewService(queue, lambda: policy, text_key=text_key(settings)).intake_decisions(
-            items)
-        return out
-    finally:
-        queue.close()
-        store.close()

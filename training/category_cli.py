@@ -14,14 +14,12 @@ import click
 from bastion.core.clikit import guard, settings_for, state_dir_option
 from bastion.core.policy import ensure_policy_file, load_policy
 from bastion.core.settings import Settings
-from bastion.training.category import (
-    MIN_POSITIVES,
+from bastion.training.category import MIN_POSITIVES, add_category, read_examples
+from bastion.training.category_review import (
     CategoryStatus,
-    add_category,
     apply_block_threshold,
     category_status,
     queue_for_labelling,
-    read_examples,
 )
 
 __all__ = ["category", "category_add", "category_status_cmd", "category_select",

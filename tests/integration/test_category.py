@@ -21,7 +21,8 @@ from bastion.core.store.tables import label_history, label_items, labels
 from bastion.platform import deploy
 from bastion.registry.lifecycle import Lifecycle
 from bastion.registry.store import CHAMPION, ModelRegistry
-from bastion.training.category import ANNOTATOR, add_category, queue_for_labelling
+from bastion.training.category import ANNOTATOR, add_category
+from bastion.training.category_review import queue_for_labelling
 from bastion.training.retrain import heldout_data, options_from_policy
 from tests.integration.conftest import POLICY, Served, Starter
 

@@ -14,19 +14,17 @@ from click.testing import CliRunner
 from bastion.core.events import DecisionEvent
 from bastion.core.model import HeadSpec, LinearHeads
 from bastion.core.policy import load_policy, parse_policy
+from bastion.training._category_policy import policy_with_category
 from bastion.training.category import (
     MIN_POSITIVES,
     CategoryError,
-    apply_block_threshold,
     fit_category_head,
     pick_review_threshold,
-    policy_with_category,
-    rank_for_labelling,
     read_examples,
-    status_of,
     traffic_negatives,
 )
 from bastion.training.category_cli import category
+from bastion.training.category_review import apply_block_threshold, rank_for_labelling, status_of
 
 DIM = 16
 
