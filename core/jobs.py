@@ -2,8 +2,9 @@
 serves (``bastion up``'s local one, or the RayService's head on Kubernetes).
 
 A drift trigger submits ``bastion retrain`` (:mod:`bastion.drift.triggers`); the console's
-promote button submits ``bastion promote`` (:mod:`bastion.review.console_models`), so a
-promotion from the browser runs the same gate, on the same held-out data, as one from the CLI.
+promote button submits ``bastion promote`` and its new-category form ``bastion category add``
+(:mod:`bastion.review.console_models`), so a promotion from the browser runs the same gate, on
+the same held-out data, as one from the CLI.
 Each job carries ``{"bastion": <kind>}`` in its metadata: that is how Bastion finds its own jobs
 among the cluster's (dedupe, and the console's list of job states).
 """
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 #: The kinds of job Bastion submits (the value of the ``bastion`` metadata key).
-JOB_KINDS = ("retrain", "promote")
+JOB_KINDS = ("retrain", "promote", "category")
 ACTIVE = {"PENDING", "RUNNING"}
 
 
@@ -51,6 +52,14 @@ def job_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k.startswith("BASTION_") or k in ("MLFLOW_TRACKING_URI",)}
     return {**process_ray_env(), **env}
+
+
+def _policy_env(settings: Settings) -> dict[str, str]:
+    """The platform's policy file, where it is not the state directory's default (``bastion
+    up --policy FILE``): a job gates on, and edits, the file the platform serves."""
+    if settings.policy_file is None:
+        return {}
+    return {"BASTION_POLICY_FILE": str(settings.resolved_policy_file)}
 
 
 def jobs_client(dashboard_url: str | None = None) -> Any:
@@ -90,7 +99,8 @@ def job_rows(client: Any, limit: int = 50) -> list[dict[str, Any]]:
                     "status": str(job.status), "message": job.message,
                     "start_time": (job.start_time or 0) / 1000 or None,
                     "end_time": (job.end_time or 0) / 1000 or None,
-                    **{k: meta[k] for k in ("rule", "version", "actor", "reason") if k in meta}})
+                    **{k: meta[k] for k in ("rule", "version", "category", "actor", "reason")
+                       if k in meta}})
     out.sort(key=lambda r: r["start_time"] or 0, reverse=True)
     return out[:limit]
 
@@ -104,7 +114,7 @@ def submit(client: Any, settings: Settings, kind: str, command: str, *args: str,
     job_id: str = client.submit_job(
         entrypoint=bastion_command(settings, command, *args),
         submission_id=f"bastion-{kind}-{stamp}-{uuid.uuid4().hex[:6]}",
-        runtime_env={"env_vars": job_env()},
+        runtime_env={"env_vars": {**job_env(), **_policy_env(settings)}},
         metadata={"bastion": kind, **(metadata or {})},
     )
     return job_id

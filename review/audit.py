@@ -18,7 +18,7 @@ from bastion.core.store.tables import audit_log
 __all__ = ["ACTIONS", "AuditEntry", "AuditLog", "day_start"]
 
 ACTIONS = ("sign_in", "claim", "reveal", "submit", "release", "promote", "rollback",
-           "exposure_cap")
+           "exposure_cap", "category_add")
 
 
 @dataclass(frozen=True)

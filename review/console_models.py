@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -46,13 +47,19 @@ _RUN = Path(..., pattern=r"^[0-9a-f]{32}$", description="An MLflow run id.")
 
 
 class _State:
-    """What the routes need beyond the review access: the settings of the registry, and a
+    """What the routes need beyond the review access: the settings of the registry (or what
+    gives the current ones: the Ingress learns its policy file from its user_config), and a
     Ray Jobs client (a Serve replica finds its cluster's dashboard)."""
 
-    def __init__(self, settings: Settings, jobs: Callable[[], Any]) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings | Callable[[], Settings],
+                 jobs: Callable[[], Any]) -> None:
+        self._settings = settings
         self.jobs = jobs
         self._registry: ModelRegistry | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings if isinstance(self._settings, Settings) else self._settings()
 
     def registry(self) -> ModelRegistry:
         if self._registry is None:
@@ -62,7 +69,7 @@ class _State:
         return self._registry
 
 
-def include_models(app: FastAPI, settings: Settings,
+def include_models(app: FastAPI, settings: Settings | Callable[[], Settings],
                    jobs: Callable[[], Any] = jobs_client) -> None:
     """Serve the Models and Drift routes from ``app`` (which includes the console)."""
     app.state.console_models = _State(settings, jobs)
@@ -109,7 +116,9 @@ async def console_models(request: Request, who: CurrentReviewer,
         champion = next((v["version"] for v in versions if CHAMPION in v["aliases"]), None)
         return {"model": lc.name, "champion": champion, "history": lc.history(),
                 "versions": versions, "audit": list(reversed(lc.audit()))[:100],
-                "can_change_champion": _covers_all(access, who)}
+                "can_change_champion": _covers_all(access, who),
+                "tenants": sorted(set(access.review_service().policy().tenants)
+                                  & set(who.tenants))}
 
     return await _call(run)  # type: ignore[no-any-return]
 
@@ -204,6 +213,79 @@ async def console_rollback(req: ChampionChange, request: Request, who: CurrentRe
                            "follows within seconds"}
 
     return await _call(run)  # type: ignore[no-any-return]
+
+
+# As training.category.MIN_POSITIVES (the console cannot import training; a test checks both).
+MIN_EXAMPLES = 10
+_SLUG = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class NewCategory(BaseModel):
+    tenant: str = Field(..., min_length=1, max_length=64, description="The tenant it is for.")
+    name: str = Field(..., pattern=_SLUG, description="The category's name: a lower-case slug, "
+                      "e.g. crypto_scam.")
+    description: str = Field(..., min_length=3, max_length=2000,
+                             description="What the category is: kept with the model version.")
+    examples: list[str] = Field(..., min_length=1, max_length=5000,
+                                description=f"Positive examples, at least {MIN_EXAMPLES} "
+                                "distinct ones.")
+    target_precision: float = Field(0.9, gt=0, le=1, description="Reviewed precision it must "
+                                    "show before calibration proposes a block threshold.")
+
+
+@router.post("/v1/console/categories", status_code=202,
+             summary="A new tenant-owned category from a description and 10+ examples, in a Ray "
+                     "job (`bastion category add`): trained on the tenant's own traffic, gated, "
+                     "served review-only (ML ops for every tenant).",
+             responses=error_responses(*_OPS, 400, 409, 413, 422))
+async def console_add_category(req: NewCategory, request: Request, who: CurrentReviewer,
+                               access: Access) -> dict[str, Any]:
+    _may_change_champion(access, who, ChampionChange(reason=f"new category {req.name}"))
+    policy = access.review_service().policy()
+    if req.tenant not in policy.tenants:
+        raise ApiError(422, f"unknown tenant {req.tenant!r}; the policy has "
+                            f"{', '.join(sorted(policy.tenants))}")
+    if req.name in policy.tenants[req.tenant].categories:
+        raise ApiError(409, f"tenant {req.tenant!r} already has a category {req.name!r}; choose "
+                            "another name")
+    examples = list(dict.fromkeys(" ".join(t.split()) for t in req.examples if t.strip()))
+    if len(examples) < MIN_EXAMPLES:
+        raise ApiError(422, f"{len(examples)} distinct example(s); a new category needs at "
+                            f"least {MIN_EXAMPLES}: add more, one a line")
+    state = _state(request)
+    most = state.settings.limits.max_text_chars
+    long = [i + 1 for i, t in enumerate(examples) if len(t) > most]
+    if long:
+        raise ApiError(422, f"example(s) {long[:5]} are longer than {most} characters "
+                            "(limits.max_text_chars)")
+    description = _SAFE_REASON.sub(" ", req.description).strip()
+
+    def run() -> dict[str, Any]:
+        settings = state.settings
+        client = state.jobs()
+        running = active_jobs(client, "category")
+        if running:
+            raise ApiError(409, f"category job {', '.join(running)} is still running; wait for "
+                                "it (Jobs below) before starting another")
+        folder = settings.state_dir / "categories"
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        path = folder / f"{req.tenant}-{req.name}-{stamp}.txt"
+        path.write_text("\n".join(examples) + "\n", encoding="utf-8")
+        job_id = submit(client, settings, "category", "category", "add", req.tenant, req.name,
+                        "--description", description, "--examples", str(path),
+                        "--target-precision", f"{req.target_precision:g}", "--actor", who.name,
+                        metadata={"category": f"{req.tenant}/{req.name}", "actor": who.name,
+                                  "reason": description[:200]})
+        _audit(access, who, "category_add", f"{req.tenant}/{req.name}", job_id=job_id,
+               examples=len(examples))
+        return {"job_id": job_id, "category": f"{req.tenant}/{req.name}",
+                "examples": len(examples),
+                "message": f"training {req.tenant}/{req.name} on {len(examples)} example(s) in "
+                           f"Ray job {job_id}: the new version is gated, then served with the "
+                           "category review-only"}
+
+    return await asyncio.to_thread(run)  # type: ignore[no-any-return]
 
 
 @router.get("/v1/console/drift",

@@ -59,7 +59,7 @@ def build_api(moderation: Moderation) -> FastAPI:
     api.include_router(router)
     include_review(api, moderation)
     include_console(api)  # the moderators' console, on the same origin (/console/)
-    include_models(api, moderation.settings)  # its Models and Drift screens (ML ops)
+    include_models(api, lambda: moderation.settings)  # its Models and Drift screens (ML ops)
     return api
 
 

@@ -57,6 +57,8 @@ def serve_config(
         "policy": policy.model_dump(mode="json", exclude_none=True),
         # each replica enforces 1/N of a tenant's fair-use limits (serving.fairuse)
         "ingress_replicas": settings.serving.ingress_replicas}
+    if settings.policy_file is not None:  # the console's jobs edit and gate on this file
+        ingress_config["policy_file"] = str(settings.resolved_policy_file)
     if reviewers:
         ingress_config["reviewer_hashes"] = reviewer_hashes(reviewers)
     if keys_file is None:

@@ -142,6 +142,9 @@ class Ingress:
             hashes = key_hashes(load_keys(Path(self.keys_file)))
         state = _PolicyState(policy, {h: t for t, h in hashes.items()}, time.time(),
                              dict(config.get("reviewer_hashes") or {}))
+        if config.get("policy_file"):  # bastion up --policy FILE: what the console's jobs use
+            self.settings = self.settings.model_copy(
+                update={"policy_file": Path(config["policy_file"])})
         self.fair_use.configure(policy, int(config.get("ingress_replicas", 1)))
         self._policy = state  # one assignment: requests see the old or the new state, whole
         log.info("Ingress policy loaded: %d tenant(s)", len(policy.tenants))

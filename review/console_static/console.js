@@ -556,6 +556,10 @@ async function loadModels() {
     card("Champion history", d.history.join(" → ") || "–"), card("Versions", d.versions.length));
   const can = d.can_change_champion;
   $("rollback").disabled = !can || d.history.length < 2;
+  $("category-submit").disabled = !can;
+  const tenant = $("category-tenant").value;
+  $("category-tenant").replaceChildren(...(d.tenants || []).map((t) => el("option", { value: t, text: t })));
+  if (tenant) $("category-tenant").value = tenant;
   $("models-note").textContent = can ? "Promotion runs the gate in a Ray job: the version is promoted only if it passes."
     : "Your key does not cover every tenant: promoting and rolling back need an ML-ops key for all tenants.";
   $("versions-table").tBodies[0].replaceChildren(...d.versions.map((v) => {
@@ -573,6 +577,25 @@ async function loadModels() {
     el("td", { text: (e.at || "").replace("T", " ").replace("Z", "") }), el("td", { text: e.action }),
     el("td", { text: e.version || "" }), el("td", { text: e.previous || e.champion || "" }),
     el("td", { text: e.actor || "" }), el("td", { class: "msg", text: e.reason || (e.failures || []).join("; ") }))));
+  await loadJobs();
+}
+function categoryExamples() {
+  return [...new Set($("category-examples").value.split("\n").map((t) => t.trim()).filter(Boolean))];
+}
+function countExamples() {
+  const n = categoryExamples().length;
+  $("category-count").textContent = `${n} example${n === 1 ? "" : "s"}${n < 10 ? ` (at least 10)` : ""}`;
+}
+async function addCategory(ev) {
+  ev.preventDefault();
+  const examples = categoryExamples();
+  if (examples.length < 10) { toast(`${examples.length} distinct examples: a new category needs at least 10, one a line.`, true); return; }
+  const body = { tenant: $("category-tenant").value, name: $("category-name").value.trim(),
+                 description: $("category-description").value.trim(), examples,
+                 target_precision: Number($("category-target").value) };
+  const r = await api("POST", "/v1/console/categories", body);
+  toast(r.message);
+  state.activeJobs.add(r.job_id);
   await loadJobs();
 }
 async function showGate(version) {
@@ -618,7 +641,7 @@ async function loadJobs() {
   $("jobs-table").tBodies[0].replaceChildren(...d.jobs.map((j) => el("tr", { "data-job": j.job_id, "data-status": j.status },
     el("td", { text: j.job_id }), el("td", { text: j.kind }),
     el("td", { class: j.status === "SUCCEEDED" ? "ok" : j.status === "FAILED" ? "bad" : "", text: j.status }),
-    el("td", { text: j.version ? `version ${j.version}` : j.rule ? `rule ${j.rule}` : "" }),
+    el("td", { text: j.version ? `version ${j.version}` : j.category ? `category ${j.category}` : j.rule ? `rule ${j.rule}` : "" }),
     el("td", { class: "msg", text: [j.actor, j.reason].filter(Boolean).join(": ") }),
     el("td", { text: utc(j.start_time) }), el("td", { text: utc(j.end_time) }), el("td", { class: "msg" }, longText(j.message || "")))));
   if (!d.jobs.length) $("jobs-table").tBodies[0].append(el("tr", {}, el("td", { class: "muted", colspan: "8", text: "no jobs yet" })));
@@ -685,6 +708,8 @@ async function start() {
   $("next").addEventListener("click", () => { if (state.submitted) claimNext(); });
   $("filter-category").addEventListener("change", () => loadQueue().catch((e) => toast(e.message, true)));
   $("rollback").addEventListener("click", () => rollback().catch((e) => toast(e.message, true)));
+  $("category-form").addEventListener("submit", (ev) => addCategory(ev).catch((e) => toast(e.message, true)));
+  $("category-examples").addEventListener("input", countExamples);
   $("filter-reason").addEventListener("change", () => loadQueue().catch((e) => toast(e.message, true)));
   document.addEventListener("keydown", onKey);
   window.addEventListener("hashchange", route);

@@ -405,3 +405,89 @@ def test_ml_ops_promote_through_the_gate_and_read_drift_reports_in_the_browser(
             path.unlink(missing_ok=True)
         else:
             path.write_text(before)
+
+
+CRYPTO_SCAMS = [
+    "Send me 0.1 BTC and I'll send back 1 BTC within the hour, guaranteed",
+    "Double your ethereum today: transfer to this wallet and get 2x back",
+    "I'm giving away bitcoin to the first 100 people who send a small fee to my address",
+    "Join my crypto signal group, 500% returns every week, DM me your wallet",
+    "Elon is doing a crypto giveaway, send any amount of ETH and receive double",
+    "Invest in this new coin before it moons, send USDT to my wallet and I'll manage it",
+    "Limited time: deposit 200 dollars in bitcoin and earn 3000 in three days",
+    "I can recover your lost crypto, just send a 0.05 BTC verification fee",
+    "Free NFT airdrop, connect your wallet and enter your seed phrase to claim",
+]
+
+
+def test_ml_ops_add_a_category_in_the_browser(
+        served: Served, starter: Starter, reviewers: dict[str, str], browser: Any,
+        tmp_path: Path) -> None:
+    """The Models screen's New category form runs `bastion category add` as a real Ray job:
+    nine examples are refused in the page, ten train a head on the tenant's traffic, the new
+    version is gated and promoted, and the policy file gets the category review-only."""
+    from bastion.training.category import ANNOTATOR
+
+    settings = served.settings
+    path = settings.resolved_policy_file  # what the job's 'bastion category add' edits
+    before = path.read_text() if path.exists() else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # the gate's latency budget raised (this machine runs the whole suite meanwhile) and a
+    # small held-out sample: every other head is the champion's, so it gates on agreement
+    path.write_text(POLICY.read_text() + "gate:\n  max_p99_ms: 10000\n"
+                    "retraining:\n  seed_limit_per_source: 50\n")
+    registry = ModelRegistry(settings)
+    try:
+        texts = [t for t in load_sms_spam(limit=600, seed=7).texts if t.strip()][:240]
+        for i in range(0, len(texts), 60):  # the tenant's own traffic: the negatives
+            assert served.moderate("studio", texts[i:i + 60]).status_code == 200
+        time.sleep(1.5)  # the event log's group commit
+        context, page = sign_in(browser, served, reviewers["olga"], "olga")
+        page.goto(f"{served.url}/console/#/models")
+        page.wait_for_selector("#category-tenant option[value='studio']", state="attached")
+        page.select_option("#category-tenant", "studio")
+        page.fill("#category-name", "crypto_scam")
+        page.fill("#category-description", "crypto giveaway scams")
+        page.fill("#category-examples", "\n".join(CRYPTO_SCAMS))
+        page.click("#category-submit")
+        page.wait_for_selector("#toast:has-text('at least 10')")
+        assert page.inner_text("#category-count").startswith("9 examples")
+        page.fill("#category-examples", "\n".join(
+            [*CRYPTO_SCAMS, "My uncle works at Binance, send me your coins and he triples them"]))
+        page.click("#category-submit")
+        page.wait_for_selector(
+            "#jobs-table tr[data-job] td:has-text('category studio/crypto_scam')")
+        job = page.get_attribute("#jobs-table tbody tr[data-job]", "data-job")
+        assert job and job.startswith("bastion-category-")
+        deadline = time.time() + 600
+        while page.get_attribute(f"#jobs-table tr[data-job='{job}']", "data-status") not in (
+                "SUCCEEDED", "FAILED", "STOPPED"):
+            assert time.time() < deadline, "the category job did not finish in 10 min"
+            page.wait_for_timeout(1000)
+        status = page.get_attribute(f"#jobs-table tr[data-job='{job}']", "data-status")
+        if status != "SUCCEEDED":
+            jobs = httpx.get(f"{served.url}/v1/console/jobs", timeout=30, headers={
+                "Authorization": f"Bearer {reviewers['olga']}"}).json()["jobs"]
+            raise AssertionError(next(j["message"] for j in jobs if j["job_id"] == job))
+        new = registry.by_alias(CHAMPION).version
+        assert new != starter.version
+        assert registry.get(new).tags["bastion.category"] == "studio/crypto_scam"
+        added = path.read_text()
+        assert "crypto_scam:" in added and "head: studio/crypto_scam" in added
+        page.wait_for_selector(f"#versions-table tr[data-version='{new}']:has-text('@champion')")
+        context.close()
+    finally:
+        if registry.by_alias(CHAMPION).version != starter.version:
+            Lifecycle(settings, served.policy).rollback(reason="browser test cleanup")
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(before)
+        engine = create_engine(settings.database_url)
+        with engine.begin() as conn:  # the examples became labels: later tests train on labels
+            ids = [r.item_id for r in conn.execute(
+                select(t.labels.c.item_id).where(t.labels.c.annotator == ANNOTATOR))]
+            for table in (t.labels, t.label_history):
+                conn.execute(delete(table).where(table.c.item_id.in_(ids)))
+            conn.execute(delete(t.label_items).where(t.label_items.c.item_id.in_(ids)))
+        engine.dispose()

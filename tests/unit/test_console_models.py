@@ -99,7 +99,9 @@ ROUTES = [("get", "/v1/console/models", None), ("get", "/v1/console/models/1", N
           ("post", "/v1/console/models/1/promote", {"reason": "better"}),
           ("post", "/v1/console/models/rollback", {"reason": "worse"}),
           ("get", "/v1/console/drift", None), ("get", "/v1/console/drift/" + "0" * 32, None),
-          ("get", "/v1/console/jobs", None)]
+          ("get", "/v1/console/jobs", None),
+          ("post", "/v1/console/categories", {"tenant": "acme", "name": "scam",
+                                              "description": "scams", "examples": ["x"] * 10})]
 
 
 def test_moderators_see_no_model_or_drift_route(setup: Setup) -> None:
@@ -230,3 +232,64 @@ def test_jobs_show_the_trigger_record_and_say_when_ray_does_not_answer(setup: Se
     d = setup.client.get("/v1/console/jobs", headers=as_("rev_ops")).json()
     assert d["jobs"] == [] and "dashboard refused" in d["jobs_error"]
     assert d["triggers"]  # the record still shows
+
+
+SCAMS = [f"send {n} bitcoin to my wallet and get {2 * n} back" for n in range(1, 11)]
+
+
+def test_a_new_category_submits_the_clis_category_add_as_a_ray_job(setup: Setup) -> None:
+    body = {"tenant": "acme", "name": "crypto_scam", "description": "crypto\ngiveaway scams",
+            "examples": [*SCAMS, SCAMS[0], "  "], "target_precision": 0.95}
+    r = setup.client.post("/v1/console/categories", json=body, headers=as_("rev_ops"))
+    assert r.status_code == 403 and "does not cover studio" in r.json()["error"]
+    r = setup.client.post("/v1/console/categories", json=body, headers=as_("rev_root"))
+    assert r.status_code == 202, r.text
+    assert r.json()["examples"] == 10  # the repeated and the blank one are not counted
+    (job,) = setup.jobs.submitted
+    state = setup.settings.state_dir
+    assert (f" category --state-dir {state} add acme crypto_scam --description "
+            "'crypto giveaway scams' --examples ") in job["entrypoint"]
+    assert "--target-precision 0.95 --actor root" in job["entrypoint"]
+    assert job["metadata"]["bastion"] == "category"
+    assert job["metadata"]["category"] == "acme/crypto_scam"
+    (examples,) = (state / "categories").glob("acme-crypto_scam-*.txt")
+    assert examples.read_text().splitlines() == SCAMS
+    assert str(examples) in job["entrypoint"]
+    # one at a time
+    again = setup.client.post("/v1/console/categories", json=body, headers=as_("rev_root"))
+    assert again.status_code == 409 and "still running" in again.json()["error"]
+    jobs = setup.client.get("/v1/console/jobs", headers=as_("rev_root")).json()["jobs"]
+    assert jobs[0]["kind"] == "category" and jobs[0]["category"] == "acme/crypto_scam"
+
+
+@pytest.mark.parametrize(("change", "status", "says"), [
+    ({"examples": SCAMS[:9]}, 422, "at least 10"),
+    ({"tenant": "nobody"}, 422, "unknown tenant 'nobody'"),
+    ({"name": "spam"}, 409, "already has a category 'spam'"),
+    ({"name": "Not A Slug"}, 422, "name"),
+])
+def test_a_new_category_s_bad_input_is_a_clear_error(setup: Setup, change: dict[str, Any],
+                                                    status: int, says: str) -> None:
+    body = {"tenant": "acme", "name": "crypto_scam", "description": "scams",
+            "examples": SCAMS, **change}
+    r = setup.client.post("/v1/console/categories", json=body, headers=as_("rev_root"))
+    assert r.status_code == status and says in r.text, r.text
+    assert setup.jobs.submitted == []
+
+
+def test_the_console_asks_for_as_many_examples_as_the_cli() -> None:
+    from bastion.review.console_models import MIN_EXAMPLES
+    from bastion.training.category import MIN_POSITIVES
+
+    assert MIN_EXAMPLES == MIN_POSITIVES
+
+
+def test_jobs_gate_on_and_edit_the_platform_s_policy_file(tmp_path: Path) -> None:
+    from bastion.core.jobs import submit
+
+    jobs = FakeJobs()
+    submit(jobs, Settings(state_dir=tmp_path), "promote", "promote", "2")
+    assert "BASTION_POLICY_FILE" not in jobs.submitted[0]["runtime_env"]["env_vars"]
+    mine = tmp_path / "mine.yaml"
+    submit(jobs, Settings(state_dir=tmp_path, policy_file=mine), "promote", "promote", "2")
+    assert jobs.submitted[1]["runtime_env"]["env_vars"]["BASTION_POLICY_FILE"] == str(mine)
