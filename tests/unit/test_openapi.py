@@ -40,6 +40,7 @@ EXPECTED = {
     ("post", "/v1/console/models/{version}/promote"): {202, 400, 401, 403, 404, 409, 413, 422,
                                                        503},
     ("post", "/v1/console/models/rollback"): {200, 400, 401, 403, 409, 413, 422, 503},
+    ("post", "/v1/console/categories"): {202, 400, 401, 403, 409, 413, 422, 503},
     ("get", "/v1/console/drift"): {200, 401, 403, 422, 503},
     ("get", "/v1/console/drift/{run_id}"): {200, 401, 403, 404, 422, 503},
     ("get", "/v1/console/jobs"): {200, 401, 403, 503},
