@@ -49,33 +49,25 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
     sv = args.serving
     # @serve.deployment turns the classes into Deployments; mypy sees the classes.
+    common = (args.state_dir, args.tracking_uri, args.model_name, sv.max_batch_size,
+              sv.batch_wait_timeout_s, sv.torch_threads, sv.precision, sv.champion_poll_s)
     scorer = Scorer.options(  # type: ignore[attr-defined]
         num_replicas=sv.scorer_replicas,
         max_ongoing_requests=sv.scorer_max_ongoing_requests,
-    ).bind(
-        args.state_dir, args.tracking_uri, args.model_name, sv.max_batch_size,
-        sv.batch_wait_timeout_s, sv.torch_threads, sv.precision, sv.champion_poll_s,
-    )
-    # A second Scorer for the languages routed to the multilingual version (@multilingual).
-    multilingual = None if sv.multilingual_replicas == 0 else Scorer.options(  # type: ignore[attr-defined]
-        name="MultilingualScorer", num_replicas=sv.multilingual_replicas,
-        max_ongoing_requests=sv.scorer_max_ongoing_requests,
-        ray_actor_options={"num_cpus": 0.5},
-    ).bind(
-        args.state_dir, args.tracking_uri, args.model_name, sv.max_batch_size,
-        sv.batch_wait_timeout_s, sv.torch_threads, sv.precision, sv.champion_poll_s,
-        MULTILINGUAL,
-    )
-    # A third for the challenger of a shadow run (@shadow): idle, holding no model, until then.
-    shadow = None if sv.shadow_replicas == 0 else Scorer.options(  # type: ignore[attr-defined]
-        name="ShadowScorer", num_replicas=sv.shadow_replicas,
-        max_ongoing_requests=sv.scorer_max_ongoing_requests,
-        ray_actor_options={"num_cpus": 0.5},
-    ).bind(
-        args.state_dir, args.tracking_uri, args.model_name, sv.max_batch_size,
-        sv.batch_wait_timeout_s, sv.torch_threads, sv.precision, sv.champion_poll_s,
-        SHADOW, sv.canary_check_s,
-    )
+    ).bind(*common)
+
+    def follower(name: str, replicas: int, *alias: Any) -> Any:
+        """A Scorer that follows another alias, on half a CPU; None with no replicas."""
+        return None if replicas == 0 else Scorer.options(  # type: ignore[attr-defined]
+            name=name, num_replicas=replicas,
+            max_ongoing_requests=sv.scorer_max_ongoing_requests,
+            ray_actor_options={"num_cpus": 0.5},
+        ).bind(*common, *alias)
+
+    # A second Scorer for the languages routed to the multilingual version (@multilingual); a
+    # third for the challenger of a shadow run (@shadow): idle, holding no model, until then.
+    multilingual = follower("MultilingualScorer", sv.multilingual_replicas, MULTILINGUAL)
+    shadow = follower("ShadowScorer", sv.shadow_replicas, SHADOW, sv.canary_check_s)
     # Images and voice on deployments of their own: text requests never reach them.
     limits = args.limits.model_dump()
     images = None if sv.image_replicas == 0 else ImageModerator.options(  # type: ignore[attr-defined]

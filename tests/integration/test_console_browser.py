@@ -39,6 +39,7 @@ from tests.media_samples import MISSING_TOOLS, espeak_available, photo, speech
 
 from ._media import b64
 from .conftest import POLICY, Served, Starter
+from .test_category import EXAMPLES as CRYPTO_SCAMS
 from .test_registry import register, variant
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.model, pytest.mark.browser]
@@ -115,6 +116,16 @@ def shot(page: Any, name: str, tmp: Path) -> None:
     if os.environ.get("BASTION_UPDATE_SCREENSHOTS") == "1":
         SHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(out, SHOTS / out.name)
+
+
+def wait_for_job(page: Any, job: str, timeout_s: float = 600) -> str | None:
+    """The Jobs table's state of ``job`` once it has ended (10 min at most)."""
+    deadline = time.time() + timeout_s
+    while (status := page.get_attribute(f"#jobs-table tr[data-job='{job}']", "data-status")) \
+            not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        assert time.time() < deadline, f"job {job} did not finish in {timeout_s:g} s"
+        page.wait_for_timeout(1000)
+    return str(status)
 
 
 def sign_in(browser: Any, served: Served, key: str, who: str) -> tuple[Any, Any]:
@@ -365,13 +376,7 @@ def test_ml_ops_promote_through_the_gate_and_read_drift_reports_in_the_browser(
         page.wait_for_selector("#jobs-table tr[data-job] td:has-text('promote')")
         job = page.get_attribute("#jobs-table tbody tr[data-job]", "data-job")
         assert job and job.startswith("bastion-promote-")
-        deadline = time.time() + 600
-        while page.get_attribute(f"#jobs-table tr[data-job='{job}']", "data-status") not in (
-                "SUCCEEDED", "FAILED", "STOPPED"):
-            assert time.time() < deadline, "the promotion job did not finish in 10 min"
-            page.wait_for_timeout(1000)
-        assert page.get_attribute(f"#jobs-table tr[data-job='{job}']",
-                                  "data-status") == "FAILED"  # the gate refused: exit 1
+        assert wait_for_job(page, job) == "FAILED"  # the gate refused: exit 1
         page.wait_for_selector(f"#versions-table tr[data-version='{worse}'] td.bad")
         registry = ModelRegistry(settings)
         assert registry.by_alias(CHAMPION).version == starter.version
@@ -407,19 +412,6 @@ def test_ml_ops_promote_through_the_gate_and_read_drift_reports_in_the_browser(
             path.write_text(before)
 
 
-CRYPTO_SCAMS = [
-    "Send me 0.1 BTC and I'll send back 1 BTC within the hour, guaranteed",
-    "Double your ethereum today: transfer to this wallet and get 2x back",
-    "I'm giving away bitcoin to the first 100 people who send a small fee to my address",
-    "Join my crypto signal group, 500% returns every week, DM me your wallet",
-    "Elon is doing a crypto giveaway, send any amount of ETH and receive double",
-    "Invest in this new coin before it moons, send USDT to my wallet and I'll manage it",
-    "Limited time: deposit 200 dollars in bitcoin and earn 3000 in three days",
-    "I can recover your lost crypto, just send a 0.05 BTC verification fee",
-    "Free NFT airdrop, connect your wallet and enter your seed phrase to claim",
-]
-
-
 def test_ml_ops_add_a_category_in_the_browser(
         served: Served, starter: Starter, reviewers: dict[str, str], browser: Any,
         tmp_path: Path) -> None:
@@ -448,24 +440,17 @@ def test_ml_ops_add_a_category_in_the_browser(
         page.select_option("#category-tenant", "studio")
         page.fill("#category-name", "crypto_scam")
         page.fill("#category-description", "crypto giveaway scams")
-        page.fill("#category-examples", "\n".join(CRYPTO_SCAMS))
+        page.fill("#category-examples", "\n".join(CRYPTO_SCAMS[:9]))
         page.click("#category-submit")
         page.wait_for_selector("#toast:has-text('at least 10')")
         assert page.inner_text("#category-count").startswith("9 examples")
-        page.fill("#category-examples", "\n".join(
-            [*CRYPTO_SCAMS, "My uncle works at Binance, send me your coins and he triples them"]))
+        page.fill("#category-examples", "\n".join(CRYPTO_SCAMS))
         page.click("#category-submit")
         page.wait_for_selector(
             "#jobs-table tr[data-job] td:has-text('category studio/crypto_scam')")
         job = page.get_attribute("#jobs-table tbody tr[data-job]", "data-job")
         assert job and job.startswith("bastion-category-")
-        deadline = time.time() + 600
-        while page.get_attribute(f"#jobs-table tr[data-job='{job}']", "data-status") not in (
-                "SUCCEEDED", "FAILED", "STOPPED"):
-            assert time.time() < deadline, "the category job did not finish in 10 min"
-            page.wait_for_timeout(1000)
-        status = page.get_attribute(f"#jobs-table tr[data-job='{job}']", "data-status")
-        if status != "SUCCEEDED":
+        if wait_for_job(page, job) != "SUCCEEDED":
             jobs = httpx.get(f"{served.url}/v1/console/jobs", timeout=30, headers={
                 "Authorization": f"Bearer {reviewers['olga']}"}).json()["jobs"]
             raise AssertionError(next(j["message"] for j in jobs if j["job_id"] == job))
