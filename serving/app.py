@@ -57,11 +57,13 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     ).bind(*common)
 
     def follower(name: str, replicas: int, *alias: Any) -> Any:
-        """A Scorer that follows another alias, on half a CPU; None with no replicas."""
+        """A Scorer that follows another alias; None with no replicas. A quarter of a CPU
+        each: the two followers reserve together what one did, so that Ray Train's two workers
+        still fit beside serving on a local cluster of 5 CPUs (``core.runtime.start_ray``)."""
         return None if replicas == 0 else Scorer.options(  # type: ignore[attr-defined]
             name=name, num_replicas=replicas,
             max_ongoing_requests=sv.scorer_max_ongoing_requests,
-            ray_actor_options={"num_cpus": 0.5},
+            ray_actor_options={"num_cpus": 0.25},
         ).bind(*common, *alias)
 
     # A second Scorer for the languages routed to the multilingual version (@multilingual); a
