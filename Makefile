@@ -13,7 +13,7 @@ up: $(STAMP)
 
 # Style, types and the import layers first, then the suite (CI runs exactly this).
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=30
 
 # Style, types and the import layers; mypy and import-linter read the installed layout
 # (bastion.<stage>), which .ci/layout.py builds from pyproject's package-dir.

@@ -68,6 +68,7 @@ _CHUNK = 64
 # Shadow scoring calls in flight per Ingress replica: past it, sampled items are skipped (and
 # counted), so a slow challenger never backs up the champion's requests.
 _SHADOW_INFLIGHT = 16
+_SHADOW_SILENT_S = 30.0  # a shadow Scorer this long silent: no shadow run (above)
 
 
 @dataclass(frozen=True)
@@ -318,16 +319,25 @@ class Ingress:
         return self._shadow_run
 
     async def _watch_shadow(self) -> None:
+        """Every 2 s, the shadow run the shadow Scorer reports. A Scorer busy encoding answers
+        late (it encodes on its event loop), so one that does not answer keeps the last run
+        it reported for ``_SHADOW_SILENT_S``: dropping the run at once left items of a busy
+        second unshadowed. After that, no run until it answers again."""
         assert self.shadow is not None
+        answered = time.monotonic()
         while True:
             try:
                 status = await asyncio.wait_for(self.shadow.status.remote(), timeout=5)
                 run, held = status.get("shadow"), status.get("model_version")
                 self._shadow_run = run if run is not None and run.get("version") == held \
                     else None
-            except Exception as err:  # noqa: BLE001 - no run until it answers again
-                log.warning("Ingress: the shadow Scorer does not answer: %s", err)
-                self._shadow_run = None
+                answered = time.monotonic()
+            except Exception as err:  # noqa: BLE001 - see above
+                silent = time.monotonic() - answered
+                log.warning("Ingress: the shadow Scorer has not answered for %.0f s: %s",
+                            silent, err)
+                if silent > _SHADOW_SILENT_S:
+                    self._shadow_run = None
             await asyncio.sleep(2.0)
 
     def _shadow_sample(self, tenant: str, run: dict[str, Any], decided: list[DecisionEvent],

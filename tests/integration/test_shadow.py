@@ -56,6 +56,14 @@ def post(served: Served, tenant: str, texts: list[str]) -> list[dict[str, Any]]:
     return results
 
 
+def shadowing(served: Served) -> dict[str, Any]:
+    """The Ingress's shadow counters (scored, skipped, failed, in flight) and the run it holds,
+    from /readyz: what a failed wait reports."""
+    with httpx.Client(base_url=served.url, timeout=30) as c:
+        state: dict[str, Any] = c.get("/readyz").json()["ingress"]["shadow"]
+    return state
+
+
 def flagged(result: dict[str, Any], category: str) -> bool:
     return any(r.get("kind") == "model" and r.get("category") == category
                for r in result["reasons"])
@@ -99,17 +107,23 @@ def test_a_shadow_scores_live_traffic_never_decides_and_is_reported(
     try:
         deadline = time.time() + 90
         while log.count(challenger) == 0:  # the Ingress picks the run up within seconds
-            assert time.time() < deadline, "the Ingress never shadowed an item"
+            assert time.time() < deadline, \
+                f"the Ingress never shadowed an item: {shadowing(served)}"
             post(served, "acme", ["warming up the shadow"])
             time.sleep(0.5)
+        while shadowing(served)["in_flight"]:  # the warm-up's calls are done: none skipped
+            assert time.time() < deadline, f"shadow calls never finished: {shadowing(served)}"
+            time.sleep(0.2)
         before = log.count(challenger)
         for _ in range(3):
             results += post(served, "acme", ABUSIVE + BENIGN)
         # the champion decided every item: the shadow never reaches a caller
         assert {r["model_version"] for r in results} == {starter.version}
-        deadline = time.time() + 30
+        deadline = time.time() + 60
         while log.count(challenger) < before + len(results):
-            assert time.time() < deadline, "shadow verdicts were not all written"
+            assert time.time() < deadline, \
+                f"shadow verdicts were not all written: {log.count(challenger) - before} of " \
+                f"{len(results)}; the Ingress: {shadowing(served)}"
             time.sleep(0.2)
         rows = [e for e in log.read(version=challenger)
                 if e.item_id in {r["id"] for r in results}]
