@@ -9,8 +9,8 @@ off the request path like the event log. The shadow report (``registry.shadow``)
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import Engine, func, insert, select
@@ -21,7 +21,7 @@ from bastion.core.store import READ, open_store
 from bastion.core.store.tables import shadow_events
 from bastion.core.writer import BackgroundWriter
 
-__all__ = ["ShadowEvent", "ShadowLog", "ShadowWriter", "bands_of"]
+__all__ = ["ShadowConfig", "ShadowEvent", "ShadowLog", "ShadowWriter", "bands_of"]
 
 
 def bands_of(reasons: list[dict[str, Any]]) -> dict[str, str]:
@@ -34,6 +34,33 @@ def bands_of(reasons: list[dict[str, Any]]) -> dict[str, str]:
             if out.get(str(r["category"])) != "block":
                 out[str(r["category"])] = band
     return out
+
+
+@dataclass(frozen=True)
+class ShadowConfig:
+    """What ``bastion shadow start`` set (``registry.shadow`` keeps it in the registry; serving
+    reads it from the shadow Scorer): the version, its sample of live traffic and, for a
+    canary, the share of one tenant's traffic it decides."""
+
+    version: str
+    sample: float  # share of items scored in the shadow (never deciding)
+    started_at: float
+    canary: float | None = None  # share of canary_tenant's requests it decides
+    canary_tenant: str | None = None
+    min_reviewed: int = 10  # reviewed flagged items per version before the guard compares
+    canary_stopped: dict[str, Any] | None = None  # why the guard (or a person) took it off
+
+    @property
+    def canary_active(self) -> bool:
+        return bool(self.canary) and self.canary_tenant is not None \
+            and self.canary_stopped is None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ShadowConfig:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from bastion.core.events import DecisionEvent, EventLog
 from bastion.core.labels import LabelStore, item_key
 from bastion.core.policy import PolicySet
 from bastion.core.settings import Settings
-from bastion.core.shadow_events import ShadowEvent, ShadowLog, bands_of
+from bastion.core.shadow_events import ShadowConfig, ShadowEvent, ShadowLog, bands_of
 from bastion.registry.aliases import CHAMPION, SHADOW
 from bastion.registry.report import Check, fmt
 from bastion.registry.store import ModelRegistry
@@ -49,32 +49,6 @@ SHADOW_TAG = "bastion.shadow"
 SHADOW_ITEMS = "shadow_items"  # the gate's checks
 SHADOW_PRECISION = "shadow_precision"
 EXAMPLES = 3  # per category and kind of difference, in a report
-
-
-@dataclass(frozen=True)
-class ShadowConfig:
-    """What ``bastion shadow start`` set: the version, its sample of live traffic and, for a
-    canary, the share of one tenant's traffic it decides."""
-
-    version: str
-    sample: float  # share of items scored in the shadow (never deciding)
-    started_at: float
-    canary: float | None = None  # share of canary_tenant's requests it decides
-    canary_tenant: str | None = None
-    min_reviewed: int = 10  # reviewed flagged items per version before the guard compares
-    canary_stopped: dict[str, Any] | None = None  # why the guard (or a person) took it off
-
-    @property
-    def canary_active(self) -> bool:
-        return bool(self.canary) and self.canary_tenant is not None \
-            and self.canary_stopped is None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ShadowConfig:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 def shadow_config(registry: ModelRegistry) -> ShadowConfig | None:

@@ -41,7 +41,13 @@ from bastion.core.media import MediaError, decode_base64
 from bastion.core.model import ModelMetadata
 from bastion.core.policy import PolicySet, parse_policy
 from bastion.core.settings import Limits, load_settings
-from bastion.core.shadow_events import ShadowEvent, ShadowLog, ShadowWriter, bands_of
+from bastion.core.shadow_events import (
+    ShadowConfig,
+    ShadowEvent,
+    ShadowLog,
+    ShadowWriter,
+    bands_of,
+)
 from bastion.core.textkey import text_key
 from bastion.registry.aliases import MULTILINGUAL, SHADOW
 from bastion.review.queue import ReviewQueue
@@ -101,7 +107,7 @@ class Ingress:
         # The challenger of a shadow run (registry.shadow): its Scorer, the run's settings as
         # that Scorer last reported them, and what became of the items sampled for it.
         self.shadow = shadow
-        self._shadow_run: dict[str, Any] | None = None
+        self._shadow_run: ShadowConfig | None = None
         self._shadow_refresh: asyncio.Task[None] | None = None
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self.shadow_counts = {"scored": 0, "skipped": 0, "failed": 0, "canary_requests": 0}
@@ -254,9 +260,8 @@ class Ingress:
         # A shadow run: a canary decides this request where it is the canary tenant's and
         # drawn (the @champion route only); else some of its texts are shadowed, below.
         run = self._shadow_settings()
-        canary = (run is not None and run.get("canary_tenant") == tenant
-                  and not run.get("canary_stopped") and bool(run.get("canary"))
-                  and random.random() < float(run["canary"]))
+        canary = (run is not None and run.canary_active and run.canary_tenant == tenant
+                  and random.random() < float(run.canary or 0))
         if canary:
             self.shadow_counts["canary_requests"] += 1
             routes = [SHADOW if r == DEFAULT_ROUTE else r for r in routes]
@@ -308,7 +313,7 @@ class Ingress:
         return out.response
 
     # -- shadow runs ----------------------------------------------------------------------
-    def _shadow_settings(self) -> dict[str, Any] | None:
+    def _shadow_settings(self) -> ShadowConfig | None:
         """The shadow run in force, as the shadow Scorer last reported it (a background task
         asks it every 2 s: the request path never waits on it); None: no run."""
         if self.shadow is None:
@@ -329,8 +334,8 @@ class Ingress:
             try:
                 status = await asyncio.wait_for(self.shadow.status.remote(), timeout=5)
                 run, held = status.get("shadow"), status.get("model_version")
-                self._shadow_run = run if run is not None and run.get("version") == held \
-                    else None
+                self._shadow_run = ShadowConfig.from_json(run) \
+                    if run is not None and run.get("version") == held else None
                 answered = time.monotonic()
             except Exception as err:  # noqa: BLE001 - see above
                 silent = time.monotonic() - answered
@@ -340,12 +345,12 @@ class Ingress:
                     self._shadow_run = None
             await asyncio.sleep(2.0)
 
-    def _shadow_sample(self, tenant: str, run: dict[str, Any], decided: list[DecisionEvent],
+    def _shadow_sample(self, tenant: str, run: ShadowConfig, decided: list[DecisionEvent],
                        texts: list[str | None], champion_ms: float) -> None:
-        """Draw ``run["sample"]`` of the request's champion-scored texts and score them on
-        the challenger off the request path (``_shadow_score``)."""
+        """Draw ``run.sample`` of the request's champion-scored texts and score them on the
+        challenger off the request path (``_shadow_score``)."""
         picked = [(e, t) for e, t in zip(decided, texts, strict=True)
-                  if t and random.random() < float(run.get("sample") or 0)]
+                  if t and random.random() < run.sample]
         if not picked:
             return
         assert self.shadow_writer is not None
@@ -526,7 +531,8 @@ class Ingress:
                         "tenants": len(self._policy.policy.tenants) if self._policy else 0,
                         "event_write_retries": self.writer.errors,
                         "shadow": {**self.shadow_counts, "in_flight": len(self._shadow_tasks),
-                                   "run": self._shadow_run}},
+                                   "run": None if self._shadow_run is None
+                                   else self._shadow_run.to_json()}},
         }
         stores_ok, details["stores"] = store_health(self.writer, self.intake)
         ready = self._policy is not None and stores_ok
