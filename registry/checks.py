@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mlflow
 import numpy as np
@@ -39,6 +39,7 @@ __all__ = [
     "AUROC_TOLERANCE",
     "Rule",
     "agreement_check",
+    "as_champion",
     "auroc_check",
     "calibration_check",
     "evidence_check",
@@ -46,6 +47,7 @@ __all__ = [
     "precision_check",
     "present_check",
     "recall_check",
+    "same_scores",
 ]
 
 AUROC_TOLERANCE = 0.02  # how far held-out AUROC may fall below the champion's
@@ -283,6 +285,27 @@ def evidence_check(pair: Pair, checks: Sequence[Check], cand: CategoryEvaluation
                  f"{t}/{c}: no quality check was measurable ({cand.n} held-out labelled "
                  f"item(s), {cand.n_pos} positive(s)): a candidate is not promoted without "
                  "evidence; label held-out items for this category")
+
+
+def same_scores(cand: CategoryEvaluation, champ: CategoryEvaluation | None) -> bool:
+    """Whether the candidate scores the category exactly as the champion does on every
+    evaluation item, at the same block threshold: the head came over unchanged (e.g. a
+    version from ``bastion category add`` carries every other head of its base as it was)."""
+    return (champ is not None and cand.block_threshold == champ.block_threshold
+            and cand.scores is not None and champ.scores is not None
+            and cand.scores.shape == champ.scores.shape
+            and bool(np.allclose(cand.scores, champ.scores, rtol=0.0, atol=1e-5)))
+
+
+def as_champion(check: Check, champion: str | None) -> Check:
+    """An absolute rule (precision at the block threshold, calibration) that a candidate fails
+    with the champion's own scores: not judged (``passed=None``), since promoting it changes
+    nothing there; the relative checks (recall, AUROC) still measure the category, and the
+    message keeps the failure in view."""
+    return replace(check, passed=None, message=(
+        f"{check.message}; as champion v{champion} scores it (the same head, the same scores "
+        "on these items): not a regression, so not held against this version; retrain the "
+        "head to meet the rule"))
 
 
 def latency_check(candidate: VersionEvaluation, budget: float) -> Check:

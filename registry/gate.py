@@ -12,6 +12,7 @@ from bastion.core.policy import PolicySet
 from bastion.registry.checks import (
     Rule,
     agreement_check,
+    as_champion,
     auroc_check,
     calibration_check,
     evidence_check,
@@ -19,9 +20,10 @@ from bastion.registry.checks import (
     precision_check,
     present_check,
     recall_check,
+    same_scores,
 )
 from bastion.registry.evaluation import CategoryEvaluation, Pair, VersionEvaluation
-from bastion.registry.report import Check, GateReport, measured
+from bastion.registry.report import CALIBRATION, PRECISION, Check, GateReport, measured
 
 __all__ = ["pair_checks", "run_gate"]
 
@@ -60,6 +62,10 @@ def pair_checks(pair: Pair, cand: CategoryEvaluation | None,
                recall_check(pair, cand, champ, champion, rule),
                calibration_check(pair, cand, rule),
                auroc_check(pair, cand, champ, champion, rule)]
+    if same_scores(cand, champ):  # a head carried over unchanged: absolute rules it failed as
+        quality = [as_champion(ch, champion)  # champion already are not this version's doing
+                   if ch.passed is False and ch.name in (PRECISION, CALIBRATION) else ch
+                   for ch in quality]
     if not any(ch.passed is not None for ch in quality):
         agreement = agreement_check(pair, cand, champ, champion)
         if agreement is not None:

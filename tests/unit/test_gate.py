@@ -373,3 +373,26 @@ def test_new_review_only_category_must_still_be_present() -> None:
     report = run_gate(evaluation("2", policy=policy), evaluation("1", policy=policy), policy)
     assert [(c.tenant, c.category, c.name) for c in report.failures()] == [
         ("acme", "scam", "category_present")]
+
+
+def test_an_absolute_rule_the_champion_fails_with_the_same_scores_is_not_held_against_it() -> None:
+    # the champion's acme/hate misses a strict min_precision; a category version carries that
+    # head unchanged (the same scores), so promoting it changes nothing there
+    data = json.loads(json.dumps(POLICY_DATA))
+    data["tenants"]["acme"]["categories"]["hate"]["gate"] = {"min_precision": 0.999}
+    data["tenants"]["acme"]["categories"]["scam"] = {"head": "acme/scam", "review_threshold": 0.6}
+    policy = parse_policy(data)
+    heads = [*HEADS, "acme/scam"]
+    scores = np.c_[scores_for(), DATA.rng.random(N)]
+    cand = evaluate_version("2", heads, meta_for("2", scores[:, :3], HEADS), scores,
+                            DATA.targets, DATA.mask, CATEGORIES, policy, p99_ms=12.0)
+    champ = evaluation("1", policy=policy)
+    assert not run_gate(champ, None, policy).passed  # the champion itself fails the rule
+    report = run_gate(cand, champ, policy)
+    assert report.passed, report.to_table()
+    precision = check(report, "acme", "hate", "precision_at_block")
+    assert precision.passed is None and "as champion v1 scores it" in precision.message
+    assert check(report, "acme", "hate", "recall_vs_champion").passed is True  # measured
+    # a head that changed is judged by the rule as before
+    report = run_gate(evaluation("3", noise=0.3, policy=policy), champ, policy)
+    assert check(report, "acme", "hate", "precision_at_block").passed is False
