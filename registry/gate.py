@@ -116,6 +116,34 @@ def run_gate(
     failed = any(ch.passed is False for ch in checks)
     return GateReport(
         candidate=candidate.version, champion=champ_name,
-        passed=measured(checks) and not failed,
+        passed=(measured(checks) or _adds_review_only(candidate, champion, policy, pairs))
+        and not failed,
         checks=checks,
     )
+
+
+def _adds_review_only(candidate: VersionEvaluation, champion: VersionEvaluation | None,
+                      policy: PolicySet, pairs: list[Pair]) -> bool:
+    """Whether the candidate is the champion plus new review-only categories (``bastion
+    category add``): every category the champion scores it scores the same
+    (:func:`~bastion.registry.checks.same_scores`), and at least one category the champion
+    has no head for is one the policy makes review-only. Such a version changes no decision
+    the champion makes and only sends more items to people, so it needs no measured quality
+    check where the held-out data measures none (a machine without labelled data); an
+    unchanged retrain with nothing new still does."""
+    if champion is None:
+        return False
+    new = 0
+    for t, c in pairs:
+        cand, champ = candidate.categories.get((t, c)), champion.categories.get((t, c))
+        if cand is None or cand.head_key is None:
+            return False
+        if champ is not None and champ.head_key is not None:
+            if not same_scores(cand, champ):
+                return False
+        elif t in policy.tenants and c in policy.tenants[t].categories \
+                and _rule(policy, t, c).review_only:
+            new += 1
+        else:
+            return False
+    return new > 0

@@ -73,7 +73,7 @@ class GateReport:
 
     candidate: str
     champion: str | None
-    passed: bool  # no check failed, and at least one quality check was measured
+    passed: bool  # no check failed, and a quality check was measured (or see registry.gate)
     checks: list[Check]
 
     def failures(self) -> list[Check]:
@@ -87,7 +87,7 @@ class GateReport:
         if failed:
             where = ", ".join(dict.fromkeys(_where(c) for c in failed))
             return f"REJECTED v{self.candidate}{vs}: {len(failed)} check(s) failed in {where}"
-        if not measured(self.checks):
+        if not self.passed and not measured(self.checks):
             return (
                 f"REJECTED v{self.candidate}{vs}: no quality check was measurable; label more "
                 "held-out items (see min_positives)"
@@ -96,7 +96,11 @@ class GateReport:
             return f"REJECTED v{self.candidate}{vs}"
         ok = sum(c.passed is True for c in self.checks)
         skipped = sum(c.passed is None for c in self.checks)
-        return f"PASSED v{self.candidate}{vs}: {ok} check(s) passed, {skipped} not measurable"
+        line = f"PASSED v{self.candidate}{vs}: {ok} check(s) passed, {skipped} not measurable"
+        if not measured(self.checks):  # registry.gate._adds_review_only
+            line += ("; no quality check was measurable: the champion's scores unchanged, plus "
+                     "new review-only categories")
+        return line
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict with stable keys; values rounded to 4 decimals."""

@@ -396,3 +396,28 @@ def test_an_absolute_rule_the_champion_fails_with_the_same_scores_is_not_held_ag
     # a head that changed is judged by the rule as before
     report = run_gate(evaluation("3", noise=0.3, policy=policy), champ, policy)
     assert check(report, "acme", "hate", "precision_at_block").passed is False
+
+
+def test_the_champion_plus_a_review_only_category_passes_where_nothing_is_measurable() -> None:
+    # a machine without labelled data: no held-out label measures anything, yet a version that
+    # is the champion unchanged plus a review-only head changes no decision the champion makes
+    no_labels = np.zeros_like(DATA.mask)
+    policy = _with_new_category({"review_threshold": 0.6})
+    heads = [*HEADS, "acme/scam"]
+    scores = np.c_[scores_for(), DATA.rng.random(N)]
+    cand = evaluate_version("2", heads, meta_for("2", scores[:, :3], HEADS), scores,
+                            DATA.targets, no_labels, CATEGORIES, policy, p99_ms=12.0)
+    champ = evaluation("1", policy=policy, mask=no_labels)
+    report = run_gate(cand, champ, policy)
+    assert report.passed, report.to_table()
+    assert "the champion's scores unchanged, plus new review-only categories" in report.verdict()
+    # with one carried head changed, it needs measured evidence again
+    changed = scores.copy()
+    changed[:, 0] = DATA.rng.random(N)
+    cand = evaluate_version("3", heads, meta_for("3", changed[:, :3], HEADS), changed,
+                            DATA.targets, no_labels, CATEGORIES, policy, p99_ms=12.0)
+    assert not run_gate(cand, champ, policy).passed
+    # and the same version as a first one (no champion) does not pass on nothing
+    assert not run_gate(evaluate_version("1", heads, meta_for("1", scores[:, :3], HEADS),
+                                         scores, DATA.targets, no_labels, CATEGORIES, policy,
+                                         p99_ms=12.0), None, policy).passed
